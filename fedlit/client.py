@@ -1,0 +1,59 @@
+"""A simulated client: its id, its data, and one plain ``lightning.Trainer`` fit per round."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+
+from fedlit.callbacks import AdapterExtraction
+from fedlit.data.datamodule import CausalLMDataModule
+from fedlit.lightning_modules.causal_lm import CausalLMModule
+from fedlit.payload import Update, from_bytes, to_bytes
+
+ModuleFactory = Callable[[], CausalLMModule]
+
+# Client Trainers are quiet, keep no checkpoints of their own, and do not validate while fitting:
+# the loop checkpoints rounds and evaluates every client on the global adapter itself.
+CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "limit_val_batches": 0,
+}
+
+
+def client_seed(seed: int, server_round: int, client_id: str) -> int:
+    """A seed that depends only on (seed, round, client), so any round can be replayed or resumed exactly."""
+    return int(np.random.SeedSequence([seed, server_round, zlib.crc32(client_id.encode())]).generate_state(1)[0])
+
+
+@dataclass
+class Client:
+    client_id: str
+    datamodule: CausalLMDataModule
+
+    def fit(
+        self,
+        global_wire: bytes,
+        module_factory: ModuleFactory,
+        trainer_kwargs: dict[str, Any],
+        seed: int,
+    ) -> tuple[bytes, Update]:
+        """Train on local data from the global adapter (safetensors bytes in); return the update's bytes and the update."""
+        L.seed_everything(seed, workers=True, verbose=False)
+        extraction = AdapterExtraction(self.client_id, from_bytes(global_wire))
+        kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), extraction]
+        trainer = L.Trainer(**kwargs)
+        trainer.fit(module_factory(), datamodule=self.datamodule)
+        assert extraction.update is not None, "AdapterExtraction did not run: fit ended early"
+        wire = to_bytes(extraction.update.payload)
+        return wire, Update(self.client_id, from_bytes(wire), extraction.update.num_examples,
+                            extraction.update.metrics)

@@ -1,0 +1,28 @@
+"""Load records from the built-in Shakespeare corpus or a local file through ``datasets``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+from fedlit.data.shakespeare import load_shakespeare
+
+BUILTIN_SOURCE = "shakespeare"
+_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def load_records(source: str) -> Dataset:
+    """``shakespeare``, a directory of play texts, or a json/jsonl/csv/parquet/txt file."""
+    if source == BUILTIN_SOURCE:
+        return load_shakespeare()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return load_shakespeare(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.source: no such file or directory '{source}'")
+    builder = _BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(f"data.source: unsupported file type '{path.suffix}' of '{source}' "
+                         f"(supported: {', '.join(sorted(_BUILDERS))})")
+    return load_dataset(builder, data_files=str(path), split="train")

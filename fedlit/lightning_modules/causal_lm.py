@@ -1,0 +1,99 @@
+"""Local training of one client: a causal LM whose trainable parameters are the federated state."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.text import Perplexity
+from transformers import get_scheduler
+
+from fedlit.data.datamodule import IGNORE_INDEX
+from fedlit.payload import Payload, canonical, check_compatible
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW over the trainable parameters, with any ``transformers`` schedule.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        scheduler: a ``transformers.get_scheduler`` name (constant, linear, cosine, ...).
+        warmup_steps: linear warm-up steps of the schedule.
+    """
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+
+
+def shifted_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy over labelled positions, and how many positions that was."""
+    targets = labels[:, 1:]
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    count = (targets != IGNORE_INDEX).sum()
+    return loss / count.clamp(min=1), count
+
+
+class CausalLMModule(L.LightningModule):
+    """Causal-LM loss with label masking; token-weighted loss and perplexity (torchmetrics) on validation.
+
+    ``model`` is typically shared by every simulated client of a process: the frozen base is held once and
+    a client's own state is only its trainable tensors (see :meth:`trainable_state_dict`).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_config = optimizer or OptimizerConfig()
+        self.val_loss = MeanMetric()
+        self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = shifted_token_loss(self(batch), batch["labels"])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch)
+        loss, count = shifted_token_loss(logits, batch["labels"])
+        self.val_loss.update(loss, weight=count)
+        self.val_perplexity.update(logits[:, :-1].float(), batch["labels"][:, 1:])
+        self.log("val_loss", self.val_loss, on_epoch=True)
+        self.log("val_perplexity", self.val_perplexity, on_epoch=True)
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters: nothing to federate")
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = get_scheduler(
+            cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+            num_training_steps=self.trainer.estimated_stepping_batches,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trainable_state_dict(self) -> Payload:
+        """What travels: every trainable parameter of the model, by name."""
+        return canonical({n: p for n, p in self.model.named_parameters() if p.requires_grad})
+
+    def load_trainable_state_dict(self, payload: Payload, who: str = "client") -> None:
+        """Overwrite the trainable tensors with ``payload``; any key or shape mismatch raises, naming ``who``."""
+        params = OrderedDict((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+        check_compatible(params, payload, who)
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(payload[name])

@@ -1,0 +1,203 @@
+"""FederatedLoop: rounds of sampling, one client ``Trainer.fit`` each, aggregation, evaluation, checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import Logger
+
+from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ModuleFactory, client_seed
+from fedlit.data.datamodule import CausalLMDataModule
+from fedlit.data.federated import GLOBAL
+from fedlit.io import atomic_directory, atomic_torch_save, atomic_write_bytes
+from fedlit.payload import Payload, to_bytes
+from fedlit.progress import RoundProgress
+from fedlit.strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["round", "client", "split", "loss", "perplexity", "num_examples",
+                  "bytes_received", "bytes_sent", "seconds"]
+# Only these Trainer options carry over to evaluation: where and in what precision the model runs.
+_EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
+
+
+class FederatedLoop:
+    """Coordinates one ``lightning.Trainer`` per sampled client, round by round.
+
+    Round 0 evaluates the initial global adapter; rounds 1..``rounds`` train. After every round the
+    global adapter, the strategy state, the metric history and RNG states are checkpointed atomically
+    under ``output_dir/checkpoints``, so ``fit(resume=True)`` continues bit-identically.
+
+    Args:
+        clients: the federation; ids must be unique.
+        module_factory: builds a client's LightningModule; all of them share one frozen base model.
+        strategy: client sampling and aggregation.
+        rounds: number of training rounds.
+        output_dir: ``metrics.csv``, ``adapter/`` and ``checkpoints/`` go here.
+        trainer_kwargs: ``lightning.Trainer`` options for every client fit (max_steps, precision, ...).
+        global_val: the server's held-out split, evaluated every round as client ``global``.
+        loggers: Lightning loggers that receive every round's metrics (step = round).
+        seed: seeds every client fit through (seed, round, client id).
+        progress: show a Rich progress display.
+    """
+
+    def __init__(
+        self,
+        clients: Sequence[Client],
+        module_factory: ModuleFactory,
+        strategy: Strategy,
+        rounds: int,
+        output_dir: str | Path,
+        trainer_kwargs: dict[str, Any] | None = None,
+        global_val: CausalLMDataModule | None = None,
+        loggers: Sequence[Logger] = (),
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        ids = [c.client_id for c in clients]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate client ids: {duplicates}")
+        if GLOBAL in ids:
+            raise ValueError(f"'{GLOBAL}' is reserved for the server's held-out split; rename that client")
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        self.clients = {c.client_id: c for c in clients}
+        self.module_factory = module_factory
+        self.strategy = strategy
+        self.rounds = rounds
+        self.output_dir = Path(output_dir)
+        self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.global_val = global_val
+        self.loggers = list(loggers)
+        self.seed = seed
+        self.progress = progress
+        self.history: list[dict[str, Any]] = []
+        self.global_payload: Payload | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def fit(self, resume: bool = False) -> Payload:
+        """Run the remaining rounds and return the final global adapter (also saved under ``adapter/``)."""
+        module = self.module_factory()
+        start = self._resume(module) if resume else None
+        if start is None:
+            if any(self.checkpoint_dir.glob("round-*.ckpt")):
+                raise FileExistsError(f"{self.checkpoint_dir} already holds checkpoints: resume, or use another output_dir")
+            self.global_payload = module.trainable_state_dict()
+            self._evaluate(module, 0, sampled_stats={})
+            self._end_round(0)
+            start = 1
+        with RoundProgress(self.rounds, start, self.progress) as bar:
+            for server_round in range(start, self.rounds + 1):
+                self._run_round(module, server_round, bar)
+        self._save_adapter(module)
+        for logger in self.loggers:
+            logger.finalize("success")
+        return self.global_payload
+
+    def _run_round(self, module: L.LightningModule, server_round: int, bar: RoundProgress) -> None:
+        sampled = self.strategy.configure_round(server_round, list(self.clients))
+        bar.start_round(server_round, len(sampled))
+        global_wire = to_bytes(self.global_payload)
+        updates, stats = [], {}
+        for client_id in sampled:
+            bar.client_started(client_id)
+            began = time.perf_counter()
+            wire, update = self.clients[client_id].fit(
+                global_wire, self.module_factory, self.trainer_kwargs,
+                client_seed(self.seed, server_round, client_id),
+            )
+            updates.append(update)
+            stats[client_id] = {
+                "loss": update.metrics.get("train_loss_epoch", float("nan")),
+                "num_examples": update.num_examples,
+                "bytes_received": len(global_wire),
+                "bytes_sent": len(wire),
+                "seconds": round(time.perf_counter() - began, 3),
+            }
+            bar.client_done()
+        self.global_payload = self.strategy.aggregate(self.global_payload, updates)
+        global_loss = self._evaluate(module, server_round, stats)
+        self._end_round(server_round)
+        bar.round_done(f"global val loss {global_loss:.4f}")
+
+    def _evaluate(self, module: L.LightningModule, server_round: int, sampled_stats: dict) -> float:
+        """Validate the global adapter on every client's held-out split and the global one; record the rows."""
+        module.load_trainable_state_dict(self.global_payload, who="the global adapter")
+        for client_id, stats in sampled_stats.items():
+            self._record(server_round, client_id, "train", stats)
+        parties = {cid: c.datamodule for cid, c in self.clients.items()}
+        if self.global_val is not None:
+            parties[GLOBAL] = self.global_val
+        eval_kwargs = {key: self.trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in self.trainer_kwargs}
+        trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, **eval_kwargs})
+        loss = float("nan")
+        for party, datamodule in parties.items():
+            (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
+            loss = metrics["val_loss"]
+            self._record(server_round, party, "val", {
+                "loss": loss, "perplexity": metrics["val_perplexity"],
+                "num_examples": len(datamodule.val_dataset),
+            })
+        return loss
+
+    def _record(self, server_round: int, client_id: str, split: str, values: dict[str, Any]) -> None:
+        row = {"round": server_round, "client": client_id, "split": split, **values}
+        self.history.append(row)
+        step_metrics = {f"{client_id}/{split}_{k}": float(v) for k, v in values.items()}
+        for logger in self.loggers:
+            logger.log_metrics(step_metrics, step=server_round)
+
+    def _end_round(self, server_round: int) -> None:
+        """Write metrics.csv and the round checkpoint, both atomically."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_bytes(self.output_dir / "metrics.csv", buffer.getvalue().encode())
+        atomic_torch_save({
+            "round": server_round,
+            "global_payload": self.global_payload,
+            "strategy": self.strategy.state_dict(),
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }, self.checkpoint_dir / f"round-{server_round:04d}.ckpt")
+        for logger in self.loggers:
+            logger.save()
+
+    def _resume(self, module: L.LightningModule) -> int | None:
+        """Restore the newest round checkpoint; return the next round to run, or None when there is none."""
+        checkpoints = sorted(self.checkpoint_dir.glob("round-*.ckpt"))
+        if not checkpoints:
+            log.warning("resume: no checkpoint in %s, starting from round 0", self.checkpoint_dir)
+            return None
+        state = torch.load(checkpoints[-1], weights_only=False)
+        module.load_trainable_state_dict(state["global_payload"], who=f"checkpoint {checkpoints[-1]}")
+        self.global_payload = state["global_payload"]
+        self.strategy.load_state_dict(state["strategy"])
+        self.history = state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        log.info("resumed from %s", checkpoints[-1])
+        return state["round"] + 1
+
+    def _save_adapter(self, module: L.LightningModule) -> None:
+        """The final global adapter, in the model's own ``save_pretrained`` format (peft's for PEFT models)."""
+        module.load_trainable_state_dict(self.global_payload, who="the global adapter")
+        with atomic_directory(self.output_dir / "adapter") as tmp:
+            module.model.save_pretrained(tmp)

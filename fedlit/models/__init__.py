@@ -1,0 +1,13 @@
+"""Model and tokenizer loading, including the offline default model."""
+
+from fedlit.models.default import DEFAULT_MODEL, prepare_default_model
+from fedlit.models.loading import ModelConfig, load_base_model, load_tokenizer, resolve_model_path
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelConfig",
+    "load_base_model",
+    "load_tokenizer",
+    "prepare_default_model",
+    "resolve_model_path",
+]

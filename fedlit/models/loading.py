@@ -1,0 +1,72 @@
+"""Model and tokenizer loading through ``from_pretrained``, with errors that name what was asked for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from fedlit.models.default import DEFAULT_MODEL, prepare_default_model
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load.
+
+    Args:
+        name_or_path: ``smollm2-135m-instruct`` (the offline default), a local directory, or a hub name.
+        dtype: dtype of the frozen base weights (``float32``, ``bfloat16``, ``float16``).
+    """
+
+    name_or_path: str = DEFAULT_MODEL
+    dtype: str = "float32"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map the default model's alias to its prepared directory and check that local paths exist."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(prepare_default_model())
+    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+    if looks_local:
+        path = Path(name_or_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model path '{name_or_path}' is not a model directory (no config.json at {path})"
+            )
+        return str(path)
+    return name_or_path
+
+
+def _dtype(name: str) -> torch.dtype:
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"model.dtype: unknown dtype '{name}' (use float32, bfloat16 or float16)")
+    return value
+
+
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; a missing pad token falls back to EOS (padding is masked out of the loss)."""
+    path = resolve_model_path(config.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise OSError(f"could not load the tokenizer of model '{config.name_or_path}': {err}") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(config: ModelConfig) -> PreTrainedModel:
+    """The frozen base causal LM, loaded once per process and shared by every simulated client."""
+    path = resolve_model_path(config.name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config.dtype))
+    except OSError as err:
+        raise OSError(
+            f"could not load model '{config.name_or_path}': {err}. Offline, use a local directory "
+            f"or the built-in '{DEFAULT_MODEL}'."
+        ) from err
+    model.requires_grad_(False)
+    return model
