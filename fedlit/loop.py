@@ -110,7 +110,7 @@ class FederatedLoop:
         return self.global_payload
 
     def _run_round(self, module: L.LightningModule, server_round: int, bar: RoundProgress) -> None:
-        sampled = self.strategy.configure_round(server_round, list(self.clients))
+        sampled = self.strategy.configure_round(server_round, list(self.clients), self.seed)
         bar.start_round(server_round, len(sampled))
         global_wire = to_bytes(self.global_payload)
         updates, stats = [], {}

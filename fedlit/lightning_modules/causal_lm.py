@@ -58,6 +58,11 @@ class CausalLMModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns the shared model in eval mode and evaluation leaves it there; Lightning keeps
+        # submodule modes as it finds them, so adapter dropout needs train mode switched on explicitly.
+        self.train()
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 

@@ -16,20 +16,20 @@ class Strategy(ABC):
 
     Args:
         clients_per_round: how many clients train each round: an int count, or a float fraction in (0, 1].
-        seed: client sampling depends only on (seed, round), so a resumed run samples exactly as an
-            uninterrupted one.
     """
 
-    def __init__(self, clients_per_round: int | float = 1.0, seed: int = 0) -> None:
+    def __init__(self, clients_per_round: int | float = 1.0) -> None:
         if isinstance(clients_per_round, float) and not 0 < clients_per_round <= 1:
             raise ValueError(f"clients_per_round as a fraction must be in (0, 1], got {clients_per_round}")
         if isinstance(clients_per_round, int) and clients_per_round < 1:
             raise ValueError(f"clients_per_round as a count must be >= 1, got {clients_per_round}")
         self.clients_per_round = clients_per_round
-        self.seed = seed
 
-    def configure_round(self, server_round: int, client_ids: Sequence[str]) -> list[str]:
-        """The clients sampled for ``server_round``, without replacement, in the order of ``client_ids``."""
+    def configure_round(self, server_round: int, client_ids: Sequence[str], seed: int) -> list[str]:
+        """The clients sampled for ``server_round``, without replacement, in the order of ``client_ids``.
+
+        The draw depends only on (seed, round), so a resumed run samples exactly as an uninterrupted one.
+        """
         n = len(client_ids)
         if isinstance(self.clients_per_round, float):
             k = max(1, round(self.clients_per_round * n))
@@ -37,7 +37,7 @@ class Strategy(ABC):
             k = self.clients_per_round
         if k > n:
             raise ValueError(f"clients_per_round={k} but only {n} clients exist")
-        rng = np.random.default_rng([self.seed, server_round])
+        rng = np.random.default_rng([seed, server_round])
         chosen = sorted(rng.choice(n, size=k, replace=False).tolist())
         return [client_ids[i] for i in chosen]
 

