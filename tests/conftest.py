@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
 
-import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a model hub; set before transformers is imported
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 PLAYS = {
     "alpha": ["To be or not to be, that is the question.", "The rest is silence, my good lord."],
@@ -54,3 +59,34 @@ def plays_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "plays.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in play_records()))
     return path
+
+
+@pytest.fixture
+def make_loop(tiny_model_dir: Path, plays_jsonl: Path, tmp_path: Path):
+    """A small FedHomoLLM run on the tiny model; keyword arguments override its parts."""
+    from peft import LoraConfig
+
+    from fedlit.algorithms import fed_homo_llm
+    from fedlit.data import DataConfig
+    from fedlit.lightning_modules import OptimizerConfig
+    from fedlit.models import ModelConfig
+    from fedlit.strategies import FedAvg
+
+    def build(**overrides):
+        kwargs = {
+            "model": ModelConfig(str(tiny_model_dir)),
+            "data": DataConfig(source=str(plays_jsonl), num_clients=3, val_examples_per_client=4,
+                               global_val_examples=6, batch_size=4, max_length=32),
+            "peft": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1),
+            "optimizer": OptimizerConfig(lr=1e-2),
+            "strategy": FedAvg(clients_per_round=2),
+            "rounds": 3,
+            "output_dir": tmp_path / "run",
+            "loggers": [],
+            "progress": False,
+            "trainer_kwargs": {"max_steps": 4, "accelerator": "cpu"},
+        }
+        kwargs.update(overrides)
+        return fed_homo_llm(**kwargs)
+
+    return build

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from fedlit.data import IGNORE_INDEX, CausalLMCollator, DataConfig, build_federated_data, load_records
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def config(path, **overrides):
+    base = dict(source=str(path), num_clients=3, val_examples_per_client=4, global_val_examples=6,
+                batch_size=4, max_length=32)
+    return DataConfig(**{**base, **overrides})
+
+
+def test_natural_split_is_disjoint_complete_and_seeded(plays_jsonl, tokenizer):
+    data = build_federated_data(config(plays_jsonl), tokenizer)
+    assert sorted(data.clients) == ["alpha", "beta", "gamma"]
+    for module in data.clients.values():
+        # 40 records per play: 4 own held-out, 2 to the global split, 34 to train.
+        assert (len(module.train_dataset), len(module.val_dataset)) == (34, 4)
+    assert len(data.global_val.val_dataset) == 6
+    again = build_federated_data(config(plays_jsonl), tokenizer)
+    assert again.clients["beta"].train_dataset["input_ids"] == data.clients["beta"].train_dataset["input_ids"]
+    other_seed = build_federated_data(config(plays_jsonl, seed=1), tokenizer)
+    assert other_seed.clients["beta"].val_dataset["input_ids"] != data.clients["beta"].val_dataset["input_ids"]
+
+
+def test_examples_end_with_eos_and_respect_max_length(plays_jsonl, tokenizer):
+    data = build_federated_data(config(plays_jsonl, max_length=8), tokenizer)
+    for ids in data.clients["alpha"].train_dataset["input_ids"]:
+        assert len(ids) <= 8 and ids[-1] == tokenizer.eos_token_id
+
+
+def test_collator_masks_padding_only():
+    batch = CausalLMCollator(pad_token_id=0)([{"input_ids": [5, 6, 0]}, {"input_ids": [7]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 0], [7, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 0], [7, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["labels"].dtype == torch.long
+
+
+def test_client_choice_by_size_and_cap(tmp_path, tokenizer):
+    path = tmp_path / "d.jsonl"
+    rows = [{"play": p, "character": "A", "text": "x"} for p, n in (("big", 30), ("mid", 20), ("small", 12))
+            for _ in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = build_federated_data(config(path, num_clients=2, train_examples_per_client=5), tokenizer)
+    assert sorted(data.clients) == ["big", "mid"]
+    assert all(len(m.train_dataset) == 5 for m in data.clients.values())
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"source": "/no/such/file.jsonl"}, FileNotFoundError, "no such file or directory '/no/such/file.jsonl'"),
+    ({"client_column": "speaker"}, KeyError, "client_column 'speaker' is not a column"),
+    ({"clients": ["alpha", "omega"]}, KeyError, r"no records with play = \['omega'\]"),
+    ({"template": "{speaker}: {text}"}, KeyError, "template uses column 'speaker'"),
+    ({"val_examples_per_client": 40}, ValueError, "client 'alpha' has no training records"),
+])
+def test_bad_data_config_errors_name_the_problem(plays_jsonl, tokenizer, overrides, error, message):
+    with pytest.raises(error, match=message):
+        build_federated_data(config(plays_jsonl, **overrides), tokenizer)
+
+
+def test_load_records_file_types(tmp_path):
+    (tmp_path / "d.csv").write_text("play,character,text\na,B,hello\n")
+    assert load_records(str(tmp_path / "d.csv"))[0] == {"play": "a", "character": "B", "text": "hello"}
+    (tmp_path / "d.xml").write_text("<x/>")
+    with pytest.raises(ValueError, match="unsupported file type '.xml'"):
+        load_records(str(tmp_path / "d.xml"))

@@ -1,0 +1,66 @@
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from fedlit.payload import Update, check_compatible, from_bytes, to_bytes
+from fedlit.strategies import FedAvg, weighted_average
+
+
+def test_wire_round_trip_is_exact_and_sorted():
+    payload = OrderedDict(b=torch.randn(3, 2), a=torch.arange(4, dtype=torch.float32))
+    restored = from_bytes(to_bytes(payload))
+    assert list(restored) == ["a", "b"]
+    for name in payload:
+        assert torch.equal(restored[name], payload[name])
+
+
+def test_check_compatible_names_every_problem():
+    expected = {"x": torch.zeros(2), "y": torch.zeros(3)}
+    with pytest.raises(ValueError, match=r"client 'c7'.*missing tensors \['y'\].*unexpected tensors \['z'\]"):
+        check_compatible(expected, {"x": torch.zeros(2), "z": torch.zeros(1)}, "client 'c7'")
+    with pytest.raises(ValueError, match=r"shape mismatch x: expected \(2,\), got \(4,\)"):
+        check_compatible(expected, {"x": torch.zeros(4), "y": torch.zeros(3)}, "client 'c7'")
+
+
+def test_weighted_average_matches_hand_computation():
+    torch.manual_seed(0)
+    payloads = [{"w": torch.randn(5, 3), "b": torch.randn(7)} for _ in range(4)]
+    weights = [10, 1, 3, 250]
+    averaged = weighted_average(payloads, weights)
+    for name in ("w", "b"):
+        hand = sum(p[name].double() * w for p, w in zip(payloads, weights)) / sum(weights)
+        assert torch.allclose(averaged[name].double(), hand, atol=1e-6, rtol=0)
+        assert averaged[name].dtype == torch.float32
+
+
+def test_fedavg_weights_by_num_examples():
+    updates = [Update("a", OrderedDict(t=torch.tensor([1.0, 2.0])), num_examples=1),
+               Update("b", OrderedDict(t=torch.tensor([4.0, 8.0])), num_examples=3)]
+    result = FedAvg().aggregate(OrderedDict(t=torch.zeros(2)), updates)
+    assert torch.allclose(result["t"], torch.tensor([3.25, 6.5]), atol=1e-6)
+
+
+def test_weighted_average_rejects_bad_weights():
+    with pytest.raises(ValueError, match="positive"):
+        weighted_average([{"t": torch.ones(1)}], [0])
+    with pytest.raises(ValueError, match="at least one"):
+        weighted_average([], [])
+
+
+@pytest.mark.parametrize("per_round, expected", [(2, 2), (0.5, 2), (1.0, 4), (0.1, 1)])
+def test_client_sampling_is_seeded_and_sized(per_round, expected):
+    ids = ["a", "b", "c", "d"]
+    strategy = FedAvg(clients_per_round=per_round)
+    first = strategy.configure_round(3, ids, seed=7)
+    assert len(first) == expected and len(set(first)) == expected
+    assert first == strategy.configure_round(3, ids, seed=7)
+    draws = {tuple(strategy.configure_round(r, ids, seed=7)) for r in range(1, 30)}
+    assert expected == 4 or len(draws) > 1
+
+
+def test_client_sampling_errors():
+    with pytest.raises(ValueError, match="only 2 clients"):
+        FedAvg(clients_per_round=3).configure_round(1, ["a", "b"], seed=0)
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        FedAvg(clients_per_round=1.5)
