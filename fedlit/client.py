@@ -46,7 +46,7 @@ class Client:
         trainer_kwargs: dict[str, Any],
         seed: int,
     ) -> tuple[bytes, Update]:
-        """Train on local data from the global adapter (safetensors bytes in); return the update's bytes and the update."""
+        """Train from the global adapter (safetensors bytes in); return the update as bytes and as tensors."""
         L.seed_everything(seed, workers=True, verbose=False)
         extraction = AdapterExtraction(self.client_id, from_bytes(global_wire))
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}

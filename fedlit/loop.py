@@ -96,7 +96,9 @@ class FederatedLoop:
         start = self._resume(module) if resume else None
         if start is None:
             if any(self.checkpoint_dir.glob("round-*.ckpt")):
-                raise FileExistsError(f"{self.checkpoint_dir} already holds checkpoints: resume, or use another output_dir")
+                raise FileExistsError(
+                    f"{self.checkpoint_dir} already holds checkpoints: resume, or use another output_dir"
+                )
             self.global_payload = module.trainable_state_dict()
             self._evaluate(module, 0, sampled_stats={})
             self._end_round(0)

@@ -29,7 +29,7 @@ def test_weighted_average_matches_hand_computation():
     weights = [10, 1, 3, 250]
     averaged = weighted_average(payloads, weights)
     for name in ("w", "b"):
-        hand = sum(p[name].double() * w for p, w in zip(payloads, weights)) / sum(weights)
+        hand = sum(p[name].double() * w for p, w in zip(payloads, weights, strict=True)) / sum(weights)
         assert torch.allclose(averaged[name].double(), hand, atol=1e-6, rtol=0)
         assert averaged[name].dtype == torch.float32
 

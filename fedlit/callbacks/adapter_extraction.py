@@ -1,4 +1,4 @@
-"""The federation boundary of a client's ``Trainer.fit``: global adapter in at the start, trainable tensors out at the end."""
+"""The federation boundary of a client's ``Trainer.fit``: global adapter in at start, trainable tensors out at end."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def _choose_clients(records: Dataset, config: DataConfig) -> list[str]:
                        f"(columns: {records.column_names})")
     values, counts = np.unique(np.asarray(records[config.client_column], dtype=str), return_counts=True)
     if config.clients is None:
-        largest = sorted(zip(-counts, values))[: config.num_clients]
+        largest = sorted(zip(-counts, values, strict=True))[: config.num_clients]
         return sorted(str(v) for _, v in largest)
     unknown = sorted(set(config.clients) - set(values.tolist()))
     if unknown:

@@ -24,7 +24,9 @@ POEMS = frozenset(
     {"sonnets", "lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece"}
 )
 # "HAMLET." / "First Clown." or, in some editions, an upper-case name alone: "THESEUS".
-_SPEAKER = re.compile(r"^(?:(?P<name>[A-Z][A-Za-z'\-]*(?: [A-Za-z'\-]+){0,3})\.|(?P<upper>[A-Z][A-Z'\-]*(?: [A-Z'\-]+){0,3}))$")
+_SPEAKER = re.compile(
+    r"^(?:(?P<name>[A-Z][A-Za-z'\-]*(?: [A-Za-z'\-]+){0,3})\.|(?P<upper>[A-Z][A-Z'\-]*(?: [A-Z'\-]+){0,3}))$"
+)
 _ACT_OR_SCENE = re.compile(r"^\s*(ACT|SCENE)\b", re.MULTILINE | re.IGNORECASE)
 _STAGE_DIRECTION = re.compile(r"\[[^\]]*\]", re.DOTALL)
 _GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG.*$", re.MULTILINE | re.IGNORECASE)

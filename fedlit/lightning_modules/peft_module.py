@@ -18,7 +18,7 @@ def build_peft_model(base: PreTrainedModel, peft_config: PeftConfig, seed: int =
 
 
 class PeftModule(CausalLMModule):
-    """A :class:`CausalLMModule` over a ``PeftModel``; payload keys are peft's own (as in ``adapter_model.safetensors``)."""
+    """A :class:`CausalLMModule` over a ``PeftModel``; payload keys are peft's (as in ``adapter_model.safetensors``)."""
 
     model: PeftModel
 

@@ -50,4 +50,6 @@ class Strategy(ABC):
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned; a stateless strategy refuses another strategy's state."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state but the checkpoint holds {sorted(state)}")

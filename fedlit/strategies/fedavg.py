@@ -23,7 +23,7 @@ def weighted_average(payloads: Sequence[dict[str, torch.Tensor]], weights: Seque
     averaged = OrderedDict()
     for name, first in payloads[0].items():
         acc = torch.zeros(first.shape, dtype=torch.float64)
-        for payload, weight in zip(payloads, weights):
+        for payload, weight in zip(payloads, weights, strict=True):
             acc += payload[name].to(torch.float64) * (weight / total)
         averaged[name] = acc.to(first.dtype)
     return averaged
