@@ -10,8 +10,10 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from fedlit.algorithms import fed_homo_llm
@@ -74,7 +76,19 @@ def run_prepare() -> None:
     print(f"shakespeare texts: {prepare_shakespeare()}")
 
 
+def _check_config_files(argv: Sequence[str]) -> None:
+    """jsonargparse reports YAML syntax errors without the file name; name it."""
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "--config" and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError as err:
+                sys.exit(f"fedlit: config file '{value}' is not valid YAML:\n{err}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _check_config_files(argv)
     parser = build_parser()
     config = parser.parse_args(argv)
     _quiet_libraries()
@@ -85,4 +99,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

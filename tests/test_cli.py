@@ -1,0 +1,84 @@
+"""The ``fedlit`` command: config files, command-line overrides, --print_config and bad input."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from fedlit.cli import main
+
+
+@pytest.fixture
+def config_file(tmp_path, tiny_model_dir, plays_jsonl):
+    config = {
+        "rounds": 2,
+        "output_dir": str(tmp_path / "cli-run"),
+        "progress": False,
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "data": {"source": str(plays_jsonl), "num_clients": 3, "val_examples_per_client": 4,
+                 "global_val_examples": 6, "batch_size": 4, "max_length": 32},
+        "peft": {"class_path": "peft.LoraConfig",
+                 "init_args": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+        "optimizer": {"lr": 0.01},
+        "strategy": {"class_path": "fedlit.strategies.FedAvg", "init_args": {"clients_per_round": 2}},
+        "trainer": {"max_steps": 3, "accelerator": "cpu"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_from_config_with_command_line_override(config_file, tmp_path):
+    main(["fit", "--config", str(config_file), "--rounds", "1", "--peft.init_args.r", "2"])
+    out = tmp_path / "cli-run"
+    with open(out / "metrics.csv") as f:
+        rounds = {row["round"] for row in csv.DictReader(f)}
+    assert rounds == {"0", "1"}
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 2
+    assert (out / "logs" / "metrics.csv").is_file()  # the default Lightning CSVLogger
+
+
+def test_resume_flag_continues_from_checkpoint(config_file, tmp_path):
+    main(["fit", "--config", str(config_file), "--rounds", "1"])
+    main(["fit", "--config", str(config_file), "--rounds", "2", "--resume", "true"])
+    checkpoints = sorted(p.name for p in (tmp_path / "cli-run" / "checkpoints").iterdir())
+    assert checkpoints == ["round-0000.ckpt", "round-0001.ckpt", "round-0002.ckpt"]
+
+
+def test_print_config_round_trips(config_file, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config_file), "--trainer.max_steps", "7", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_steps"] == 7
+    assert printed["peft"]["init_args"]["r"] == 4
+    assert printed["strategy"]["class_path"] == "fedlit.strategies.FedAvg"
+
+
+def test_unknown_config_key_is_named(config_file, tmp_path, capsys):
+    config = yaml.safe_load(config_file.read_text())
+    config["data"]["num_clientz"] = 3
+    config_file.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config_file)])
+    assert "num_clientz" in capsys.readouterr().err
+
+
+def test_malformed_config_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: [1, 2\nmodel: {")
+    with pytest.raises(SystemExit, match=r"config file '.*bad.yaml' is not valid YAML"):
+        main(["fit", "--config", str(bad)])
+
+
+def test_wrong_value_type_is_named(config_file, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config_file), "--rounds", "many"])
+    assert "rounds" in capsys.readouterr().err
+
+
+def test_missing_data_file_fails_before_training(config_file, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or directory '/nowhere/data.jsonl'"):
+        main(["fit", "--config", str(config_file), "--data.source", "/nowhere/data.jsonl"])
+    assert not (tmp_path / "cli-run" / "checkpoints").exists()
