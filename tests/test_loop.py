@@ -2,6 +2,7 @@
 
 import csv
 
+import lightning as L
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
@@ -153,3 +154,30 @@ def test_reserved_and_duplicate_client_ids_rejected(make_loop):
         FederatedLoop(clients + clients[:1], loop.module_factory, FedAvg(), 1, loop.output_dir)
     with pytest.raises(ValueError, match="'global' is reserved"):
         FederatedLoop([Client("global", clients[0].datamodule)], loop.module_factory, FedAvg(), 1, loop.output_dir)
+
+
+def test_client_rejects_a_global_adapter_that_does_not_match(make_loop):
+    loop = make_loop(rounds=1)
+    payload = loop.module_factory().trainable_state_dict()
+    name = next(iter(payload))
+    payload[name] = torch.zeros(3, 3)
+    client = loop.clients["beta"]
+    with pytest.raises(ValueError, match=rf"adapter mismatch for client 'beta': shape mismatch {name}"):
+        client.fit(to_bytes(payload), loop.module_factory, {"max_steps": 1, "accelerator": "cpu"}, seed=0)
+
+
+def test_client_trains_adapter_in_train_mode(make_loop):
+    """The shared base comes back from evaluation in eval mode; local training must still use dropout."""
+    loop = make_loop(rounds=1)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(all(m.training for n, m in pl_module.model.named_modules() if "lora_dropout" in n))
+
+    loop.module_factory().eval()
+    client = loop.clients["alpha"]
+    payload = loop.module_factory().trainable_state_dict()
+    client.fit(to_bytes(payload), loop.module_factory, {"max_steps": 2, "accelerator": "cpu", "callbacks": [Spy()]},
+               seed=0)
+    assert seen == [True, True]

@@ -1,0 +1,146 @@
+"""FederatedLoop overhead and memory.
+
+1. Wall time of FederatedLoop rounds vs the same work written by hand: per round, the same client
+   ``Trainer.fit`` calls (same seeds, same data), a hand-written FedAvg, and the same ``Trainer.validate``
+   calls. The difference is what fedlit adds (safetensors payloads, checkpoints, metrics.csv, progress).
+   Target: overhead <= 10%.
+2. Peak RSS of a process that runs one round with 1 and with 10 simulated clients, each in a fresh process.
+   Target: 10 clients <= 1.3x one client (one frozen base per process; a client costs an adapter).
+
+    python experiments/bench_overhead.py [--rounds 2] [--steps 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+from rich.console import Console
+from rich.table import Table
+
+from fedlit.algorithms import fed_homo_llm
+from fedlit.client import CLIENT_TRAINER_DEFAULTS, client_seed
+from fedlit.data import DataConfig
+from fedlit.lightning_modules import OptimizerConfig
+from fedlit.models import ModelConfig
+from fedlit.strategies import FedAvg, weighted_average
+
+PLAYS = ["hamlet", "macbeth", "othello", "lear", "tempest", "julius_caesar", "twelfth_night",
+         "as_you_like_it", "coriolanus", "richard_ii"]
+
+
+def build_loop(args: argparse.Namespace, num_clients: int, output_dir: Path, seed: int = 0):
+    return fed_homo_llm(
+        model=ModelConfig(args.model),
+        data=DataConfig(clients=PLAYS[:num_clients], train_examples_per_client=64, val_examples_per_client=8,
+                        global_val_examples=16, max_length=args.max_length, batch_size=args.batch_size),
+        optimizer=OptimizerConfig(lr=1e-3),
+        strategy=FedAvg(clients_per_round=num_clients),
+        rounds=args.rounds, output_dir=output_dir, loggers=[], progress=False, seed=seed,
+        trainer_kwargs={"max_steps": args.steps, "accelerator": "cpu"},
+    )
+
+
+def by_hand(loop) -> None:
+    """The loop's rounds as plain Lightning: validate the start, then fit each client, average, validate."""
+    module = loop.module_factory()
+    global_payload = module.trainable_state_dict()
+    evaluator = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, "accelerator": "cpu"})
+    splits = [c.datamodule for c in loop.clients.values()] + [loop.global_val]
+
+    def validate() -> None:
+        for datamodule in splits:
+            evaluator.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
+
+    validate()
+    for server_round in range(1, loop.rounds + 1):
+        payloads, weights = [], []
+        for client_id, client in loop.clients.items():
+            L.seed_everything(client_seed(loop.seed, server_round, client_id), workers=True, verbose=False)
+            client_module = loop.module_factory()
+            client_module.load_trainable_state_dict(global_payload)
+            trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, **loop.trainer_kwargs})
+            trainer.fit(client_module, datamodule=client.datamodule)
+            payloads.append(client_module.trainable_state_dict())
+            weights.append(len(client.datamodule.train_dataset))
+        global_payload = weighted_average(payloads, weights)
+        module.load_trainable_state_dict(global_payload)
+        validate()
+
+
+def time_overhead(args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = build_loop(args, args.clients, Path(tmp) / "fedlit")
+        loop.fit()  # warm-up: first-call costs (kernels, allocator) land here, not in either timing
+        results = {"fedlit_s": [], "by_hand_s": []}
+        for repeat in range(args.repeats):
+            loop = build_loop(args, args.clients, Path(tmp) / f"fedlit-{repeat}")
+            began = time.perf_counter()
+            by_hand(loop)
+            results["by_hand_s"].append(time.perf_counter() - began)
+            began = time.perf_counter()
+            loop.fit()
+            results["fedlit_s"].append(time.perf_counter() - began)
+    fedlit_s, hand_s = min(results["fedlit_s"]), min(results["by_hand_s"])
+    return {"fedlit_s": fedlit_s, "by_hand_s": hand_s, "overhead_pct": 100 * (fedlit_s / hand_s - 1)}
+
+
+def peak_rss_child(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        build_loop(args, args.rss_child, Path(tmp)).fit()
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_rss(args: argparse.Namespace, num_clients: int) -> float:
+    cmd = [sys.executable, __file__, "--rss-child", str(num_clients), "--rounds", "1", "--steps", str(args.steps),
+           "--model", args.model, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from fedlit.cli import _quiet_libraries
+
+    _quiet_libraries()
+    if args.rss_child:
+        peak_rss_child(args)
+        return
+    timing = time_overhead(args)
+    rss_1, rss_10 = peak_rss(args, 1), peak_rss(args, 10)
+    results = {**timing, "rss_1_client_mb": rss_1, "rss_10_clients_mb": rss_10, "rss_ratio": rss_10 / rss_1,
+               "config": {k: v for k, v in vars(args).items() if k not in ("json", "rss_child")}}
+    table = Table(title=f"fedlit overhead ({args.model}, {args.clients} clients x {args.rounds} rounds x "
+                        f"{args.steps} steps)")
+    for column in ("measure", "value", "target"):
+        table.add_column(column)
+    table.add_row("FederatedLoop wall time", f"{timing['fedlit_s']:.2f} s", "")
+    table.add_row("same Trainer.fit/validate by hand", f"{timing['by_hand_s']:.2f} s", "")
+    table.add_row("overhead", f"{timing['overhead_pct']:+.1f} %", "<= 10 %")
+    table.add_row("peak RSS, 1 client", f"{rss_1:.0f} MB", "")
+    table.add_row("peak RSS, 10 clients", f"{rss_10:.0f} MB", "")
+    table.add_row("RSS ratio 10 / 1", f"{rss_10 / rss_1:.2f}x", "<= 1.3x")
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
