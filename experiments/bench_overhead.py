@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import subprocess
@@ -82,12 +83,12 @@ def time_overhead(args: argparse.Namespace) -> dict[str, float]:
         results = {"fedlit_s": [], "by_hand_s": []}
         for repeat in range(args.repeats):
             loop = build_loop(args, args.clients, Path(tmp) / f"fedlit-{repeat}")
-            began = time.perf_counter()
-            by_hand(loop)
-            results["by_hand_s"].append(time.perf_counter() - began)
-            began = time.perf_counter()
-            loop.fit()
-            results["fedlit_s"].append(time.perf_counter() - began)
+            runs = {"by_hand_s": functools.partial(by_hand, loop), "fedlit_s": loop.fit}
+            order = list(runs) if repeat % 2 == 0 else list(reversed(runs))  # alternate: no order bias
+            for name in order:
+                began = time.perf_counter()
+                runs[name]()
+                results[name].append(time.perf_counter() - began)
     fedlit_s, hand_s = min(results["fedlit_s"]), min(results["by_hand_s"])
     return {"fedlit_s": fedlit_s, "by_hand_s": hand_s, "overhead_pct": 100 * (fedlit_s / hand_s - 1)}
 
@@ -95,14 +96,16 @@ def time_overhead(args: argparse.Namespace) -> dict[str, float]:
 def peak_rss_child(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_loop(args, args.rss_child, Path(tmp)).fit()
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    current_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+    print(json.dumps({"peak_rss_mb": peak_mb, "rss_after_mb": current_kb / 1024}))
 
 
-def peak_rss(args: argparse.Namespace, num_clients: int) -> float:
+def rss(args: argparse.Namespace, num_clients: int) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--rss-child", str(num_clients), "--rounds", "1", "--steps", str(args.steps),
            "--model", args.model, "--max-length", str(args.max_length), "--batch-size", str(args.batch_size)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -113,7 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,8 +127,9 @@ def main() -> None:
         peak_rss_child(args)
         return
     timing = time_overhead(args)
-    rss_1, rss_10 = peak_rss(args, 1), peak_rss(args, 10)
-    results = {**timing, "rss_1_client_mb": rss_1, "rss_10_clients_mb": rss_10, "rss_ratio": rss_10 / rss_1,
+    rss_1, rss_10 = rss(args, 1), rss(args, 10)
+    results = {**timing, "rss_1_client": rss_1, "rss_10_clients": rss_10,
+               "peak_rss_ratio": rss_10["peak_rss_mb"] / rss_1["peak_rss_mb"],
                "config": {k: v for k, v in vars(args).items() if k not in ("json", "rss_child")}}
     table = Table(title=f"fedlit overhead ({args.model}, {args.clients} clients x {args.rounds} rounds x "
                         f"{args.steps} steps)")
@@ -134,9 +138,10 @@ def main() -> None:
     table.add_row("FederatedLoop wall time", f"{timing['fedlit_s']:.2f} s", "")
     table.add_row("same Trainer.fit/validate by hand", f"{timing['by_hand_s']:.2f} s", "")
     table.add_row("overhead", f"{timing['overhead_pct']:+.1f} %", "<= 10 %")
-    table.add_row("peak RSS, 1 client", f"{rss_1:.0f} MB", "")
-    table.add_row("peak RSS, 10 clients", f"{rss_10:.0f} MB", "")
-    table.add_row("RSS ratio 10 / 1", f"{rss_10 / rss_1:.2f}x", "<= 1.3x")
+    for key, label in (("peak_rss_mb", "peak RSS"), ("rss_after_mb", "RSS after the round")):
+        table.add_row(f"{label}, 1 client", f"{rss_1[key]:.0f} MB", "")
+        table.add_row(f"{label}, 10 clients", f"{rss_10[key]:.0f} MB", "")
+        table.add_row(f"{label}, ratio 10 / 1", f"{rss_10[key] / rss_1[key]:.2f}x", "<= 1.3x")
     Console().print(table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
