@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 from peft import LoraConfig, PeftConfig
 
@@ -31,6 +32,7 @@ def fed_homo_llm(
     loggers: Sequence[Logger] | None = None,
     seed: int = 0,
     progress: bool = True,
+    client_callbacks: Sequence[Callback] = (),
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FederatedLoop:
     """Compose a FedHomoLLM run: one frozen base shared by all clients, a peft adapter that travels.
@@ -46,12 +48,15 @@ def fed_homo_llm(
         loggers: Lightning loggers for round metrics (default: a CSVLogger under ``output_dir/logs``).
         seed: seeds the adapter initialisation, the data split, client sampling and every client fit.
         progress: Rich progress over rounds and clients.
+        client_callbacks: extra Lightning callbacks for every client fit (e.g. ``fedlit.callbacks.FedProx``).
         trainer_kwargs: ``lightning.Trainer`` options for every client fit.
     """
     peft = peft or LoraConfig(**DEFAULT_LORA)
     tokenizer = load_tokenizer(model)
     federated = build_federated_data(data, tokenizer)
     peft_model = build_peft_model(load_base_model(model), peft, seed=seed)
+    trainer_kwargs = dict(trainer_kwargs or {})
+    trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *client_callbacks]
     if loggers is None:
         loggers = [CSVLogger(save_dir=str(output_dir), name="logs", version="")]
     return FederatedLoop(

@@ -1,5 +1,6 @@
 """Lightning callbacks that add federation to an ordinary client ``Trainer``."""
 
 from fedlit.callbacks.adapter_extraction import AdapterExtraction
+from fedlit.callbacks.fedprox import FedProx
 
-__all__ = ["AdapterExtraction"]
+__all__ = ["AdapterExtraction", "FedProx"]

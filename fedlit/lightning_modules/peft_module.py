@@ -1,13 +1,17 @@
-"""PEFT clients: the shared base wrapped once by ``peft``; only the adapter's tensors travel."""
+"""PEFT clients: the shared base wrapped once by ``peft``; only the adapter's trainable tensors travel.
+
+The payload is the trainable parameters by name (the base class's), not ``get_peft_model_state_dict``:
+for P-tuning that function returns the prompt encoder's *output*, not the encoder's trainable weights,
+so averaging it would federate the wrong thing. ``save_pretrained`` still writes peft's own format.
+"""
 
 from __future__ import annotations
 
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftConfig, PeftModel, PeftType, get_peft_model
 from transformers import PreTrainedModel
 
 from fedlit.lightning_modules.causal_lm import CausalLMModule
-from fedlit.payload import Payload, canonical, check_compatible
 
 
 def build_peft_model(base: PreTrainedModel, peft_config: PeftConfig, seed: int = 0) -> PeftModel:
@@ -18,16 +22,19 @@ def build_peft_model(base: PreTrainedModel, peft_config: PeftConfig, seed: int =
 
 
 class PeftModule(CausalLMModule):
-    """A :class:`CausalLMModule` over a ``PeftModel``; payload keys are peft's (as in ``adapter_model.safetensors``)."""
+    """A :class:`CausalLMModule` over a ``PeftModel`` of any method: LoRA (DoRA, rsLoRA), IA3, prompt tuning,
+    P-tuning or prefix tuning.
+
+    Prompt tuning and P-tuning prepend virtual tokens to the input; their logits are dropped so that the
+    loss and metrics see exactly the real tokens. Prefix tuning works through the attention cache and
+    adds no positions.
+    """
 
     model: PeftModel
 
-    def trainable_state_dict(self) -> Payload:
-        return canonical(get_peft_model_state_dict(self.model))
-
-    def load_trainable_state_dict(self, payload: Payload, who: str = "client") -> None:
-        check_compatible(get_peft_model_state_dict(self.model), payload, who)
-        result = set_peft_model_state_dict(self.model, payload)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ValueError(f"adapter mismatch for {who}: peft could not place {unexpected[:5]}")
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = super().forward(batch)
+        config = self.model.active_peft_config
+        if config.is_prompt_learning and config.peft_type != PeftType.PREFIX_TUNING:
+            logits = logits[:, config.num_virtual_tokens:]
+        return logits

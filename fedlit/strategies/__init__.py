@@ -2,5 +2,16 @@
 
 from fedlit.strategies.base import Strategy
 from fedlit.strategies.fedavg import FedAvg, weighted_average
+from fedlit.strategies.fedopt import FedAdagrad, FedAdam, FedAdaptive, FedAvgM, FedYogi, pseudo_gradient
 
-__all__ = ["FedAvg", "Strategy", "weighted_average"]
+__all__ = [
+    "FedAdagrad",
+    "FedAdam",
+    "FedAdaptive",
+    "FedAvg",
+    "FedAvgM",
+    "FedYogi",
+    "Strategy",
+    "pseudo_gradient",
+    "weighted_average",
+]
