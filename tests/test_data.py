@@ -73,3 +73,33 @@ def test_load_records_file_types(tmp_path):
     (tmp_path / "d.xml").write_text("<x/>")
     with pytest.raises(ValueError, match="unsupported file type '.xml'"):
         load_records(str(tmp_path / "d.xml"))
+
+
+def test_dirichlet_partition_through_data_config(plays_jsonl, tokenizer):
+    data = build_federated_data(config(plays_jsonl, partition="dirichlet", num_clients=4, alpha=0.3,
+                                       label_column="play", val_examples_per_client=2, global_val_examples=4,
+                                       seed=5), tokenizer)
+    assert sorted(data.clients) == ["client-000", "client-001", "client-002", "client-003"]
+    assert data.label_names == ["alpha", "beta", "gamma"]
+    assert data.label_counts.sum() == 120 and data.label_counts.sum(axis=0).tolist() == [40, 40, 40]
+    for (client_id, module), counts in zip(data.clients.items(), data.label_counts, strict=True):
+        assert len(module.train_dataset) + len(module.val_dataset) + 1 == counts.sum(), client_id
+
+
+def test_unknown_partitioner_and_label_column_are_named(plays_jsonl, tokenizer):
+    with pytest.raises(KeyError, match="data.label_column 'genre' is not a column"):
+        build_federated_data(config(plays_jsonl, partition="shards", label_column="genre"), tokenizer)
+
+
+def test_partition_report_files(plays_jsonl, tokenizer, tmp_path):
+    from PIL import Image
+
+    from fedlit.data.report import write_partition_report
+
+    data = build_federated_data(config(plays_jsonl, partition="iid", num_clients=3), tokenizer)
+    write_partition_report(data, tmp_path)
+    rows = (tmp_path / "partition.csv").read_text().splitlines()
+    assert rows[0] == "client,train,val,total,label:alpha,label:beta,label:gamma"
+    assert len(rows) == 4 and rows[1].startswith("client-000,34,4,40,")
+    with Image.open(tmp_path / "partition.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100

@@ -10,9 +10,11 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 from peft import LoraConfig, PeftConfig
+from rich.console import Console
 
 from fedlit.client import Client
 from fedlit.data.federated import DataConfig, build_federated_data
+from fedlit.data.report import write_partition_report
 from fedlit.lightning_modules import OptimizerConfig, PeftModule, build_peft_model
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
@@ -54,6 +56,7 @@ def fed_homo_llm(
     peft = peft or LoraConfig(**DEFAULT_LORA)
     tokenizer = load_tokenizer(model)
     federated = build_federated_data(data, tokenizer)
+    write_partition_report(federated, Path(output_dir), console=None if progress else Console(quiet=True))
     peft_model = build_peft_model(load_base_model(model), peft, seed=seed)
     trainer_kwargs = dict(trainer_kwargs or {})
     trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *client_callbacks]

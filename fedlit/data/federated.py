@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
+from fedlit.data import partition
 from fedlit.data.datamodule import CausalLMDataModule, tokenize
 from fedlit.data.sources import BUILTIN_SOURCE, load_records
 
@@ -22,9 +24,16 @@ class DataConfig:
     Args:
         source: ``shakespeare`` (built in, offline), a directory of play texts, or a local
             json/jsonl/csv/parquet/txt file.
-        client_column: records are split naturally, one client per value of this column.
-        clients: the values of ``client_column`` that become clients; None takes the ``num_clients`` largest.
-        num_clients: used when ``clients`` is None.
+        partition: ``natural`` (one client per value of ``client_column``), ``iid``, ``dirichlet``,
+            ``shards`` or ``quantity_skew`` (see :mod:`fedlit.data.partition`).
+        client_column: the column of the natural split.
+        clients: natural split only: the values of ``client_column`` that become clients; None takes the
+            ``num_clients`` largest.
+        num_clients: how many clients (natural split: when ``clients`` is None).
+        label_column: the label for ``dirichlet`` and ``shards`` and for the per-client label histogram
+            (default: ``client_column``).
+        alpha: Dirichlet concentration for ``dirichlet`` (label skew) and ``quantity_skew`` (size skew).
+        shards_per_client: for ``shards``.
         template: how a record becomes training text (``str.format`` over its columns).
         train_examples_per_client: cap on each client's training split (None: all remaining records).
         val_examples_per_client: each client's own held-out split.
@@ -35,9 +44,13 @@ class DataConfig:
     """
 
     source: str = BUILTIN_SOURCE
+    partition: Literal["natural", "iid", "dirichlet", "shards", "quantity_skew"] = "natural"
     client_column: str = "play"
     clients: list[str] | None = None
     num_clients: int = 4
+    label_column: str | None = None
+    alpha: float = 0.5
+    shards_per_client: int = 2
     template: str = "{character}:\n{text}"
     train_examples_per_client: int | None = None
     val_examples_per_client: int = 16
@@ -51,6 +64,8 @@ class DataConfig:
 class FederatedData:
     clients: dict[str, CausalLMDataModule]
     global_val: CausalLMDataModule
+    label_names: list[str]
+    label_counts: np.ndarray  # [client, label]: records each client holds, before the held-out splits
 
 
 def _render(records: Dataset, template: str) -> Dataset:
@@ -62,30 +77,50 @@ def _render(records: Dataset, template: str) -> Dataset:
     return records.map(lambda r: {"text": template.format(**r)}, remove_columns=records.column_names)
 
 
-def _choose_clients(records: Dataset, config: DataConfig) -> list[str]:
-    if config.client_column not in records.column_names:
-        raise KeyError(f"data.client_column '{config.client_column}' is not a column of {config.source} "
-                       f"(columns: {records.column_names})")
-    values, counts = np.unique(np.asarray(records[config.client_column], dtype=str), return_counts=True)
+def _column(records: Dataset, name: str, key: str, source: str) -> np.ndarray:
+    if name not in records.column_names:
+        raise KeyError(f"data.{key} '{name}' is not a column of {source} (columns: {records.column_names})")
+    return np.asarray(records[name], dtype=str)
+
+
+def _natural_clients(records: Dataset, config: DataConfig) -> dict[str, np.ndarray]:
+    parts = partition.natural(_column(records, config.client_column, "client_column", config.source))
     if config.clients is None:
-        largest = sorted(zip(-counts, values, strict=True))[: config.num_clients]
-        return sorted(str(v) for _, v in largest)
-    unknown = sorted(set(config.clients) - set(values.tolist()))
+        largest = sorted(parts, key=lambda c: (-len(parts[c]), c))[: config.num_clients]
+        return {c: parts[c] for c in sorted(largest)}
+    unknown = sorted(set(config.clients) - set(parts))
     if unknown:
         raise KeyError(f"data.clients: no records with {config.client_column} = {unknown}")
-    return list(config.clients)
+    return {c: parts[c] for c in config.clients}
+
+
+def assign_clients(records: Dataset, config: DataConfig) -> dict[str, np.ndarray]:
+    """Client id -> indices of its records, by ``config.partition``."""
+    if config.partition == "natural":
+        return _natural_clients(records, config)
+    # skewed splits must still leave every client its held-out records and at least one to train on
+    min_size = config.val_examples_per_client + math.ceil(config.global_val_examples / config.num_clients) + 1
+    if config.partition == "iid":
+        return partition.iid(len(records), config.num_clients, config.seed)
+    if config.partition == "quantity_skew":
+        return partition.quantity_skew(len(records), config.num_clients, config.alpha, config.seed, min_size)
+    labels = _column(records, config.label_column or config.client_column, "label_column", config.source)
+    if config.partition == "dirichlet":
+        return partition.dirichlet(labels, config.num_clients, config.alpha, config.seed, min_size)
+    if config.partition == "shards":
+        return partition.shards(labels, config.num_clients, config.shards_per_client, config.seed)
+    raise ValueError(f"data.partition: unknown partitioner '{config.partition}' (use one of {partition.PARTITIONERS})")
 
 
 def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> FederatedData:
     """One data module per client plus the server's global held-out split, deterministic in ``seed``."""
     records = load_records(config.source)
-    client_ids = _choose_clients(records, config)
-    column = np.asarray(records[config.client_column], dtype=str)
-    global_share = math.ceil(config.global_val_examples / len(client_ids))
+    parts = assign_clients(records, config)
+    global_share = math.ceil(config.global_val_examples / len(parts))
     rng = np.random.default_rng(config.seed)
     modules, global_parts = {}, []
-    for client_id in client_ids:
-        rows = rng.permutation(np.flatnonzero(column == client_id))
+    for client_id, client_rows in parts.items():
+        rows = rng.permutation(client_rows)
         n_val, n_held = config.val_examples_per_client, config.val_examples_per_client + global_share
         n_train = len(rows) - n_held
         if config.train_examples_per_client is not None:
@@ -102,4 +137,14 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
         )
         global_parts.append(tokens.select(range(n_val, n_held)))
     global_val = concatenate_datasets(global_parts).select(range(config.global_val_examples))
-    return FederatedData(modules, CausalLMDataModule(None, global_val, tokenizer.pad_token_id, config.batch_size))
+    label_name = config.label_column or config.client_column
+    if label_name in records.column_names:
+        names, counts = partition.label_histogram(parts, records[label_name])
+    else:  # unlabelled data: the histogram is just each client's size
+        names, counts = ["records"], np.array([[len(rows)] for rows in parts.values()])
+    return FederatedData(
+        clients=modules,
+        global_val=CausalLMDataModule(None, global_val, tokenizer.pad_token_id, config.batch_size),
+        label_names=names,
+        label_counts=counts,
+    )
