@@ -103,3 +103,54 @@ def test_partition_report_files(plays_jsonl, tokenizer, tmp_path):
     assert len(rows) == 4 and rows[1].startswith("client-000,34,4,40,")
     with Image.open(tmp_path / "partition.png") as image:
         assert image.format == "PNG" and image.size[0] > 100
+
+
+def test_instruction_format_masks_the_prompt(plays_jsonl, tokenizer):
+    data = build_federated_data(config(plays_jsonl, prompt_template="Who speaks: {text}\nAnswer:",
+                                       response_template=" {character}", max_length=64), tokenizer)
+    module = data.clients["alpha"]
+    example = module.val_dataset[0]
+    answer_start = next(i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX)
+    prompt = tokenizer.decode(example["input_ids"][:answer_start])
+    answer = tokenizer.decode(example["labels"][answer_start:])
+    assert prompt.startswith("Who speaks: ") and prompt.endswith("Answer:")
+    assert answer.startswith(" SPEAKER") and answer.endswith("<eos>")
+    assert all(label == IGNORE_INDEX for label in example["labels"][:answer_start])
+    batch = next(iter(module.val_dataloader()))
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_chat_template_wraps_prompt_as_user_turn(plays_jsonl, tokenizer):
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}[assistant] {% endif %}")
+    data = build_federated_data(config(plays_jsonl, prompt_template="{text}", response_template="{character}",
+                                       chat_template=True, max_length=64), tokenizer)
+    example = data.clients["beta"].val_dataset[0]
+    start = next(i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX)
+    assert tokenizer.decode(example["input_ids"][:start]).startswith("[user] ")
+    assert tokenizer.decode(example["input_ids"][:start]).endswith("[assistant] ")
+
+
+def test_long_prompts_lose_their_start_not_the_answer(plays_jsonl, tokenizer):
+    data = build_federated_data(config(plays_jsonl, prompt_template="{text} {text} {text} {text}",
+                                       response_template="{character}", max_length=12), tokenizer)
+    for example in data.clients["gamma"].train_dataset:
+        assert len(example["input_ids"]) == 12
+        assert tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX]).startswith("SPEAKER")
+
+
+def test_packing_fills_blocks_and_keeps_every_token(plays_jsonl, tokenizer):
+    plain = build_federated_data(config(plays_jsonl, max_length=16), tokenizer)
+    packed = build_federated_data(config(plays_jsonl, max_length=16, packing=True), tokenizer)
+    tokens = [t for seq in plain.clients["alpha"].train_dataset["input_ids"] for t in seq]
+    blocks = packed.clients["alpha"].train_dataset["input_ids"]
+    assert [t for block in blocks for t in block] == tokens
+    assert all(len(block) == 16 for block in blocks[:-1])
+    assert packed.clients["alpha"].val_dataset["input_ids"] == plain.clients["alpha"].val_dataset["input_ids"]
+
+
+def test_tokenisation_is_cached_by_datasets(plays_jsonl, tokenizer):
+    first = build_federated_data(config(plays_jsonl), tokenizer).clients["alpha"].train_dataset
+    second = build_federated_data(config(plays_jsonl), tokenizer).clients["alpha"].train_dataset
+    assert first.cache_files and first.cache_files == second.cache_files

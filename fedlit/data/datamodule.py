@@ -11,18 +11,54 @@ from transformers import PreTrainedTokenizerBase
 IGNORE_INDEX = -100
 
 
-def tokenize(texts: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    """``text`` -> ``input_ids`` ending in EOS (so the model learns where a turn stops), truncated."""
+def tokenize(
+    pairs: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, chat_template: bool = False
+) -> Dataset:
+    """``prompt``/``response`` -> ``input_ids`` and ``labels``: the loss covers the response and its EOS only.
+
+    Plain text is a pair with an empty prompt. With ``chat_template`` the prompt becomes a user turn and
+    the response the assistant turn, through the tokenizer's own chat template. Long examples lose the
+    start of their prompt first, then the end of their response.
+    """
+
+    def prompt_ids(prompt: str) -> list[int]:
+        if chat_template:
+            return list(tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+            ))
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        ids = tokenizer(batch["text"], add_special_tokens=False, truncation=True, max_length=max_length - 1)
-        return {"input_ids": [seq + [tokenizer.eos_token_id] for seq in ids["input_ids"]]}
+        out: dict[str, list] = {"input_ids": [], "labels": []}
+        for prompt, response in zip(batch["prompt"], batch["response"], strict=True):
+            answer = tokenizer(response, add_special_tokens=False)["input_ids"][: max_length - 1]
+            answer.append(tokenizer.eos_token_id)
+            context = prompt_ids(prompt)[-(max_length - len(answer)):] if max_length > len(answer) else []
+            out["input_ids"].append(context + answer)
+            out["labels"].append([IGNORE_INDEX] * len(context) + answer)
+        return out
 
-    return texts.map(encode, batched=True, remove_columns=texts.column_names)
+    return pairs.map(encode, batched=True, remove_columns=pairs.column_names)
+
+
+def pack(examples: Dataset, max_length: int) -> Dataset:
+    """Concatenate tokenised examples and cut them into blocks of ``max_length`` (no padding wasted)."""
+
+    def blocks(batch: dict[str, list]) -> dict[str, list]:
+        ids = [t for seq in batch["input_ids"] for t in seq]
+        labels = [t for seq in batch["labels"] for t in seq]
+        starts = range(0, len(ids), max_length)
+        return {"input_ids": [ids[i:i + max_length] for i in starts],
+                "labels": [labels[i:i + max_length] for i in starts]}
+
+    return examples.map(blocks, batched=True, batch_size=1000, remove_columns=examples.column_names)
 
 
 class CausalLMCollator:
-    """Right-pads a batch; padding gets attention 0 and label ``IGNORE_INDEX`` so it never enters the loss."""
+    """Right-pads a batch; padding gets attention 0 and label ``IGNORE_INDEX`` so it never enters the loss.
+
+    Examples without ``labels`` are labelled with their own ``input_ids``.
+    """
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -31,11 +67,12 @@ class CausalLMCollator:
         length = max(len(e["input_ids"]) for e in examples)
         input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
         for row, example in enumerate(examples):
             ids = torch.tensor(example["input_ids"], dtype=torch.long)
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+            labels[row, : len(ids)] = torch.tensor(example.get("labels", example["input_ids"]), dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

@@ -11,7 +11,7 @@ from datasets import Dataset, concatenate_datasets
 from transformers import PreTrainedTokenizerBase
 
 from fedlit.data import partition
-from fedlit.data.datamodule import CausalLMDataModule, tokenize
+from fedlit.data.datamodule import CausalLMDataModule, pack, tokenize
 from fedlit.data.sources import BUILTIN_SOURCE, load_records
 
 GLOBAL = "global"
@@ -34,7 +34,14 @@ class DataConfig:
             (default: ``client_column``).
         alpha: Dirichlet concentration for ``dirichlet`` (label skew) and ``quantity_skew`` (size skew).
         shards_per_client: for ``shards``.
-        template: how a record becomes training text (``str.format`` over its columns).
+        template: plain-text format: how a record becomes training text (``str.format`` over its columns);
+            the loss covers all of it.
+        prompt_template: instruction format: when set, the record's prompt; the loss then covers only the
+            response (``response_template``) and its EOS.
+        response_template: instruction format: the response.
+        chat_template: instruction format: wrap prompt and response as a user and an assistant turn with
+            the tokenizer's chat template.
+        packing: concatenate training examples into full ``max_length`` blocks (evaluation stays unpacked).
         train_examples_per_client: cap on each client's training split (None: all remaining records).
         val_examples_per_client: each client's own held-out split.
         global_val_examples: server-side held-out split, drawn evenly from all clients' held-out records.
@@ -52,6 +59,10 @@ class DataConfig:
     alpha: float = 0.5
     shards_per_client: int = 2
     template: str = "{character}:\n{text}"
+    prompt_template: str | None = None
+    response_template: str = "{response}"
+    chat_template: bool = False
+    packing: bool = False
     train_examples_per_client: int | None = None
     val_examples_per_client: int = 16
     global_val_examples: int = 64
@@ -68,13 +79,21 @@ class FederatedData:
     label_counts: np.ndarray  # [client, label]: records each client holds, before the held-out splits
 
 
-def _render(records: Dataset, template: str) -> Dataset:
-    try:
-        template.format(**records[0])
-    except KeyError as err:
-        raise KeyError(f"data.template uses column {err} which the data lacks "
-                       f"(columns: {records.column_names})") from None
-    return records.map(lambda r: {"text": template.format(**r)}, remove_columns=records.column_names)
+def _render(records: Dataset, config: DataConfig) -> Dataset:
+    """Records -> ``prompt``/``response`` pairs (plain text: an empty prompt)."""
+    if config.prompt_template is None:
+        templates = {"prompt": "", "response": config.template}
+    else:
+        templates = {"prompt": config.prompt_template, "response": config.response_template}
+    for key, template in templates.items():
+        try:
+            template.format(**records[0])
+        except KeyError as err:
+            name = "template" if config.prompt_template is None else f"{key}_template"
+            raise KeyError(f"data.{name} uses column {err} which the data lacks "
+                           f"(columns: {records.column_names})") from None
+    return records.map(lambda r: {k: t.format(**r) for k, t in templates.items()},
+                       remove_columns=records.column_names)
 
 
 def _column(records: Dataset, name: str, key: str, source: str) -> np.ndarray:
@@ -127,10 +146,11 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
             n_train = min(n_train, config.train_examples_per_client)
         if n_train <= 0:
             raise ValueError(f"client '{client_id}' has no training records left after the held-out splits")
-        tokens = tokenize(_render(records.select(rows[: n_held + n_train]), config.template),
-                          tokenizer, config.max_length)
+        tokens = tokenize(_render(records.select(rows[: n_held + n_train]), config),
+                          tokenizer, config.max_length, config.chat_template)
+        train = tokens.select(range(n_held, n_held + n_train))
         modules[client_id] = CausalLMDataModule(
-            train=tokens.select(range(n_held, n_held + n_train)),
+            train=pack(train, config.max_length) if config.packing else train,
             val=tokens.select(range(n_val)),
             pad_token_id=tokenizer.pad_token_id,
             batch_size=config.batch_size,

