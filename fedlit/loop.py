@@ -26,8 +26,8 @@ from fedlit.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["round", "client", "split", "loss", "perplexity", "num_examples",
-                  "bytes_received", "bytes_sent", "seconds"]
+METRIC_COLUMNS = ["round", "client", "split", "loss", "perplexity", "token_accuracy", "exact_match",
+                  "num_examples", "bytes_received", "bytes_sent", "seconds"]
 # Only these Trainer options carry over to evaluation: where and in what precision the model runs.
 _EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
 
@@ -151,10 +151,8 @@ class FederatedLoop:
         for party, datamodule in parties.items():
             (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
             loss = metrics["val_loss"]
-            self._record(server_round, party, "val", {
-                "loss": loss, "perplexity": metrics["val_perplexity"],
-                "num_examples": len(datamodule.val_dataset),
-            })
+            values = {name.removeprefix("val_"): value for name, value in metrics.items()}
+            self._record(server_round, party, "val", {**values, "num_examples": len(datamodule.val_dataset)})
         return loss
 
     def _record(self, server_round: int, client_id: str, split: str, values: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from rich.console import Console
 from fedlit.client import Client
 from fedlit.data.federated import DataConfig, build_federated_data
 from fedlit.data.report import write_partition_report
-from fedlit.lightning_modules import OptimizerConfig, PeftModule, build_peft_model
+from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.strategies import FedAvg, Strategy
@@ -28,6 +28,7 @@ def fed_homo_llm(
     data: DataConfig = DataConfig(),  # noqa: B008
     peft: PeftConfig | None = None,
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+    evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
     strategy: Strategy | None = None,
     rounds: int = 3,
     output_dir: str | Path = "outputs/fedlit",
@@ -44,6 +45,7 @@ def fed_homo_llm(
         data: records, client split and held-out splits (default: Shakespeare, one client per play).
         peft: any ``peft`` config (default: LoRA r=8 on the attention q/v projections).
         optimizer: each client's local optimiser.
+        evaluation: extra validation metrics (generation exact match for instruction data).
         strategy: client sampling and aggregation (default: FedAvg over all clients).
         rounds: federated rounds.
         output_dir: metrics.csv, adapter/, checkpoints/ and logs/.
@@ -64,7 +66,7 @@ def fed_homo_llm(
         loggers = [CSVLogger(save_dir=str(output_dir), name="logs", version="")]
     return FederatedLoop(
         clients=[Client(cid, dm) for cid, dm in federated.clients.items()],
-        module_factory=functools.partial(PeftModule, peft_model, optimizer),
+        module_factory=functools.partial(PeftModule, peft_model, optimizer, evaluation, tokenizer),
         strategy=strategy or FedAvg(),
         rounds=rounds,
         output_dir=output_dir,

@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
-from transformers import get_scheduler
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from fedlit.data.datamodule import IGNORE_INDEX
+from fedlit.lightning_modules.generation import exact_matches, greedy_answers, split_prompts
 from fedlit.payload import Payload, canonical, check_compatible
 
 
@@ -44,19 +46,47 @@ def shifted_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return loss / count.clamp(min=1), count
 
 
+@dataclass
+class EvaluationConfig:
+    """What validation measures besides token-weighted loss, perplexity and next-token accuracy.
+
+    Args:
+        generate_max_new_tokens: when > 0, also answer each instruction example's prompt greedily (at most
+            this many tokens) and report ``exact_match`` against its reference response. Needs
+            ``tokenizer``.
+    """
+
+    generate_max_new_tokens: int = 0
+
+
 class CausalLMModule(L.LightningModule):
-    """Causal-LM loss with label masking; token-weighted loss and perplexity (torchmetrics) on validation.
+    """Causal-LM loss with label masking; on validation, torchmetrics loss, perplexity, token accuracy and,
+    optionally, generation exact match.
 
     ``model`` is typically shared by every simulated client of a process: the frozen base is held once and
     a client's own state is only its trainable tensors (see :meth:`trainable_state_dict`).
     """
 
-    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerConfig | None = None,
+        evaluation: EvaluationConfig | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_config = optimizer or OptimizerConfig()
+        self.evaluation = evaluation or EvaluationConfig()
+        if self.evaluation.generate_max_new_tokens and tokenizer is None:
+            raise ValueError("evaluation.generate_max_new_tokens needs the tokenizer to decode answers")
+        self.tokenizer = tokenizer
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
+        self.val_token_accuracy = MulticlassAccuracy(
+            num_classes=model.config.vocab_size, ignore_index=IGNORE_INDEX, average="micro"
+        )
+        self.val_exact_match = MeanMetric()
 
     def on_fit_start(self) -> None:
         # from_pretrained returns the shared model in eval mode and evaluation leaves it there; Lightning keeps
@@ -76,8 +106,18 @@ class CausalLMModule(L.LightningModule):
         loss, count = shifted_token_loss(logits, batch["labels"])
         self.val_loss.update(loss, weight=count)
         self.val_perplexity.update(logits[:, :-1].float(), batch["labels"][:, 1:])
+        self.val_token_accuracy.update(logits[:, :-1].argmax(-1), batch["labels"][:, 1:])
         self.log("val_loss", self.val_loss, on_epoch=True)
         self.log("val_perplexity", self.val_perplexity, on_epoch=True)
+        self.log("val_token_accuracy", self.val_token_accuracy, on_epoch=True)
+        if self.evaluation.generate_max_new_tokens:
+            prompts, answers = split_prompts(batch)
+            predictions = greedy_answers(
+                self.model, prompts, self.evaluation.generate_max_new_tokens,
+                self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
+            )
+            self.val_exact_match.update(exact_matches(predictions, answers, self.tokenizer))
+            self.log("val_exact_match", self.val_exact_match, on_epoch=True)
 
     def configure_optimizers(self):
         cfg = self.optimizer_config

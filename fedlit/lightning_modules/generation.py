@@ -1,0 +1,50 @@
+"""Generation-based evaluation: greedy answers to the prompts of instruction examples, scored by exact match."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fedlit.data.datamodule import IGNORE_INDEX
+
+
+def split_prompts(batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per row: the prompt (tokens before the first label) and the reference answer (labelled tokens)."""
+    prompts, answers = [], []
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        labelled = (labels != IGNORE_INDEX).nonzero().flatten()
+        start = int(labelled[0]) if len(labelled) else len(ids)
+        prompts.append(ids[:start])
+        answers.append(labels[labelled])
+    return prompts, answers
+
+
+def normalise(text: str) -> str:
+    """Case- and whitespace-insensitive; only the first line of a generation counts."""
+    lines = text.strip().splitlines()
+    return " ".join(lines[0].split()).casefold() if lines else ""
+
+
+@torch.no_grad()
+def greedy_answers(model, prompts: list[torch.Tensor], max_new_tokens: int, pad_token_id: int,
+                   eos_token_id: int) -> list[torch.Tensor]:
+    """Left-pad the prompts into one batch and decode greedily; returns only the new tokens of each row."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long, device=prompts[0].device)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = prompt
+        attention_mask[row, width - len(prompt):] = 1
+    output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                            do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+    return [row[width:] for row in output]
+
+
+def exact_matches(predictions: list[torch.Tensor], answers: list[torch.Tensor],
+                  tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """1.0 where the decoded prediction equals the reference answer after :func:`normalise`, else 0.0."""
+    return torch.tensor([
+        float(normalise(tokenizer.decode(p, skip_special_tokens=True))
+              == normalise(tokenizer.decode(a, skip_special_tokens=True)))
+        for p, a in zip(predictions, answers, strict=True)
+    ])
