@@ -154,3 +154,12 @@ def test_tokenisation_is_cached_by_datasets(plays_jsonl, tokenizer):
     first = build_federated_data(config(plays_jsonl), tokenizer).clients["alpha"].train_dataset
     second = build_federated_data(config(plays_jsonl), tokenizer).clients["alpha"].train_dataset
     assert first.cache_files and first.cache_files == second.cache_files
+
+
+def test_keep_filters_records(plays_jsonl, tokenizer):
+    data = build_federated_data(config(plays_jsonl, keep={"play": ["alpha", "gamma"]}), tokenizer)
+    assert sorted(data.clients) == ["alpha", "gamma"]
+    with pytest.raises(ValueError, match=r"data.keep: no records with play in \['omega'\]"):
+        build_federated_data(config(plays_jsonl, keep={"play": ["omega"]}), tokenizer)
+    with pytest.raises(KeyError, match="data.keep 'genre' is not a column"):
+        build_federated_data(config(plays_jsonl, keep={"genre": ["x"]}), tokenizer)

@@ -24,6 +24,7 @@ class DataConfig:
     Args:
         source: ``shakespeare`` (built in, offline), a directory of play texts, or a local
             json/jsonl/csv/parquet/txt file.
+        keep: only records whose column values are listed, e.g. ``{play: [hamlet, macbeth]}``.
         partition: ``natural`` (one client per value of ``client_column``), ``iid``, ``dirichlet``,
             ``shards`` or ``quantity_skew`` (see :mod:`fedlit.data.partition`).
         client_column: the column of the natural split.
@@ -51,6 +52,7 @@ class DataConfig:
     """
 
     source: str = BUILTIN_SOURCE
+    keep: dict[str, list[str]] | None = None
     partition: Literal["natural", "iid", "dirichlet", "shards", "quantity_skew"] = "natural"
     client_column: str = "play"
     clients: list[str] | None = None
@@ -96,10 +98,14 @@ def _render(records: Dataset, config: DataConfig) -> Dataset:
                        remove_columns=records.column_names)
 
 
-def _column(records: Dataset, name: str, key: str, source: str) -> np.ndarray:
+def _column_name(records: Dataset, name: str, key: str = "keep", source: str = "the data") -> str:
     if name not in records.column_names:
         raise KeyError(f"data.{key} '{name}' is not a column of {source} (columns: {records.column_names})")
-    return np.asarray(records[name], dtype=str)
+    return name
+
+
+def _column(records: Dataset, name: str, key: str, source: str) -> np.ndarray:
+    return np.asarray(records[_column_name(records, name, key, source)], dtype=str)
 
 
 def _natural_clients(records: Dataset, config: DataConfig) -> dict[str, np.ndarray]:
@@ -134,6 +140,11 @@ def assign_clients(records: Dataset, config: DataConfig) -> dict[str, np.ndarray
 def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> FederatedData:
     """One data module per client plus the server's global held-out split, deterministic in ``seed``."""
     records = load_records(config.source)
+    for column, allowed in (config.keep or {}).items():
+        values = set(map(str, allowed))
+        records = records.filter(lambda value: str(value) in values, input_columns=_column_name(records, column))
+        if len(records) == 0:
+            raise ValueError(f"data.keep: no records with {column} in {sorted(values)}")
     parts = assign_clients(records, config)
     global_share = math.ceil(config.global_val_examples / len(parts))
     rng = np.random.default_rng(config.seed)
