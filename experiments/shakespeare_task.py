@@ -28,7 +28,7 @@ from rich.table import Table
 from fedlit.algorithms import fed_homo_llm
 from fedlit.cli import _quiet_libraries, fit_parser
 from fedlit.client import Client
-from fedlit.data import CausalLMDataModule, GLOBAL
+from fedlit.data import GLOBAL, CausalLMDataModule
 from fedlit.loop import FederatedLoop
 from fedlit.strategies import FedAdam, FedAvg
 

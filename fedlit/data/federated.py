@@ -142,7 +142,8 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
     records = load_records(config.source)
     for column, allowed in (config.keep or {}).items():
         values = set(map(str, allowed))
-        records = records.filter(lambda value: str(value) in values, input_columns=_column_name(records, column))
+        records = records.filter(lambda value, allowed: str(value) in allowed,
+                                 input_columns=_column_name(records, column), fn_kwargs={"allowed": values})
         if len(records) == 0:
             raise ValueError(f"data.keep: no records with {column} in {sorted(values)}")
     parts = assign_clients(records, config)
