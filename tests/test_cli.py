@@ -100,3 +100,14 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     with open(tmp_path / "run" / "metrics.csv") as f:
         assert {row["round"] for row in csv.DictReader(f)} == {"0", "1"}
+
+
+def test_client_callbacks_from_config(config_file):
+    from fedlit.callbacks import FedProx
+    from fedlit.cli import fit_parser
+
+    parser = fit_parser()
+    config = parser.parse_args(["--config", str(config_file), "--client_callbacks",
+                                '[{"class_path": "fedlit.callbacks.FedProx", "init_args": {"mu": 0.1}}]'])
+    (callback,) = parser.instantiate(config).client_callbacks
+    assert isinstance(callback, FedProx) and callback.mu == 0.1
