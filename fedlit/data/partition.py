@@ -88,9 +88,9 @@ def shards(labels: Sequence, num_clients: int, shards_per_client: int, seed: int
 
 
 def label_histogram(parts: dict[str, np.ndarray], labels: Sequence) -> tuple[list[str], np.ndarray]:
-    """(label names, counts[client, label]) for a statistics table or heat-map."""
+    """(label names, counts[client, label]) over the labels the clients hold, for a table or heat-map."""
     labels = np.asarray(labels, dtype=str)
-    names = sorted(np.unique(labels).tolist())
+    names = sorted(np.unique(labels[np.concatenate(list(parts.values()))]).tolist())
     index = {name: i for i, name in enumerate(names)}
     counts = np.zeros((len(parts), len(names)), dtype=np.int64)
     for row, rows in enumerate(parts.values()):

@@ -37,8 +37,9 @@ def write_partition_report(data: FederatedData, output_dir: Path, console: Conso
     writer.writerows(rows)
     atomic_write_bytes(Path(output_dir) / "partition.csv", buffer.getvalue().encode())
 
-    height = 1.5 + 0.3 * len(rows)
-    figure, axes = plt.subplots(figsize=(min(2 + 0.35 * len(data.label_names), 24), min(height, 24)))
+    label_room = 0.09 * max(len(name) for name in data.label_names)  # rotated tick labels below the map
+    width = 3 + 0.09 * max(len(str(r["client"])) for r in rows) + 0.35 * len(data.label_names)
+    figure, axes = plt.subplots(figsize=(min(width, 24), min(1.5 + label_room + 0.3 * len(rows), 24)))
     image = axes.imshow(data.label_counts, aspect="auto", cmap="viridis")
     axes.set_yticks(range(len(rows)), [str(r["client"]) for r in rows])
     axes.set_xticks(range(len(data.label_names)), data.label_names, rotation=90)
