@@ -163,3 +163,12 @@ def test_keep_filters_records(plays_jsonl, tokenizer):
         build_federated_data(config(plays_jsonl, keep={"play": ["omega"]}), tokenizer)
     with pytest.raises(KeyError, match="data.keep 'genre' is not a column"):
         build_federated_data(config(plays_jsonl, keep={"genre": ["x"]}), tokenizer)
+
+
+def test_save_to_disk_directory_and_offline_hub_name(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({"play": ["a"], "character": ["B"], "text": ["hi"]}).save_to_disk(str(tmp_path / "saved"))
+    assert load_records(str(tmp_path / "saved"))[0] == {"play": "a", "character": "B", "text": "hi"}
+    with pytest.raises(FileNotFoundError, match="'nobody/no-such-dataset' is not a local file or directory"):
+        load_records("nobody/no-such-dataset")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, load_dataset, load_from_disk
 
 from fedlit.data.shakespeare import load_shakespeare, prepare_shakespeare, shakespeare_dir
 from fedlit.io import atomic_write_bytes
@@ -25,16 +25,27 @@ def shakespeare_turns_file() -> Path:
 
 
 def load_records(source: str) -> Dataset:
-    """``shakespeare``, a directory of play texts, or a json/jsonl/csv/parquet/txt file."""
+    """``shakespeare``; a directory (``save_to_disk`` output, else play texts); a json/jsonl/csv/parquet/txt
+    file; or a ``datasets`` hub name (its ``train`` split), which offline must already be in the cache."""
     if source == BUILTIN_SOURCE:
         source = str(shakespeare_turns_file())
     path = Path(source).expanduser()
     if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            return load_from_disk(str(path))
         return load_shakespeare(path)
-    if not path.is_file():
+    if path.is_file():
+        builder = _BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ValueError(f"data.source: unsupported file type '{path.suffix}' of '{source}' "
+                             f"(supported: {', '.join(sorted(_BUILDERS))})")
+        return load_dataset(builder, data_files=str(path), split="train")
+    if source.startswith((".", "/", "~")) or path.suffix.lower() in _BUILDERS:
         raise FileNotFoundError(f"data.source: no such file or directory '{source}'")
-    builder = _BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise ValueError(f"data.source: unsupported file type '{path.suffix}' of '{source}' "
-                         f"(supported: {', '.join(sorted(_BUILDERS))})")
-    return load_dataset(builder, data_files=str(path), split="train")
+    try:
+        return load_dataset(source, split="train")
+    except Exception as err:  # datasets raises several types for "not found" and "offline"
+        raise FileNotFoundError(
+            f"data.source: '{source}' is not a local file or directory, and loading it as a hub dataset "
+            f"failed ({type(err).__name__}: {err}). Offline, use a local file."
+        ) from err
