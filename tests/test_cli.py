@@ -92,7 +92,8 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl):
     """Each config as shipped, pointed at the tiny model and data, runs one round and writes an adapter."""
     main(["fit", "--config", str(config), "--model.name_or_path", str(tiny_model_dir),
-          "--data.source", str(plays_jsonl), "--data.clients", "null", "--data.num_clients", "3",
+          "--data.source", str(plays_jsonl), "--data.keep", "null", "--data.clients", "null",
+          "--data.num_clients", "3",
           "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
           "--data.global_val_examples", "6", "--rounds", "1", "--trainer.max_steps", "2",
           "--trainer.precision", "32-true", "--strategy.init_args.clients_per_round", "2",
