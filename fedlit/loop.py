@@ -100,7 +100,7 @@ class FederatedLoop:
                     f"{self.checkpoint_dir} already holds checkpoints: resume, or use another output_dir"
                 )
             self.global_payload = module.trainable_state_dict()
-            self._evaluate(module, 0, sampled_stats={})
+            self._evaluate(module, 0)
             self._end_round(0)
             start = 1
         with RoundProgress(self.rounds, start, self.progress) as bar:
@@ -133,27 +133,29 @@ class FederatedLoop:
             }
             bar.client_done()
         self.global_payload = self.strategy.aggregate(self.global_payload, updates)
-        global_loss = self._evaluate(module, server_round, stats)
+        for client_id, values in stats.items():
+            self._record(server_round, client_id, "train", values)
+        losses = self._evaluate(module, server_round)
         self._end_round(server_round)
-        bar.round_done(f"global val loss {global_loss:.4f}")
+        shown = GLOBAL if GLOBAL in losses else "mean client"
+        bar.round_done(f"{shown} val loss {losses.get(GLOBAL, np.mean(list(losses.values()))):.4f}")
 
-    def _evaluate(self, module: L.LightningModule, server_round: int, sampled_stats: dict) -> float:
-        """Validate the global adapter on every client's held-out split and the global one; record the rows."""
+    def _evaluate(self, module: L.LightningModule, server_round: int) -> dict[str, float]:
+        """Validate the global adapter on every client's held-out split and the global one; record the rows
+        and return each party's loss."""
         module.load_trainable_state_dict(self.global_payload, who="the global adapter")
-        for client_id, stats in sampled_stats.items():
-            self._record(server_round, client_id, "train", stats)
         parties = {cid: c.datamodule for cid, c in self.clients.items()}
         if self.global_val is not None:
             parties[GLOBAL] = self.global_val
         eval_kwargs = {key: self.trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in self.trainer_kwargs}
         trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, **eval_kwargs})
-        loss = float("nan")
+        losses = {}
         for party, datamodule in parties.items():
             (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
-            loss = metrics["val_loss"]
+            losses[party] = metrics["val_loss"]
             values = {name.removeprefix("val_"): value for name, value in metrics.items()}
             self._record(server_round, party, "val", {**values, "num_examples": len(datamodule.val_dataset)})
-        return loss
+        return losses
 
     def _record(self, server_round: int, client_id: str, split: str, values: dict[str, Any]) -> None:
         row = {"round": server_round, "client": client_id, "split": split, **values}
