@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,5 +56,4 @@ class Client:
         trainer.fit(module_factory(), datamodule=self.datamodule)
         assert extraction.update is not None, "AdapterExtraction did not run: fit ended early"
         wire = to_bytes(extraction.update.payload)
-        return wire, Update(self.client_id, from_bytes(wire), extraction.update.num_examples,
-                            extraction.update.metrics)
+        return wire, dataclasses.replace(extraction.update, payload=from_bytes(wire))

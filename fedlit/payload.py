@@ -18,7 +18,7 @@ def to_bytes(payload: dict[str, torch.Tensor]) -> bytes:
 
 
 def from_bytes(data: bytes) -> Payload:
-    """Inverse of :func:`to_bytes`; keeps the sender's key order (safetensors sorts keys on disk)."""
+    """Inverse of :func:`to_bytes`, in sorted key order (as :func:`canonical` produces)."""
     return OrderedDict(sorted(load_bytes(data).items()))
 
 

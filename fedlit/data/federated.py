@@ -98,7 +98,7 @@ def _render(records: Dataset, config: DataConfig) -> Dataset:
                        remove_columns=records.column_names)
 
 
-def _column_name(records: Dataset, name: str, key: str = "keep", source: str = "the data") -> str:
+def _column_name(records: Dataset, name: str, key: str, source: str) -> str:
     if name not in records.column_names:
         raise KeyError(f"data.{key} '{name}' is not a column of {source} (columns: {records.column_names})")
     return name
@@ -142,8 +142,8 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
     records = load_records(config.source)
     for column, allowed in (config.keep or {}).items():
         values = set(map(str, allowed))
-        records = records.filter(lambda value, allowed: str(value) in allowed,
-                                 input_columns=_column_name(records, column), fn_kwargs={"allowed": values})
+        records = records.filter(lambda value, allowed: str(value) in allowed, fn_kwargs={"allowed": values},
+                                 input_columns=_column_name(records, column, "keep", config.source))
         if len(records) == 0:
             raise ValueError(f"data.keep: no records with {column} in {sorted(values)}")
     parts = assign_clients(records, config)

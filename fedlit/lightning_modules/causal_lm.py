@@ -121,7 +121,7 @@ class CausalLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optimizer_config
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = list(self._trainable_parameters().values())
         if not params:
             raise ValueError("the model has no trainable parameters: nothing to federate")
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -131,13 +131,16 @@ class CausalLMModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _trainable_parameters(self) -> OrderedDict[str, nn.Parameter]:
+        return OrderedDict((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+
     def trainable_state_dict(self) -> Payload:
         """What travels: every trainable parameter of the model, by name."""
-        return canonical({n: p for n, p in self.model.named_parameters() if p.requires_grad})
+        return canonical(self._trainable_parameters())
 
     def load_trainable_state_dict(self, payload: Payload, who: str = "client") -> None:
         """Overwrite the trainable tensors with ``payload``; any key or shape mismatch raises, naming ``who``."""
-        params = OrderedDict((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+        params = self._trainable_parameters()
         check_compatible(params, payload, who)
         with torch.no_grad():
             for name, param in params.items():
