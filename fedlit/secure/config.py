@@ -1,0 +1,59 @@
+"""Settings of secure aggregation: the fixed-point ring, clipping, the neighbour graph and the threshold."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class SecureAggregationConfig:
+    """Masked aggregation after Bonawitz et al. (SecAgg, 2017) and Bell et al. (SecAgg+, 2020).
+
+    Each client sends ``n_k * clip(update_k)`` and ``n_k`` in fixed point, masked; the server learns only
+    their sums, hence the example-weighted mean update.
+
+    Args:
+        bits: the ring is Z_2^bits (1..64); masked vectors travel as 4-byte words up to 32 bits, else 8.
+        scale: fixed-point scale: a value x is sent as round(x * scale).
+        clip: every coordinate of a client's update (its adapter minus the global one) is clipped to
+            [-clip, clip] before weighting; it bounds the values so that the ring sum cannot wrap.
+        neighbours: SecAgg+ neighbour count k per client (an even number, rounded up); ``None`` masks
+            every pair of clients (SecAgg). Costs grow with k per client, so k ~ O(log n) gives n log n
+            in total.
+        threshold: share threshold t as a fraction of a client's neighbours: t = max(1, ceil(threshold * k)).
+            Up to t - 1 colluding neighbours (with the server) learn nothing of a client's update; up to
+            k - t of its neighbours may drop out and the round still completes.
+    """
+
+    bits: int = 64
+    scale: float = 2.0**24
+    clip: float = 16.0
+    neighbours: int | None = None
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 64:
+            raise ValueError(f"secure_aggregation.bits must be in 1..64, got {self.bits}")
+        if self.scale <= 0 or self.clip <= 0:
+            raise ValueError(f"secure_aggregation.scale and clip must be > 0, got {self.scale} and {self.clip}")
+        if self.neighbours is not None and self.neighbours < 1:
+            raise ValueError(f"secure_aggregation.neighbours must be >= 1 or null, got {self.neighbours}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"secure_aggregation.threshold must be in (0, 1], got {self.threshold}")
+
+    def degree(self, num_clients: int) -> int:
+        """Neighbours per client among ``num_clients``: k rounded up to even, at most everyone else."""
+        if self.neighbours is None:
+            return num_clients - 1
+        return min(num_clients - 1, 2 * math.ceil(self.neighbours / 2))
+
+    def shares_needed(self, num_clients: int) -> int:
+        """The Shamir threshold t for a round with ``num_clients`` participants."""
+        return max(1, math.ceil(self.threshold * self.degree(num_clients)))
+
+    def error_bound(self, num_clients: int, total_examples: int) -> float:
+        """Largest per-coordinate error of the unmasked weighted-mean update versus exact float arithmetic
+        (for updates within ``clip``): each of ``num_clients`` roundings is off by at most 1/(2 scale)
+        before the division by the total example count."""
+        return num_clients / (2 * self.scale * total_examples)
