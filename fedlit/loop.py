@@ -27,7 +27,7 @@ from fedlit.strategies import Strategy
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["round", "client", "split", "loss", "perplexity", "token_accuracy", "exact_match",
-                  "num_examples", "bytes_received", "bytes_sent", "seconds"]
+                  "choice_accuracy", "num_examples", "bytes_received", "bytes_sent", "seconds"]
 # Only these Trainer options carry over to evaluation: where and in what precision the model runs.
 _EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
 
@@ -50,6 +50,8 @@ class FederatedLoop:
         loggers: Lightning loggers that receive every round's metrics (step = round).
         seed: seeds every client fit through (seed, round, client id).
         progress: show a Rich progress display.
+        eval_every: evaluate after every ``eval_every``-th round (and always after round 0 and the last);
+            evaluation of large models or many clients can cost more than a round of training.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class FederatedLoop:
         loggers: Sequence[Logger] = (),
         seed: int = 0,
         progress: bool = True,
+        eval_every: int = 1,
     ) -> None:
         ids = [c.client_id for c in clients]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -73,6 +76,8 @@ class FederatedLoop:
             raise ValueError(f"'{GLOBAL}' is reserved for the server's held-out split; rename that client")
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         self.clients = {c.client_id: c for c in clients}
         self.module_factory = module_factory
         self.strategy = strategy
@@ -83,6 +88,7 @@ class FederatedLoop:
         self.loggers = list(loggers)
         self.seed = seed
         self.progress = progress
+        self.eval_every = eval_every
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
 
@@ -135,10 +141,14 @@ class FederatedLoop:
         self.global_payload = self.strategy.aggregate(self.global_payload, updates)
         for client_id, values in stats.items():
             self._record(server_round, client_id, "train", values)
-        losses = self._evaluate(module, server_round)
+        if server_round % self.eval_every == 0 or server_round == self.rounds:
+            losses = self._evaluate(module, server_round)
+            shown = GLOBAL if GLOBAL in losses else "mean client"
+            summary = f"{shown} val loss {losses.get(GLOBAL, np.mean(list(losses.values()))):.4f}"
+        else:
+            summary = f"mean train loss {np.mean([v['loss'] for v in stats.values()]):.4f}"
         self._end_round(server_round)
-        shown = GLOBAL if GLOBAL in losses else "mean client"
-        bar.round_done(f"{shown} val loss {losses.get(GLOBAL, np.mean(list(losses.values()))):.4f}")
+        bar.round_done(summary)
 
     def _evaluate(self, module: L.LightningModule, server_round: int) -> dict[str, float]:
         """Validate the global adapter on every client's held-out split and the global one; record the rows

@@ -1,6 +1,7 @@
 """Validation metrics: token accuracy and generation exact match, against plain transformers."""
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -59,6 +60,34 @@ def test_token_accuracy_matches_hand_count(model_and_tokenizer):
     assert "val_exact_match" not in metrics
 
 
+def test_choice_accuracy_matches_unpadded_likelihood_ranking(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    choices = [" the", " my", " be"]  # one token each, so the random model's ranking varies with the prompt
+    best = []
+    for prompt in PROMPTS:  # rank the answers by hand: one unpadded sequence per prompt and answer
+        context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        scores = []
+        for choice in choices:
+            answer = tokenizer(choice, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([context + answer])).logits[0].log_softmax(-1)
+            scores.append(sum(float(logp[len(context) + i - 1, t]) for i, t in enumerate(answer)))
+        best.append(int(np.argmax(scores)))
+    assert len(set(best)) > 1, best
+    references = [choices[b] for b in best]
+    assert validate(model, tokenizer, {"prompt": PROMPTS, "response": references},
+                    choices=choices)["val_choice_accuracy"] == 1.0
+    references[:2] = [choices[(b + 1) % len(choices)] for b in best[:2]]
+    assert validate(model, tokenizer, {"prompt": PROMPTS, "response": references},
+                    choices=choices)["val_choice_accuracy"] == pytest.approx(3 / 5)
+
+
+def test_reference_outside_the_answer_set_is_named(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="' sir' is not one of evaluation.choices"):
+        validate(model, tokenizer, {"prompt": PROMPTS[:2], "response": [" madam", " sir"]}, choices=[" madam"])
+
+
 def test_split_prompts_and_normalise():
     batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]]),
              "labels": torch.tensor([[-100, -100, 7, 8], [-100, 10, 11, -100]])}
@@ -69,5 +98,5 @@ def test_split_prompts_and_normalise():
 
 
 def test_generation_needs_a_tokenizer(model_and_tokenizer):
-    with pytest.raises(ValueError, match="needs the tokenizer"):
+    with pytest.raises(ValueError, match="need the tokenizer"):
         CausalLMModule(model_and_tokenizer[0], evaluation=EvaluationConfig(generate_max_new_tokens=2))

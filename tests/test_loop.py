@@ -43,6 +43,15 @@ def test_fit_learns_and_writes_metrics_adapter_and_checkpoints(make_loop, tmp_pa
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_eval_every_skips_rounds_but_not_the_first_or_last(make_loop, tmp_path):
+    make_loop(rounds=5, eval_every=2).fit()
+    rows = read_metrics(tmp_path / "run")
+    assert sorted(global_losses(rows)) == [0, 2, 4, 5]
+    assert sorted({int(r["round"]) for r in rows if r["split"] == "train"}) == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="eval_every must be >= 1"):
+        make_loop(eval_every=0)
+
+
 def test_only_adapter_tensors_travel_and_bytes_are_logged(make_loop, tmp_path):
     loop = make_loop(rounds=1)
     initial = loop.module_factory().trainable_state_dict()

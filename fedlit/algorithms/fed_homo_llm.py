@@ -31,6 +31,7 @@ def fed_homo_llm(
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
     strategy: Strategy | None = None,
     rounds: int = 3,
+    eval_every: int = 1,
     output_dir: str | Path = "outputs/fedlit",
     loggers: Sequence[Logger] | None = None,
     seed: int = 0,
@@ -45,9 +46,10 @@ def fed_homo_llm(
         data: records, client split and held-out splits (default: Shakespeare, one client per play).
         peft: any ``peft`` config (default: LoRA r=8 on the attention q/v projections).
         optimizer: each client's local optimiser.
-        evaluation: extra validation metrics (generation exact match for instruction data).
+        evaluation: extra validation metrics for instruction data (generation exact match, answer-set accuracy).
         strategy: client sampling and aggregation (default: FedAvg over all clients).
         rounds: federated rounds.
+        eval_every: evaluate after every n-th round (round 0 and the last are always evaluated).
         output_dir: metrics.csv, adapter/, checkpoints/ and logs/.
         loggers: Lightning loggers for round metrics (default: a CSVLogger under ``output_dir/logs``).
         seed: seeds the adapter initialisation, the data split, client sampling and every client fit.
@@ -69,6 +71,7 @@ def fed_homo_llm(
         module_factory=functools.partial(PeftModule, peft_model, optimizer, evaluation, tokenizer),
         strategy=strategy or FedAvg(),
         rounds=rounds,
+        eval_every=eval_every,
         output_dir=output_dir,
         trainer_kwargs=trainer_kwargs,
         global_val=federated.global_val,

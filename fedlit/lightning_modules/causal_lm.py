@@ -15,6 +15,7 @@ from torchmetrics.text import Perplexity
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from fedlit.data.datamodule import IGNORE_INDEX
+from fedlit.lightning_modules.choices import choice_log_likelihoods, choice_token_ids, reference_indices
 from fedlit.lightning_modules.generation import exact_matches, greedy_answers, split_prompts
 from fedlit.payload import Payload, canonical, check_compatible
 
@@ -54,9 +55,13 @@ class EvaluationConfig:
         generate_max_new_tokens: when > 0, also answer each instruction example's prompt greedily (at most
             this many tokens) and report ``exact_match`` against its reference response. Needs
             ``tokenizer``.
+        choices: a fixed answer set, each written as the response template writes it (e.g. ``" hamlet"``).
+            When given, each instruction example's candidates are ranked by log-likelihood after its prompt
+            and ``choice_accuracy`` is the share whose top candidate is the reference. Needs ``tokenizer``.
     """
 
     generate_max_new_tokens: int = 0
+    choices: list[str] | None = None
 
 
 class CausalLMModule(L.LightningModule):
@@ -78,15 +83,17 @@ class CausalLMModule(L.LightningModule):
         self.model = model
         self.optimizer_config = optimizer or OptimizerConfig()
         self.evaluation = evaluation or EvaluationConfig()
-        if self.evaluation.generate_max_new_tokens and tokenizer is None:
-            raise ValueError("evaluation.generate_max_new_tokens needs the tokenizer to decode answers")
+        if (self.evaluation.generate_max_new_tokens or self.evaluation.choices) and tokenizer is None:
+            raise ValueError("evaluation.generate_max_new_tokens and evaluation.choices need the tokenizer")
         self.tokenizer = tokenizer
+        self.choice_ids = choice_token_ids(self.evaluation.choices, tokenizer) if self.evaluation.choices else []
         self.val_loss = MeanMetric()
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
         self.val_token_accuracy = MulticlassAccuracy(
             num_classes=model.config.vocab_size, ignore_index=IGNORE_INDEX, average="micro"
         )
         self.val_exact_match = MeanMetric()
+        self.val_choice_accuracy = MeanMetric()
 
     def on_fit_start(self) -> None:
         # from_pretrained returns the shared model in eval mode and evaluation leaves it there; Lightning keeps
@@ -110,8 +117,18 @@ class CausalLMModule(L.LightningModule):
         self.log("val_loss", self.val_loss, on_epoch=True)
         self.log("val_perplexity", self.val_perplexity, on_epoch=True)
         self.log("val_token_accuracy", self.val_token_accuracy, on_epoch=True)
+        if self.evaluation.generate_max_new_tokens or self.choice_ids:
+            self._answer_metrics(batch)
+
+    def _answer_metrics(self, batch: dict[str, torch.Tensor]) -> None:
+        """Task metrics on the prompts of instruction examples: generation exact match, answer-set accuracy."""
+        prompts, answers = split_prompts(batch)
+        if self.choice_ids:
+            references = reference_indices(answers, self.choice_ids, self.tokenizer).to(batch["input_ids"].device)
+            scores = choice_log_likelihoods(self, prompts, self.choice_ids, self.tokenizer.pad_token_id)
+            self.val_choice_accuracy.update((scores.argmax(dim=1) == references).float())
+            self.log("val_choice_accuracy", self.val_choice_accuracy, on_epoch=True)
         if self.evaluation.generate_max_new_tokens:
-            prompts, answers = split_prompts(batch)
             predictions = greedy_answers(
                 self.model, prompts, self.evaluation.generate_max_new_tokens,
                 self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,

@@ -238,8 +238,9 @@ class SecAggServer:
         self._sender(who, self.sharers, set(self.survivors), "masked input")
         vector, dtype = message.vector, self.total.dtype
         if not isinstance(vector, np.ndarray) or vector.dtype != dtype or vector.shape != self.total.shape:
+            got = f"{getattr(vector, 'dtype', type(vector).__name__)} of shape {getattr(vector, 'shape', '?')}"
             raise ProtocolError(f"masked input from client '{who}': expected {dtype} of shape {self.total.shape}, "
-                                f"got {getattr(vector, 'dtype', type(vector))} of shape {getattr(vector, 'shape', '?')}")
+                                f"got {got}")
         self.total += vector
         self.survivors.append(who)
 
