@@ -11,10 +11,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from fedlit.callbacks import AdapterExtraction
+from fedlit.callbacks import AdapterExtraction, MaskedAggregation
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
-from fedlit.payload import Update, from_bytes, to_bytes
+from fedlit.payload import Payload, Update, from_bytes, to_bytes
+from fedlit.secure.messages import encode
+from fedlit.secure.protocol import SecAggClient
 
 ModuleFactory = Callable[[], CausalLMModule]
 
@@ -46,14 +48,23 @@ class Client:
         module_factory: ModuleFactory,
         trainer_kwargs: dict[str, Any],
         seed: int,
+        masker: SecAggClient | None = None,
     ) -> tuple[bytes, Update]:
-        """Train from the global adapter (safetensors bytes in); return the update as bytes and as tensors."""
+        """Train from the global adapter (safetensors bytes in); return the update as bytes and as tensors.
+
+        With a ``masker`` (secure aggregation) the bytes are the encoded masked input and the returned update
+        carries only the client's metrics: neither its tensors nor its example count leave it unmasked.
+        """
         L.seed_everything(seed, workers=True, verbose=False)
-        extraction = AdapterExtraction(self.client_id, from_bytes(global_wire))
+        global_payload = from_bytes(global_wire)
+        extraction = AdapterExtraction(self.client_id, global_payload)
+        masking = MaskedAggregation(masker, global_payload) if masker is not None else None
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), extraction]
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), extraction, *([masking] if masking else [])]
         trainer = L.Trainer(**kwargs)
         trainer.fit(module_factory(), datamodule=self.datamodule)
         assert extraction.update is not None, "AdapterExtraction did not run: fit ended early"
+        if masking is not None:
+            return encode(masking.masked), dataclasses.replace(extraction.update, payload=Payload(), num_examples=0)
         wire = to_bytes(extraction.update.payload)
         return wire, dataclasses.replace(extraction.update, payload=from_bytes(wire))

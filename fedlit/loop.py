@@ -20,8 +20,9 @@ from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ModuleFactory, client
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
 from fedlit.io import atomic_directory, atomic_torch_save, atomic_write_bytes
-from fedlit.payload import Payload, to_bytes
+from fedlit.payload import Payload, flatten, to_bytes, unflatten
 from fedlit.progress import RoundProgress
+from fedlit.secure import SecureAggregationConfig, SecureRound
 from fedlit.strategies import Strategy
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class FederatedLoop:
         progress: show a Rich progress display.
         eval_every: evaluate after every ``eval_every``-th round (and always after round 0 and the last);
             evaluation of large models or many clients can cost more than a round of training.
+        secure_aggregation: mask every client's update (SecAgg/SecAgg+): the server learns only the
+            example-weighted mean update, which the strategy's ``step`` turns into the new global adapter.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class FederatedLoop:
         seed: int = 0,
         progress: bool = True,
         eval_every: int = 1,
+        secure_aggregation: SecureAggregationConfig | None = None,
     ) -> None:
         ids = [c.client_id for c in clients]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -76,6 +80,9 @@ class FederatedLoop:
             raise ValueError(f"'{GLOBAL}' is reserved for the server's held-out split; rename that client")
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if secure_aggregation is not None and strategy.needs_individual_updates:
+            raise ValueError(f"{type(strategy).__name__} needs each client's update, which secure aggregation "
+                             "hides: use a strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         self.clients = {c.client_id: c for c in clients}
@@ -89,6 +96,7 @@ class FederatedLoop:
         self.seed = seed
         self.progress = progress
         self.eval_every = eval_every
+        self.secure_aggregation = secure_aggregation
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
 
@@ -121,6 +129,11 @@ class FederatedLoop:
         sampled = self.strategy.configure_round(server_round, list(self.clients), self.seed)
         bar.start_round(server_round, len(sampled))
         global_wire = to_bytes(self.global_payload)
+        secure = None
+        if self.secure_aggregation is not None:
+            secure = SecureRound(self.secure_aggregation, server_round, sampled,
+                                 sum(t.numel() for t in self.global_payload.values()), self.seed)
+            sampled = secure.exchange_keys()
         updates, stats = [], {}
         for client_id in sampled:
             bar.client_started(client_id)
@@ -128,17 +141,26 @@ class FederatedLoop:
             wire, update = self.clients[client_id].fit(
                 global_wire, self.module_factory, self.trainer_kwargs,
                 client_seed(self.seed, server_round, client_id),
+                masker=secure.clients[client_id] if secure else None,
             )
+            if secure:
+                secure.submit(client_id, wire)
             updates.append(update)
             stats[client_id] = {
                 "loss": update.metrics.get("train_loss_epoch", float("nan")),
-                "num_examples": update.num_examples,
+                **({} if secure else {"num_examples": update.num_examples}),  # masked too under secure aggregation
                 "bytes_received": len(global_wire),
                 "bytes_sent": len(wire),
                 "seconds": round(time.perf_counter() - began, 3),
             }
             bar.client_done()
-        self.global_payload = self.strategy.aggregate(self.global_payload, updates)
+        if secure:
+            self.global_payload = self.strategy.step(self.global_payload, self._unmasked_mean(secure))
+            for client_id, values in stats.items():  # the whole protocol's traffic, masked input included
+                values["bytes_sent"] = secure.bytes_sent[client_id]
+                values["bytes_received"] += secure.bytes_received[client_id]
+        else:
+            self.global_payload = self.strategy.aggregate(self.global_payload, updates)
         for client_id, values in stats.items():
             self._record(server_round, client_id, "train", values)
         if server_round % self.eval_every == 0 or server_round == self.rounds:
@@ -149,6 +171,11 @@ class FederatedLoop:
             summary = f"mean train loss {np.mean([v['loss'] for v in stats.values()]):.4f}"
         self._end_round(server_round)
         bar.round_done(summary)
+
+    def _unmasked_mean(self, secure: SecureRound) -> Payload:
+        """The example-weighted mean client adapter, from the unmasked sums of the masked round."""
+        weighted_sum, total_examples = secure.finish()
+        return unflatten(flatten(self.global_payload) + weighted_sum / total_examples, self.global_payload)
 
     def _evaluate(self, module: L.LightningModule, server_round: int) -> dict[str, float]:
         """Validate the global adapter on every client's held-out split and the global one; record the rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
@@ -25,6 +26,23 @@ def from_bytes(data: bytes) -> Payload:
 def canonical(payload: dict[str, torch.Tensor]) -> Payload:
     """Detached CPU copies in sorted key order, so that equal payloads compare and serialise equally."""
     return OrderedDict((name, payload[name].detach().to("cpu").clone()) for name in sorted(payload))
+
+
+def flatten(payload: dict[str, torch.Tensor]) -> np.ndarray:
+    """All tensors as one float64 vector, in the payload's order (as secure aggregation masks them)."""
+    return np.concatenate([t.detach().to("cpu", torch.float64).flatten().numpy() for t in payload.values()])
+
+
+def unflatten(vector: np.ndarray, like: Payload) -> Payload:
+    """Inverse of :func:`flatten`: tensors shaped and typed as ``like``'s."""
+    out, offset = OrderedDict(), 0
+    for name, tensor in like.items():
+        out[name] = torch.from_numpy(vector[offset: offset + tensor.numel()].copy()).reshape(tensor.shape).to(
+            tensor.dtype)
+        offset += tensor.numel()
+    if offset != len(vector):
+        raise ValueError(f"vector of length {len(vector)} does not match a payload of {offset} values")
+    return out
 
 
 def check_compatible(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], who: str) -> None:

@@ -91,7 +91,9 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl):
     """Each config as shipped, pointed at the tiny model and data, runs one round and writes an adapter."""
-    main(["fit", "--config", str(config), "--model.name_or_path", str(tiny_model_dir),
+    answer_set = yaml.safe_load(config.read_text()).get("evaluation", {}).get("choices")
+    tiny_answers = ["--evaluation.choices", '[" alpha", " beta", " gamma"]'] if answer_set else []
+    main(["fit", "--config", str(config), *tiny_answers, "--model.name_or_path", str(tiny_model_dir),
           "--data.source", str(plays_jsonl), "--data.keep", "null", "--data.clients", "null",
           "--data.num_clients", "3",
           "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
@@ -100,7 +102,10 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
           "--output_dir", str(tmp_path / "run"), "--progress", "false"])
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     with open(tmp_path / "run" / "metrics.csv") as f:
-        assert {row["round"] for row in csv.DictReader(f)} == {"0", "1"}
+        rows = list(csv.DictReader(f))
+    assert {row["round"] for row in rows} == {"0", "1"}
+    if answer_set:
+        assert all(0 <= float(r["choice_accuracy"]) <= 1 for r in rows if r["split"] == "val")
 
 
 def test_client_callbacks_from_config(config_file):

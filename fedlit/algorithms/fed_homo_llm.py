@@ -18,6 +18,7 @@ from fedlit.data.report import write_partition_report
 from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg, Strategy
 
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
@@ -37,6 +38,7 @@ def fed_homo_llm(
     seed: int = 0,
     progress: bool = True,
     client_callbacks: Sequence[Callback] = (),
+    secure_aggregation: SecureAggregationConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FederatedLoop:
     """Compose a FedHomoLLM run: one frozen base shared by all clients, a peft adapter that travels.
@@ -55,6 +57,8 @@ def fed_homo_llm(
         seed: seeds the adapter initialisation, the data split, client sampling and every client fit.
         progress: Rich progress over rounds and clients.
         client_callbacks: extra Lightning callbacks for every client fit (e.g. ``fedlit.callbacks.FedProx``).
+        secure_aggregation: mask client updates so the server learns only their weighted mean
+            (``fedlit.secure``); ``None`` sends adapters in the clear.
         trainer_kwargs: ``lightning.Trainer`` options for every client fit.
     """
     peft = peft or LoraConfig(**DEFAULT_LORA)
@@ -78,4 +82,5 @@ def fed_homo_llm(
         loggers=loggers,
         seed=seed,
         progress=progress,
+        secure_aggregation=secure_aggregation,
     )

@@ -2,5 +2,6 @@
 
 from fedlit.callbacks.adapter_extraction import AdapterExtraction
 from fedlit.callbacks.fedprox import FedProx
+from fedlit.callbacks.masked_aggregation import MaskedAggregation
 
-__all__ = ["AdapterExtraction", "FedProx"]
+__all__ = ["AdapterExtraction", "FedProx", "MaskedAggregation"]

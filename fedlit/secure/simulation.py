@@ -13,7 +13,7 @@ import numpy as np
 
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import MaskedInput, decode, encode
-from fedlit.secure.protocol import SecAggClient, SecAggServer
+from fedlit.secure.protocol import ProtocolError, SecAggClient, SecAggServer
 
 STAGES = ("advertise", "share", "masked_input", "unmask")
 
@@ -74,15 +74,20 @@ class SecureRound:
             self.clients[client_id].receive_shares(forwarded)
         return sorted(self.alive & self.server.sharers)
 
-    def submit(self, client_id: str, masked: MaskedInput) -> None:
-        """Stage 3 for one client (unless it drops out here)."""
-        for message in self._send("masked_input", {client_id: masked}):
+    def submit(self, client_id: str, wire: bytes) -> None:
+        """Stage 3 for one client: its encoded :class:`MaskedInput` (dropped if it drops out here)."""
+        self.alive -= self.dropouts["masked_input"]
+        if client_id in self.alive:
+            self.bytes_sent[client_id] += len(wire)
+            message = decode(wire)
+            if not isinstance(message, MaskedInput):
+                raise ProtocolError(f"client '{client_id}' sent a {type(message).__name__}, not a MaskedInput")
             self.server.receive_masked_input(message)
 
     def mask_and_submit(self, update_of: Callable[[str], tuple[np.ndarray, int]]) -> None:
         """Stage 3 for every live client: ``update_of(client_id)`` gives its flat update and example count."""
         for client_id in self.exchange_keys():
-            self.submit(client_id, self.clients[client_id].mask(*update_of(client_id)))
+            self.submit(client_id, encode(self.clients[client_id].mask(*update_of(client_id))))
 
     def finish(self) -> tuple[np.ndarray, float]:
         """Stage 4: the sum of survivors' weighted updates and of their example counts."""

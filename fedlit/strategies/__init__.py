@@ -1,8 +1,9 @@
 """Server aggregation strategies: orchestration in :class:`Strategy`, math in pure functions."""
 
-from fedlit.strategies.base import Strategy
-from fedlit.strategies.fedavg import FedAvg, weighted_average
+from fedlit.strategies.base import Strategy, weighted_average
+from fedlit.strategies.fedavg import FedAvg
 from fedlit.strategies.fedopt import FedAdagrad, FedAdam, FedAdaptive, FedAvgM, FedYogi, pseudo_gradient
+from fedlit.strategies.median import FedMedian
 
 __all__ = [
     "FedAdagrad",
@@ -10,6 +11,7 @@ __all__ = [
     "FedAdaptive",
     "FedAvg",
     "FedAvgM",
+    "FedMedian",
     "FedYogi",
     "Strategy",
     "pseudo_gradient",

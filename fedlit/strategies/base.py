@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from fedlit.payload import Payload, Update
 
 
-class Strategy(ABC):
-    """Base class; subclasses implement :meth:`aggregate` as pure tensor math.
+def weighted_average(payloads: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> Payload:
+    """sum_k w_k * x_k / sum_k w_k per tensor, accumulated in float64 and cast back to each tensor's dtype."""
+    if not payloads:
+        raise ValueError("weighted_average needs at least one payload")
+    if len(payloads) != len(weights):
+        raise ValueError(f"{len(payloads)} payloads but {len(weights)} weights")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError(f"weights must sum to a positive number, got {list(weights)}")
+    averaged = OrderedDict()
+    for name, first in payloads[0].items():
+        acc = torch.zeros(first.shape, dtype=torch.float64)
+        for payload, weight in zip(payloads, weights, strict=True):
+            acc += payload[name].to(torch.float64) * (weight / total)
+        averaged[name] = acc.to(first.dtype)
+    return averaged
+
+
+class Strategy:
+    """Base class. Most strategies only need the example-weighted mean of the client adapters, which is all
+    that secure aggregation reveals: they implement :meth:`step`. A strategy that needs each client's
+    update (a median, a robust rule) overrides :meth:`aggregate` and sets ``needs_individual_updates``.
 
     Args:
         clients_per_round: how many clients train each round: an int count, or a float fraction in (0, 1].
     """
+
+    needs_individual_updates: ClassVar[bool] = False
 
     def __init__(self, clients_per_round: int | float = 1.0) -> None:
         if isinstance(clients_per_round, float) and not 0 < clients_per_round <= 1:
@@ -41,9 +64,14 @@ class Strategy(ABC):
         chosen = sorted(rng.choice(n, size=k, replace=False).tolist())
         return [client_ids[i] for i in chosen]
 
-    @abstractmethod
     def aggregate(self, global_payload: Payload, updates: Sequence[Update]) -> Payload:
         """The new global payload from the previous one and this round's client updates."""
+        return self.step(global_payload, weighted_average([u.payload for u in updates],
+                                                          [u.num_examples for u in updates]))
+
+    def step(self, global_payload: Payload, average: Payload) -> Payload:
+        """The new global payload from the previous one and the example-weighted mean of the client adapters."""
+        raise TypeError(f"{type(self).__name__} needs each client's update, not only their mean")
 
     def state_dict(self) -> dict[str, Any]:
         """Server-side optimiser state to checkpoint (none for plain FedAvg)."""

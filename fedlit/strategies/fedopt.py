@@ -9,19 +9,16 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from fedlit.payload import Payload, Update
+from fedlit.payload import Payload
 from fedlit.strategies.base import Strategy
-from fedlit.strategies.fedavg import weighted_average
 
 
-def pseudo_gradient(global_payload: Payload, updates: Sequence[Update]) -> Payload:
+def pseudo_gradient(global_payload: Payload, average: Payload) -> Payload:
     """Delta_t = (example-weighted mean of the client adapters) - (global adapter)."""
-    average = weighted_average([u.payload for u in updates], [u.num_examples for u in updates])
     return OrderedDict((name, average[name] - global_payload[name]) for name in global_payload)
 
 
@@ -46,8 +43,8 @@ class FedAvgM(_ServerOptimizer):
         super().__init__(clients_per_round)
         self.server_lr, self.momentum = server_lr, momentum
 
-    def aggregate(self, global_payload: Payload, updates: Sequence[Update]) -> Payload:
-        delta = pseudo_gradient(global_payload, updates)
+    def step(self, global_payload: Payload, average: Payload) -> Payload:
+        delta = pseudo_gradient(global_payload, average)
         previous = self.state.get("momentum", {})
         momentum = OrderedDict(
             (n, self.momentum * previous[n] + d if n in previous else d.clone()) for n, d in delta.items()
@@ -78,8 +75,8 @@ class FedAdaptive(_ServerOptimizer):
     def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
         """v_t from v_{t-1} and Delta_t^2."""
 
-    def aggregate(self, global_payload: Payload, updates: Sequence[Update]) -> Payload:
-        delta = pseudo_gradient(global_payload, updates)
+    def step(self, global_payload: Payload, average: Payload) -> Payload:
+        delta = pseudo_gradient(global_payload, average)
         m_prev = self.state.get("m") or {n: torch.zeros_like(d) for n, d in delta.items()}
         v_prev = self.state.get("v") or {n: torch.full_like(d, self.tau**2) for n, d in delta.items()}
         m = OrderedDict((n, self.beta1 * m_prev[n] + (1 - self.beta1) * d) for n, d in delta.items())
