@@ -300,3 +300,12 @@ def test_masked_run_ends_within_bound_of_the_plain_run(make_loop, tmp_path, neig
     assert any(not torch.equal(masked[n], plain[n]) for n in plain)  # it really went through the ring
     rows = [r for r in loop.history if r["split"] == "train"]
     assert len(rows) == 3 and all("num_examples" not in r and r["bytes_sent"] > 0 for r in rows)
+
+
+def test_masked_run_resumes_bit_identically(make_loop, tmp_path):
+    """Masks are fresh randomness every round, yet they cancel exactly: a resumed masked run is identical."""
+    config = SecureAggregationConfig(neighbours=2)
+    full = make_loop(rounds=2, output_dir=tmp_path / "full", secure_aggregation=config).fit()
+    make_loop(rounds=1, output_dir=tmp_path / "part", secure_aggregation=config).fit()
+    resumed = make_loop(rounds=2, output_dir=tmp_path / "part", secure_aggregation=config).fit(resume=True)
+    assert all(torch.equal(full[n], resumed[n]) for n in full)
