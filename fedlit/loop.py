@@ -33,6 +33,15 @@ METRIC_COLUMNS = ["round", "client", "split", "loss", "perplexity", "token_accur
 _EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
 
 
+def validate(module: L.LightningModule, datamodule: CausalLMDataModule, trainer_kwargs: dict[str, Any]) -> dict:
+    """The module's validation metrics on ``datamodule``'s held-out split (names without ``val_``), on the
+    accelerator and in the precision of ``trainer_kwargs``."""
+    eval_kwargs = {key: trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in trainer_kwargs}
+    trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, **eval_kwargs})
+    (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
+    return {name.removeprefix("val_"): value for name, value in metrics.items()}
+
+
 class FederatedLoop:
     """Coordinates one ``lightning.Trainer`` per sampled client, round by round.
 
@@ -184,13 +193,10 @@ class FederatedLoop:
         parties = {cid: c.datamodule for cid, c in self.clients.items()}
         if self.global_val is not None:
             parties[GLOBAL] = self.global_val
-        eval_kwargs = {key: self.trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in self.trainer_kwargs}
-        trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, **eval_kwargs})
         losses = {}
         for party, datamodule in parties.items():
-            (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
-            losses[party] = metrics["val_loss"]
-            values = {name.removeprefix("val_"): value for name, value in metrics.items()}
+            values = validate(module, datamodule, self.trainer_kwargs)
+            losses[party] = values["loss"]
             self._record(server_round, party, "val", {**values, "num_examples": len(datamodule.val_dataset)})
         return losses
 
@@ -236,7 +242,7 @@ class FederatedLoop:
         return state["round"] + 1
 
     def _save_adapter(self, module: L.LightningModule) -> None:
-        """The final global adapter, in the model's own ``save_pretrained`` format (peft's for PEFT models)."""
+        """The final global adapter, as the module saves it (peft's ``save_pretrained`` for PEFT models)."""
         module.load_trainable_state_dict(self.global_payload, who="the global adapter")
         with atomic_directory(self.output_dir / "adapter") as tmp:
-            module.model.save_pretrained(tmp)
+            module.save_adapter(tmp)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -154,6 +156,10 @@ class CausalLMModule(L.LightningModule):
     def trainable_state_dict(self) -> Payload:
         """What travels: every trainable parameter of the model, by name."""
         return canonical(self._trainable_parameters())
+
+    def save_adapter(self, directory: str | Path) -> None:
+        """Write the trainable tensors to ``directory/adapter_model.safetensors``."""
+        save_file(dict(self.trainable_state_dict()), str(Path(directory) / "adapter_model.safetensors"))
 
     def load_trainable_state_dict(self, payload: Payload, who: str = "client") -> None:
         """Overwrite the trainable tensors with ``payload``; any key or shape mismatch raises, naming ``who``."""

@@ -7,6 +7,8 @@ so averaging it would federate the wrong thing. ``save_pretrained`` still writes
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from peft import PeftConfig, PeftModel, PeftType, get_peft_model
 from transformers import PreTrainedModel
@@ -31,6 +33,10 @@ class PeftModule(CausalLMModule):
     """
 
     model: PeftModel
+
+    def save_adapter(self, directory: str | Path) -> None:
+        """peft's own format, which plain ``PeftModel.from_pretrained`` loads."""
+        self.model.save_pretrained(directory)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = super().forward(batch)
