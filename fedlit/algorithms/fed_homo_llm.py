@@ -8,18 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
-from rich.console import Console
 
-from fedlit.client import Client
+from fedlit.algorithms.federation import federated_loop
 from fedlit.data.federated import DataConfig, build_federated_data
-from fedlit.data.report import write_partition_report
 from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.secure import SecureAggregationConfig
-from fedlit.strategies import FedAvg, Strategy
+from fedlit.strategies import Strategy
 
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 
@@ -64,23 +62,10 @@ def fed_homo_llm(
     peft = peft or LoraConfig(**DEFAULT_LORA)
     tokenizer = load_tokenizer(model)
     federated = build_federated_data(data, tokenizer)
-    write_partition_report(federated, Path(output_dir), console=None if progress else Console(quiet=True))
     peft_model = build_peft_model(load_base_model(model), peft, seed=seed)
-    trainer_kwargs = dict(trainer_kwargs or {})
-    trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *client_callbacks]
-    if loggers is None:
-        loggers = [CSVLogger(save_dir=str(output_dir), name="logs", version="")]
-    return FederatedLoop(
-        clients=[Client(cid, dm) for cid, dm in federated.clients.items()],
-        module_factory=functools.partial(PeftModule, peft_model, optimizer, evaluation, tokenizer),
-        strategy=strategy or FedAvg(),
-        rounds=rounds,
-        eval_every=eval_every,
-        output_dir=output_dir,
+    return federated_loop(
+        federated, functools.partial(PeftModule, peft_model, optimizer, evaluation, tokenizer),
+        strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
+        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation,
         trainer_kwargs=trainer_kwargs,
-        global_val=federated.global_val,
-        loggers=loggers,
-        seed=seed,
-        progress=progress,
-        secure_aggregation=secure_aggregation,
     )
