@@ -1,4 +1,5 @@
-"""The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` and ``fedlit prepare``.
+"""The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` (FedHomoLLM), ``fedlit fedost
+--config configs/fedost.yaml`` (offsite-tuning) and ``fedlit prepare``.
 
 Options follow LightningCLI / jsonargparse: every config key is also a command-line option
 (``--trainer.max_steps 20``, ``--peft.init_args.r 16``), and ``--print_config`` shows the merged config.
@@ -16,7 +17,7 @@ import lightning as L
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from fedlit.algorithms import fed_homo_llm
+from fedlit.algorithms import fed_homo_llm, fed_ost
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 
@@ -34,17 +35,24 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def fit_parser() -> ArgumentParser:
-    parser = ArgumentParser(description="Run a federated fine-tuning (FedHomoLLM).")
+# subcommand -> (algorithm, description, its peft default)
+ALGORITHMS = {
+    "fit": (fed_homo_llm, "run a federated fine-tuning (FedHomoLLM)",
+            {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
+    "fedost": (fed_ost, "run federated offsite-tuning (FedOST): adapters against an emulator, plugged back in",
+               None),
+}
+
+
+def fit_parser(command: str = "fit") -> ArgumentParser:
+    algorithm, description, peft_default = ALGORITHMS[command]
+    parser = ArgumentParser(description=description[0].upper() + description[1:] + ".")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
-    parser.add_function_arguments(fed_homo_llm, skip={"trainer_kwargs"}, fail_untyped=True)
+    parser.add_function_arguments(algorithm, skip={"trainer_kwargs"}, fail_untyped=True)
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip={"callbacks"},
                                sub_configs=True)
     parser.set_defaults({f"trainer.{key}": value for key, value in CLIENT_TRAINER_DEFAULTS.items()})
-    parser.set_defaults({
-        "peft": {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA},
-        "strategy": {"class_path": "fedlit.strategies.FedAvg"},
-    })
+    parser.set_defaults({"peft": peft_default, "strategy": {"class_path": "fedlit.strategies.FedAvg"}})
     parser.add_argument("--resume", type=bool, default=False,
                         help="continue from the newest checkpoint in output_dir")
     return parser
@@ -53,19 +61,21 @@ def fit_parser() -> ArgumentParser:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fedlit", description="Federated fine-tuning of LLMs, the Lightning way.")
     commands = parser.add_subcommands()
-    commands.add_subcommand("fit", fit_parser(), help="run a federated fine-tuning")
+    for command, (_, description, _) in ALGORITHMS.items():
+        commands.add_subcommand(command, fit_parser(command), help=description)
     commands.add_subcommand("prepare", ArgumentParser(description="Prepare the offline default model and data."),
                             help="convert the packaged default model and extract the Shakespeare texts")
     return parser
 
 
-def run_fit(config: Namespace, parser: ArgumentParser) -> None:
+def run_fit(command: str, config: Namespace, parser: ArgumentParser) -> None:
     init = parser.instantiate(config)
     trainer_kwargs = {key: value for key, value in vars(config.trainer).items()}
     kwargs = {key: init[key] for key in vars(config) if key not in ("trainer", "resume", "config")}
-    loop = fed_homo_llm(**kwargs, trainer_kwargs=trainer_kwargs)
-    loop.fit(resume=config.resume)
-    print(f"done: metrics in {loop.output_dir / 'metrics.csv'}, adapter in {loop.output_dir / 'adapter'}")
+    run = ALGORITHMS[command][0](**kwargs, trainer_kwargs=trainer_kwargs)
+    run.fit(resume=config.resume)
+    output_dir = Path(config.output_dir)
+    print(f"done: metrics in {output_dir / 'metrics.csv'}, adapter in {output_dir / 'adapter'}")
 
 
 def run_prepare() -> None:
@@ -92,8 +102,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     config = parser.parse_args(argv)
     _quiet_libraries()
-    if config.subcommand == "fit":
-        run_fit(config.fit, parser._subcommands_action._name_parser_map["fit"])
+    if config.subcommand in ALGORITHMS:
+        command = config.subcommand
+        run_fit(command, config[command], parser._subcommands_action._name_parser_map[command])
     elif config.subcommand == "prepare":
         run_prepare()
 

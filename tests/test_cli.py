@@ -91,16 +91,22 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl):
     """Each config as shipped, pointed at the tiny model and data, runs one round and writes an adapter."""
-    answer_set = yaml.safe_load(config.read_text()).get("evaluation", {}).get("choices")
-    tiny_answers = ["--evaluation.choices", '[" alpha", " beta", " gamma"]'] if answer_set else []
-    main(["fit", "--config", str(config), *tiny_answers, "--model.name_or_path", str(tiny_model_dir),
+    settings = yaml.safe_load(config.read_text())
+    answer_set = settings.get("evaluation", {}).get("choices")
+    extra = ["--evaluation.choices", '[" alpha", " beta", " gamma"]'] if answer_set else []
+    command = "fedost" if "offsite" in settings else "fit"
+    if command == "fedost":  # the tiny model has 2 blocks: adapter = the last, emulator = the first
+        extra += ["--offsite.front", "0", "--offsite.back", "1"]
+    main([command, "--config", str(config), *extra, "--model.name_or_path", str(tiny_model_dir),
           "--data.source", str(plays_jsonl), "--data.keep", "null", "--data.clients", "null",
           "--data.num_clients", "3",
           "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
           "--data.global_val_examples", "6", "--rounds", "1", "--trainer.max_steps", "2",
           "--trainer.precision", "32-true", "--strategy.init_args.clients_per_round", "2",
           "--output_dir", str(tmp_path / "run"), "--progress", "false"])
-    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    if command == "fedost":
+        assert (tmp_path / "run" / "plugged_in" / "config.json").is_file()
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert {row["round"] for row in rows} == {"0", "1"}

@@ -1,5 +1,6 @@
 """Algorithms: how modules, callbacks, data and server strategy compose into a federated run."""
 
 from fedlit.algorithms.fed_homo_llm import fed_homo_llm
+from fedlit.algorithms.fed_ost import FedOST, fed_ost
 
-__all__ = ["fed_homo_llm"]
+__all__ = ["FedOST", "fed_homo_llm", "fed_ost"]

@@ -1,0 +1,164 @@
+"""FedOST (FATE-LLM): federated offsite-tuning. The owner keeps its LLM; clients tune adapter blocks against
+a lossy emulator of the middle; the aggregated adapters are plugged back into the full model."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from peft import LoraConfig, PeftConfig
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from fedlit.algorithms.federation import federated_loop
+from fedlit.data.datamodule import CausalLMDataModule
+from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
+from fedlit.io import atomic_directory, atomic_write_bytes
+from fedlit.lightning_modules import CausalLMModule, EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
+from fedlit.loop import FederatedLoop, validate
+from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.models.offsite import (
+    OffsiteConfig,
+    adapter_indices,
+    adapter_state,
+    build_emulator,
+    decoder_blocks,
+    plug_in,
+)
+from fedlit.payload import Payload, to_bytes
+from fedlit.secure import SecureAggregationConfig
+from fedlit.strategies import Strategy
+
+
+def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, offsite: OffsiteConfig,
+                   directory: Path) -> list[int]:
+    """Write what clients receive (emulator with adapter blocks, embeddings, head; tokenizer) with
+    ``save_pretrained``, atomically; return the plan (the full block behind each emulator block)."""
+    emulator, plan = build_emulator(full, offsite)
+    with atomic_directory(directory) as tmp:
+        emulator.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return plan
+
+
+def trainable_adapters(emulator: PreTrainedModel, plan: list[int], offsite: OffsiteConfig,
+                       peft: PeftConfig | None, seed: int) -> PreTrainedModel:
+    """Unfreeze the adapter blocks (``peft=None``) or wrap them alone with a peft adapter (LoRA, ...)."""
+    prefix, blocks = decoder_blocks(emulator)
+    indices = adapter_indices(plan, offsite)
+    emulator.requires_grad_(False)
+    if peft is None:
+        for i in indices:
+            blocks[i].requires_grad_(True)
+        return emulator
+    if not isinstance(peft, LoraConfig):
+        raise ValueError(f"offsite adapters take LoRA or full tuning (peft: null), not {type(peft).__name__}")
+    peft.layers_to_transform, peft.layers_pattern = indices, prefix.rsplit(".", 1)[-1]
+    return build_peft_model(emulator, peft, seed=seed)
+
+
+class FedOST:
+    """Offsite-tuning around a :class:`FederatedLoop` whose clients hold only the client package.
+
+    ``fit`` evaluates the full model zero-shot, runs the federated rounds (emulator + adapters, round 0
+    being the emulator zero-shot), plugs the aggregated adapters into the full model, evaluates it on the
+    same held-out split, exports it with ``save_pretrained`` to ``output_dir/plugged_in`` and writes every
+    number to ``output_dir/offsite.json``.
+    """
+
+    def __init__(self, loop: FederatedLoop, full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 plan: list[int], offsite: OffsiteConfig, peft: PeftConfig | None,
+                 evaluation: EvaluationConfig, global_val: CausalLMDataModule) -> None:
+        self.loop, self.full, self.tokenizer = loop, full, tokenizer
+        self.plan, self.offsite, self.peft = plan, offsite, peft
+        self.evaluation, self.global_val = evaluation, global_val
+
+    def _validate_full(self) -> dict[str, float]:
+        module = CausalLMModule(self.full, evaluation=self.evaluation, tokenizer=self.tokenizer)
+        return validate(module, self.global_val, self.loop.trainer_kwargs)
+
+    def plugged_in(self, payload: Payload) -> PreTrainedModel:
+        """The full model with its adapter blocks replaced by the tuned ones (LoRA merged into a copy)."""
+        module = self.loop.module_factory()
+        module.load_trainable_state_dict(payload, who="the global adapter")
+        tuned = copy.deepcopy(module.model).merge_and_unload() if self.peft is not None else module.model
+        plug_in(self.full, adapter_state(tuned, self.plan, self.offsite), self.plan)
+        return self.full
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        output_dir = self.loop.output_dir
+        full_zero_shot = self._validate_full()
+        payload = self.loop.fit(resume=resume)
+        plugged = self.plugged_in(payload)
+        plug_in_metrics = self._validate_full()
+        with atomic_directory(output_dir / "plugged_in") as tmp:
+            plugged.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        rows = self.loop.history
+        global_rows = [r for r in rows if r["client"] == GLOBAL and r["split"] == "val"]
+        report = {
+            "plan": self.plan,
+            "parameters": {
+                "full_model": sum(p.numel() for p in self.full.parameters()),
+                "emulator": sum(p.numel() for p in self.loop.module_factory().model.parameters()),
+                "adapter": sum(t.numel() for t in payload.values()),
+            },
+            "bytes_per_client_per_round": len(to_bytes(payload)),
+            "full_zero_shot": full_zero_shot,
+            "emulator_zero_shot": global_rows[0],
+            "emulator_tuned": global_rows[-1],
+            "plug_in": plug_in_metrics,
+        }
+        atomic_write_bytes(output_dir / "offsite.json", json.dumps(report, indent=2, default=float).encode())
+        return report
+
+
+def fed_ost(
+    model: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention config defaults
+    data: DataConfig = DataConfig(),  # noqa: B008
+    offsite: OffsiteConfig = OffsiteConfig(),  # noqa: B008
+    peft: PeftConfig | None = None,
+    optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+    evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
+    strategy: Strategy | None = None,
+    rounds: int = 3,
+    eval_every: int = 1,
+    output_dir: str | Path = "outputs/fedost",
+    loggers: Sequence[Logger] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    client_callbacks: Sequence[Callback] = (),
+    secure_aggregation: SecureAggregationConfig | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> FedOST:
+    """Compose a FedOST run.
+
+    Args:
+        model: the owner's full model (default: the offline SmolLM2-135M-Instruct, 30 blocks).
+        data: records, client split and held-out splits.
+        offsite: adapter blocks (front/back) and the emulator's share of the middle blocks.
+        peft: ``None`` tunes the adapter blocks fully (as in the paper); a ``LoraConfig`` puts LoRA on them.
+        optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
+        secure_aggregation, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`.
+        output_dir: also gets ``client_package/`` (all a client receives), ``plugged_in/`` and ``offsite.json``.
+    """
+    tokenizer = load_tokenizer(model)
+    federated = build_federated_data(data, tokenizer)
+    full = load_base_model(model)
+    package = Path(output_dir) / "client_package"
+    plan = client_package(full, tokenizer, offsite, package)
+    emulator = AutoModelForCausalLM.from_pretrained(package, dtype=full.dtype)  # the clients' only model
+    client_model = trainable_adapters(emulator, plan, offsite, peft, seed)
+    module = PeftModule if peft is not None else CausalLMModule
+    loop = federated_loop(
+        federated, functools.partial(module, client_model, optimizer, evaluation, tokenizer),
+        strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
+        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation,
+        trainer_kwargs=trainer_kwargs,
+    )
+    return FedOST(loop, full, tokenizer, plan, offsite, peft, evaluation, federated.global_val)
