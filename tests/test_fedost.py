@@ -144,3 +144,14 @@ def test_fed_ost_refuses_prompt_tuning(tiny_model_dir, plays_jsonl, tmp_path):
     with pytest.raises(ValueError, match="offsite adapters take LoRA or full tuning"):
         run_fed_ost(tiny_model_dir, plays_jsonl, tmp_path, offsite=OffsiteConfig(0, 1, 1.0),
                     peft=PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
+
+
+def test_fed_ost_adapters_aggregate_under_masking(tiny_model_dir, plays_jsonl, tmp_path):
+    from fedlit.secure import SecureAggregationConfig
+
+    plain = run_fed_ost(tiny_model_dir, plays_jsonl, tmp_path / "plain", offsite=OffsiteConfig(0, 1, 1.0), rounds=1)
+    masked = run_fed_ost(tiny_model_dir, plays_jsonl, tmp_path / "masked", offsite=OffsiteConfig(0, 1, 1.0), rounds=1,
+                         secure_aggregation=SecureAggregationConfig())
+    plain.fit(), masked.fit()
+    for name, tensor in plain.loop.global_payload.items():
+        assert torch.allclose(masked.loop.global_payload[name], tensor, atol=1e-6), name
