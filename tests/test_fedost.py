@@ -155,3 +155,25 @@ def test_fed_ost_adapters_aggregate_under_masking(tiny_model_dir, plays_jsonl, t
     plain.fit(), masked.fit()
     for name, tensor in plain.loop.global_payload.items():
         assert torch.allclose(masked.loop.global_payload[name], tensor, atol=1e-6), name
+
+
+def test_distillation_brings_the_emulator_closer_to_the_full_model(deep_model_dir, plays_jsonl, tmp_path):
+    from fedlit.lightning_modules.emulator_distillation import DistillationConfig
+
+    def emulator_gap(run):
+        """MSE between the hidden states entering the top adapter block, emulator (client package) vs full."""
+        emulator = AutoModelForCausalLM.from_pretrained(tmp_path / run / "ost" / "client_package")
+        ids = torch.tensor([[3, 17, 42, 8, 99, 5, 61, 23]])
+        with torch.no_grad():
+            got = emulator(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+            want = built.full(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+        return float(((got - want) ** 2).mean())
+
+    built = run_fed_ost(deep_model_dir, plays_jsonl, tmp_path / "plain")
+    distillation = DistillationConfig(steps=30, lr=3e-3, source=str(plays_jsonl), exclude={"play": ["alpha"]},
+                                      max_length=32, batch_size=4)
+    run_fed_ost(deep_model_dir, plays_jsonl, tmp_path / "distilled", distillation=distillation)
+    assert emulator_gap("distilled") < 0.5 * emulator_gap("plain")
+    with pytest.raises(KeyError, match="exclude names column 'act'"):
+        run_fed_ost(deep_model_dir, plays_jsonl, tmp_path / "bad",
+                    distillation=DistillationConfig(steps=1, source=str(plays_jsonl), exclude={"act": ["1"]}))

@@ -10,16 +10,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.federation import federated_loop
+from fedlit.callbacks.emulator_construction import EmulatorConstruction, write_client_package
+from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
 from fedlit.io import atomic_directory, atomic_write_bytes
 from fedlit.lightning_modules import CausalLMModule, EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
+from fedlit.lightning_modules.emulator_distillation import DistillationConfig, EmulatorDistillation, public_dataloader
 from fedlit.loop import FederatedLoop, validate
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.models.offsite import (
@@ -36,13 +40,18 @@ from fedlit.strategies import Strategy
 
 
 def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, offsite: OffsiteConfig,
-                   directory: Path) -> list[int]:
-    """Write what clients receive (emulator with adapter blocks, embeddings, head; tokenizer) with
-    ``save_pretrained``, atomically; return the plan (the full block behind each emulator block)."""
+                   distillation: DistillationConfig, directory: Path, seed: int) -> list[int]:
+    """Build the emulator, distil it on public data if asked (a server-side Trainer whose
+    :class:`EmulatorConstruction` callback writes the package), else write it as built; return the plan."""
     emulator, plan = build_emulator(full, offsite)
-    with atomic_directory(directory) as tmp:
-        emulator.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    if distillation.steps <= 0:
+        write_client_package(emulator, tokenizer, directory)
+        return plan
+    L.seed_everything(seed, verbose=False)
+    trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "max_steps": distillation.steps,
+                           "callbacks": [EmulatorConstruction(directory, tokenizer)]})
+    trainer.fit(EmulatorDistillation(full, emulator, plan, offsite, distillation.lr),
+                public_dataloader(distillation, tokenizer, seed))
     return plan
 
 
@@ -122,6 +131,7 @@ def fed_ost(
     model: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention config defaults
     data: DataConfig = DataConfig(),  # noqa: B008
     offsite: OffsiteConfig = OffsiteConfig(),  # noqa: B008
+    distillation: DistillationConfig = DistillationConfig(),  # noqa: B008
     peft: PeftConfig | None = None,
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
@@ -142,6 +152,7 @@ def fed_ost(
         model: the owner's full model (default: the offline SmolLM2-135M-Instruct, 30 blocks).
         data: records, client split and held-out splits.
         offsite: adapter blocks (front/back) and the emulator's share of the middle blocks.
+        distillation: optional server-side distillation of the emulator on public data (``steps > 0``).
         peft: ``None`` tunes the adapter blocks fully (as in the paper); a ``LoraConfig`` puts LoRA on them.
         optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
         secure_aggregation, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`.
@@ -151,7 +162,7 @@ def fed_ost(
     federated = build_federated_data(data, tokenizer)
     full = load_base_model(model)
     package = Path(output_dir) / "client_package"
-    plan = client_package(full, tokenizer, offsite, package)
+    plan = client_package(full, tokenizer, offsite, distillation, package, seed)
     emulator = AutoModelForCausalLM.from_pretrained(package, dtype=full.dtype)  # the clients' only model
     client_model = trainable_adapters(emulator, plan, offsite, peft, seed)
     module = PeftModule if peft is not None else CausalLMModule

@@ -1,7 +1,8 @@
 """Lightning callbacks that add federation to an ordinary client ``Trainer``."""
 
 from fedlit.callbacks.adapter_extraction import AdapterExtraction
+from fedlit.callbacks.emulator_construction import EmulatorConstruction
 from fedlit.callbacks.fedprox import FedProx
 from fedlit.callbacks.masked_aggregation import MaskedAggregation
 
-__all__ = ["AdapterExtraction", "FedProx", "MaskedAggregation"]
+__all__ = ["AdapterExtraction", "EmulatorConstruction", "FedProx", "MaskedAggregation"]
