@@ -37,6 +37,7 @@ test-fast: setup
 
 bench: prepare
 	$(BIN)/python experiments/bench_overhead.py
+	$(BIN)/python experiments/bench_secagg.py
 
 lint: setup
 	$(BIN)/ruff check fedlit tests experiments
