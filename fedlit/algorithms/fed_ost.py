@@ -4,6 +4,7 @@ a lossy emulator of the middle; the aggregated adapters are plugged back into th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 from collections.abc import Sequence
@@ -67,7 +68,7 @@ def trainable_adapters(emulator: PreTrainedModel, plan: list[int], offsite: Offs
         return emulator
     if not isinstance(peft, LoraConfig):
         raise ValueError(f"offsite adapters take LoRA or full tuning (peft: null), not {type(peft).__name__}")
-    peft.layers_to_transform, peft.layers_pattern = indices, prefix.rsplit(".", 1)[-1]
+    peft = dataclasses.replace(peft, layers_to_transform=indices, layers_pattern=prefix.rsplit(".", 1)[-1])
     return build_peft_model(emulator, peft, seed=seed)
 
 
