@@ -29,18 +29,18 @@ from rich.table import Table
 from fedlit.payload import Update, to_bytes
 from fedlit.secure import SecureAggregationConfig, SecureRound
 from fedlit.secure.messages import encode
-from fedlit.secure.ring import mask
+from fedlit.secure.ring import MaskStream
 from fedlit.strategies import FedAvg
 
 
 def keystream_gb_per_s(length: int, bits: int) -> float:
-    seed = os.urandom(32)
-    mask(seed, length, bits)  # warm-up
+    stream = MaskStream(length, bits)
+    stream.keystream(os.urandom(32))  # warm-up
     began = time.perf_counter()
-    repeats = 5
+    repeats = 10
     for _ in range(repeats):
-        mask(seed, length, bits)
-    return repeats * length * (4 if bits <= 32 else 8) / (time.perf_counter() - began) / 1e9
+        stream.keystream(os.urandom(32))
+    return repeats * length * stream.dtype.itemsize / (time.perf_counter() - began) / 1e9
 
 
 def plain_fedavg(n: int, params: int) -> tuple[float, int]:

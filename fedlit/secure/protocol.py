@@ -133,15 +133,12 @@ class SecAggClient:
             vector = ring.encode(values, cfg.scale, cfg.bits, limit)
         except OverflowError as error:
             raise OverflowError(f"client '{self.client_id}': {error}") from None
-        vector += ring.mask(self.seed, setup.vector_length, cfg.bits)
+        stream = ring.MaskStream(setup.vector_length, cfg.bits)
+        stream.add(vector, self.seed)
         for other in sorted(self.received):  # neighbours that completed stage 2
             seed = keys.derive(self.mask_key, self.neighbour_keys[other].mask_public_key, "mask",
                                setup.server_round, self.client_id, other)
-            pair = ring.mask(seed, setup.vector_length, cfg.bits)
-            if pair_mask_sign(self.client_id, other) > 0:
-                vector += pair
-            else:
-                vector -= pair
+            stream.add(vector, seed, pair_mask_sign(self.client_id, other))
         return MaskedInput(self.client_id, setup.server_round, ring.reduce(vector, cfg.bits))
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
@@ -280,12 +277,13 @@ class SecAggServer:
                     if x != share_point(self.setup.participants, who):
                         raise ProtocolError(f"unmask: client '{who}' sent a share at the wrong point")
                     table[owner][x] = share
-        cfg, length = self.config, len(self.total)
+        cfg = self.config
         total = self.total.copy()
+        stream = ring.MaskStream(len(total), cfg.bits)
         for owner, shares in sorted(seed_shares.items()):
             seed = self._reconstruct(owner, shares, "self-mask seed",
                                      lambda s, o=owner: commitment(s) == self.adverts[o].self_mask_commitment)
-            total -= ring.mask(seed, length, cfg.bits)
+            stream.add(total, seed, -1)
         for owner, shares in sorted(key_shares.items()):
             secret_key = self._reconstruct(
                 owner, shares, "mask secret key",
@@ -293,9 +291,6 @@ class SecAggServer:
             for other in sorted(set(self.setup.neighbours[owner]) & survivors):
                 seed = keys.derive(secret_key, self.adverts[other].mask_public_key, "mask", self.server_round,
                                    owner, other)
-                if pair_mask_sign(other, owner) > 0:
-                    total -= ring.mask(seed, length, cfg.bits)
-                else:
-                    total += ring.mask(seed, length, cfg.bits)
+                stream.add(total, seed, -pair_mask_sign(other, owner))  # remove what the survivor added
         values = ring.decode(ring.reduce(total, cfg.bits), cfg.scale, cfg.bits)
         return values[:-1], float(values[-1])

@@ -23,14 +23,33 @@ def reduce(vector: np.ndarray, bits: int) -> np.ndarray:
     return vector
 
 
+class MaskStream:
+    """Adds or subtracts keystream masks of ``length`` ring elements into vectors, reusing one zero input and
+    one output buffer: at these sizes fresh allocations, not the cipher, would set the pace.
+
+    A mask is the AES-256-CTR keystream of a 32-byte seed read as words (AES-NI: several GB/s per core).
+    """
+
+    def __init__(self, length: int, bits: int) -> None:
+        self.length, self.bits, self.dtype = length, bits, word_dtype(bits)
+        nbytes = length * self.dtype.itemsize
+        self._zeros = bytes(nbytes)
+        self._out = bytearray(nbytes + 63)  # update_into wants room for one block more than the input
+        self._words = np.frombuffer(self._out, dtype=self.dtype, count=length)
+
+    def keystream(self, seed: bytes) -> np.ndarray:
+        """The mask of ``seed`` as a view of the shared buffer (valid until the next call)."""
+        Cipher(algorithms.AES(seed), modes.CTR(_COUNTER)).encryptor().update_into(self._zeros, self._out)
+        return self._words
+
+    def add(self, vector: np.ndarray, seed: bytes, sign: int = 1) -> None:
+        """``vector += sign * mask(seed)`` modulo the word size (reduce to 2^bits once at the end)."""
+        (np.add if sign > 0 else np.subtract)(vector, self.keystream(seed), out=vector)
+
+
 def mask(seed: bytes, length: int, bits: int) -> np.ndarray:
-    """``length`` uniform ring elements from a 32-byte seed: the AES-256-CTR keystream read as words
-    (AES-NI runs it at several GB/s per core)."""
-    dtype = word_dtype(bits)
-    nbytes = length * dtype.itemsize
-    out = bytearray(nbytes + 63)  # update_into wants room for one block more than the input
-    Cipher(algorithms.AES(seed), modes.CTR(_COUNTER)).encryptor().update_into(bytes(nbytes), out)
-    return reduce(np.frombuffer(out, dtype=dtype, count=length), bits)  # writable: it views the bytearray
+    """``length`` uniform ring elements from a 32-byte seed (a fresh array)."""
+    return reduce(MaskStream(length, bits).keystream(seed).copy(), bits)
 
 
 def encode(values: np.ndarray, scale: float, bits: int, limit: int) -> np.ndarray:
