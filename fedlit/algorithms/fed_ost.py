@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import functools
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,10 @@ def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, of
     L.seed_everything(seed, verbose=False)
     trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "max_steps": distillation.steps,
                            "callbacks": [EmulatorConstruction(directory, tokenizer)]})
-    trainer.fit(EmulatorDistillation(full, emulator, plan, offsite, distillation.lr),
-                public_dataloader(distillation, tokenizer, seed))
+    with warnings.catch_warnings():  # the frozen full model (the teacher) stays in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+        trainer.fit(EmulatorDistillation(full, emulator, plan, offsite, distillation.lr),
+                    public_dataloader(distillation, tokenizer, seed))
     return plan
 
 
