@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=1_000_000)
     parser.add_argument("--neighbours", type=int, default=10)
     parser.add_argument("--bits", type=int, default=64)
+    parser.add_argument("--scale", type=float, help="fixed-point scale (default 2^24, or 2^12 up to 32 bits)")
+    parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -95,7 +97,8 @@ def main() -> None:
     for n in args.clients:
         fedavg_seconds, plain_bytes = plain_fedavg(n, args.params)
         for graph, neighbours in ((f"SecAgg+ k={args.neighbours}", args.neighbours), ("SecAgg (all pairs)", None)):
-            config = SecureAggregationConfig(bits=args.bits, neighbours=neighbours)
+            scale = args.scale or (2.0**24 if args.bits > 32 else 2.0**12)
+            config = SecureAggregationConfig(bits=args.bits, scale=scale, clip=args.clip, neighbours=neighbours)
             for drop in (0.0, 0.1):
                 result = secure_round(n, args.params, config, drop)
                 row = {"clients": n, "graph": graph, "dropout_fraction": drop, "plain_fedavg_server_s": fedavg_seconds,
