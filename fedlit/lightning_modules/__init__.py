@@ -1,11 +1,14 @@
 """Client-side LightningModules."""
 
 from fedlit.lightning_modules.causal_lm import CausalLMModule, EvaluationConfig, OptimizerConfig, shifted_token_loss
+from fedlit.lightning_modules.knowledge_distillation import DistillationLossConfig, KnowledgeDistillationModule
 from fedlit.lightning_modules.peft_module import PeftModule, build_peft_model
 
 __all__ = [
     "CausalLMModule",
+    "DistillationLossConfig",
     "EvaluationConfig",
+    "KnowledgeDistillationModule",
     "OptimizerConfig",
     "PeftModule",
     "build_peft_model",

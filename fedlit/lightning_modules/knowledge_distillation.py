@@ -1,0 +1,86 @@
+"""Knowledge distillation into a PEFT student (FedHeteroLLM's mentee, FedCoLLM's SLM): the loss mixes
+cross-entropy on the labels with the KL divergence to a frozen teacher's temperature-softened logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from fedlit.data.datamodule import IGNORE_INDEX
+from fedlit.lightning_modules.causal_lm import EvaluationConfig, OptimizerConfig, shifted_token_loss
+from fedlit.lightning_modules.peft_module import PeftModule
+
+
+@dataclass
+class DistillationLossConfig:
+    """loss = (1 - kd_weight) * CE(labels) + kd_weight * T^2 * KL(teacher_T || student_T).
+
+    Args:
+        kd_weight: weight of the distillation term, in [0, 1].
+        temperature: softens both distributions; T^2 keeps the gradient scale independent of T (Hinton et al.).
+    """
+
+    kd_weight: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.kd_weight <= 1 or self.temperature <= 0:
+            raise ValueError(f"distillation: kd_weight must be in [0, 1] and temperature > 0, "
+                             f"got {self.kd_weight} and {self.temperature}")
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the labelled next-token positions."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    student = F.log_softmax(student_logits[:, :-1][mask].float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits[:, :-1][mask].float() / temperature, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="sum") / mask.sum().clamp(min=1)
+    return kl * temperature**2
+
+
+def check_shared_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+    """Logit distillation compares distributions token by token: both models need the same vocabulary."""
+    sizes = {name: m.get_input_embeddings().num_embeddings for name, m in (("student", student), ("teacher", teacher))}
+    if sizes["student"] != sizes["teacher"]:
+        raise ValueError(f"distillation needs teacher and student to share the tokenizer vocabulary; "
+                         f"the student has {sizes['student']} token embeddings, the teacher {sizes['teacher']}")
+
+
+class KnowledgeDistillationModule(PeftModule):
+    """A :class:`PeftModule` student trained against a frozen ``teacher``; only the student's adapter travels."""
+
+    def __init__(
+        self,
+        model: PeftModel,
+        teacher: PreTrainedModel,
+        loss: DistillationLossConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        evaluation: EvaluationConfig | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
+        super().__init__(model, optimizer, evaluation, tokenizer)
+        check_shared_vocabulary(model, teacher)
+        self.teacher = teacher.requires_grad_(False)
+        self.loss_config = loss or DistillationLossConfig()
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.teacher.eval()  # the student trains (adapter dropout on); the teacher stays deterministic
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        cfg = self.loss_config
+        logits = self(batch)
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ce, _ = shifted_token_loss(logits, batch["labels"])
+        kd = distillation_kl(logits, teacher_logits, batch["labels"], cfg.temperature)
+        loss = (1 - cfg.kd_weight) * ce + cfg.kd_weight * kd
+        size = batch["input_ids"].shape[0]
+        self.log_dict({"train_ce": ce, "train_kd": kd}, on_step=True, on_epoch=True, batch_size=size)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=size)
+        return loss
