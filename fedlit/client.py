@@ -39,8 +39,12 @@ def client_seed(seed: int, server_round: int, client_id: str) -> int:
 
 @dataclass
 class Client:
+    """A client's id and data; ``module_factory``, when set, builds its own LightningModule (a client-specific
+    teacher, say) in place of the loop's."""
+
     client_id: str
     datamodule: CausalLMDataModule
+    module_factory: ModuleFactory | None = None
 
     def fit(
         self,
@@ -62,7 +66,7 @@ class Client:
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), extraction, *([masking] if masking else [])]
         trainer = L.Trainer(**kwargs)
-        trainer.fit(module_factory(), datamodule=self.datamodule)
+        trainer.fit((self.module_factory or module_factory)(), datamodule=self.datamodule)
         assert extraction.update is not None, "AdapterExtraction did not run: fit ended early"
         if masking is not None:
             return encode(masking.masked), dataclasses.replace(extraction.update, payload=Payload(), num_examples=0)

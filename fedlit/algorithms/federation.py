@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,18 @@ def federated_loop(
     client_callbacks: Sequence[Callback],
     secure_aggregation: SecureAggregationConfig | None,
     trainer_kwargs: dict[str, Any] | None,
+    client_factories: Mapping[str, ModuleFactory] | None = None,
 ) -> FederatedLoop:
     """A FederatedLoop over ``federated``'s clients; writes the partition report; loggers default to a
-    CSVLogger under ``output_dir/logs``; ``client_callbacks`` join every client fit."""
+    CSVLogger under ``output_dir/logs``; ``client_callbacks`` join every client fit; ``client_factories``
+    give clients their own module (``module_factory`` still builds the one that evaluates)."""
     write_partition_report(federated, Path(output_dir), console=None if progress else Console(quiet=True))
     trainer_kwargs = dict(trainer_kwargs or {})
     trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *client_callbacks]
     if loggers is None:
         loggers = [CSVLogger(save_dir=str(output_dir), name="logs", version="")]
     return FederatedLoop(
-        clients=[Client(cid, dm) for cid, dm in federated.clients.items()],
+        clients=[Client(cid, dm, (client_factories or {}).get(cid)) for cid, dm in federated.clients.items()],
         module_factory=module_factory,
         strategy=strategy or FedAvg(),
         rounds=rounds,

@@ -18,10 +18,13 @@ class ModelConfig:
     Args:
         name_or_path: ``smollm2-135m-instruct`` (the offline default), a local directory, or a hub name.
         dtype: dtype of the frozen base weights (``float32``, ``bfloat16``, ``float16``).
+        keep_blocks: a smaller model derived by uniform layer drop: keep this many transformer blocks
+            (the first, the last and evenly spaced ones between); ``None`` keeps all.
     """
 
     name_or_path: str = DEFAULT_MODEL
     dtype: str = "float32"
+    keep_blocks: int | None = None
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -68,5 +71,20 @@ def load_base_model(config: ModelConfig) -> PreTrainedModel:
             f"could not load model '{config.name_or_path}': {err}. Offline, use a local directory "
             f"or the built-in '{DEFAULT_MODEL}'."
         ) from err
+    if config.keep_blocks is not None:
+        model = _layer_dropped(model, config)
     model.requires_grad_(False)
     return model
+
+
+def _layer_dropped(model: PreTrainedModel, config: ModelConfig) -> PreTrainedModel:
+    from fedlit.models.offsite import OffsiteConfig, build_emulator
+
+    blocks = model.config.num_hidden_layers
+    if not 3 <= config.keep_blocks <= blocks:
+        raise ValueError(f"model.keep_blocks must be in 3..{blocks} for '{config.name_or_path}', "
+                         f"got {config.keep_blocks}")
+    if config.keep_blocks == blocks:
+        return model
+    smaller, _ = build_emulator(model, OffsiteConfig(1, 1, (config.keep_blocks - 2) / (blocks - 2)))
+    return smaller

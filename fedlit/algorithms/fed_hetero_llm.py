@@ -1,0 +1,88 @@
+"""FedHeteroLLM (FATE-LLM): clients own LLMs of different sizes; each distils one common small *mentee*
+from its own LLM while tuning the mentee's PEFT adapter, and only that adapter is federated."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from peft import LoraConfig, PeftConfig
+
+from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
+from fedlit.algorithms.federation import federated_loop
+from fedlit.data.federated import DataConfig, build_federated_data
+from fedlit.lightning_modules import (
+    DistillationLossConfig,
+    EvaluationConfig,
+    KnowledgeDistillationModule,
+    OptimizerConfig,
+    PeftModule,
+    build_peft_model,
+)
+from fedlit.lightning_modules.knowledge_distillation import check_shared_vocabulary
+from fedlit.loop import FederatedLoop
+from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.secure import SecureAggregationConfig
+from fedlit.strategies import Strategy
+
+
+def fed_hetero_llm(
+    teachers: dict[str, ModelConfig],
+    mentee: ModelConfig = ModelConfig(keep_blocks=8),  # noqa: B008 - frozen-by-convention config defaults
+    data: DataConfig = DataConfig(),  # noqa: B008
+    peft: PeftConfig | None = None,
+    loss: DistillationLossConfig = DistillationLossConfig(),  # noqa: B008
+    optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+    evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
+    strategy: Strategy | None = None,
+    rounds: int = 3,
+    eval_every: int = 1,
+    output_dir: str | Path = "outputs/fedhetero",
+    loggers: Sequence[Logger] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    client_callbacks: Sequence[Callback] = (),
+    secure_aggregation: SecureAggregationConfig | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> FederatedLoop:
+    """Compose a FedHeteroLLM run.
+
+    Args:
+        teachers: client id -> that client's own LLM (any size; it must share the mentee's vocabulary).
+        mentee: the common small model every client trains an adapter of (default: the default model cut to
+            8 blocks by layer drop).
+        loss: the CE/KL mix and temperature of the distillation.
+        data, peft, optimizer, evaluation, strategy, rounds, eval_every, output_dir, loggers, seed, progress,
+        client_callbacks, secure_aggregation, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`;
+        evaluation scores the global mentee adapter.
+    """
+    tokenizer = load_tokenizer(mentee)
+    federated = build_federated_data(data, tokenizer)
+    missing, unknown = sorted(set(federated.clients) - set(teachers)), sorted(set(teachers) - set(federated.clients))
+    if missing or unknown:
+        raise ValueError(f"teachers: no model for clients {missing}, models for unknown clients {unknown} "
+                         f"(clients: {sorted(federated.clients)})")
+    student = build_peft_model(load_base_model(mentee), peft or LoraConfig(**DEFAULT_LORA), seed=seed)
+    loaded: dict[str, Any] = {}  # clients naming the same teacher share one copy
+    factories = {}
+    for client_id, teacher_config in teachers.items():
+        key = repr(teacher_config)
+        if key not in loaded:
+            loaded[key] = load_base_model(teacher_config)
+            try:
+                check_shared_vocabulary(student, loaded[key])
+            except ValueError as error:
+                raise ValueError(f"teacher of client '{client_id}' ({teacher_config.name_or_path}): {error}") from None
+        teacher = loaded[key]
+        factories[client_id] = functools.partial(KnowledgeDistillationModule, student, teacher, loss, optimizer,
+                                                 evaluation, tokenizer)
+    return federated_loop(
+        federated, functools.partial(PeftModule, student, optimizer, evaluation, tokenizer),
+        strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
+        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation,
+        trainer_kwargs=trainer_kwargs, client_factories=factories,
+    )
