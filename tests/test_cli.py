@@ -94,10 +94,16 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
     settings = yaml.safe_load(config.read_text())
     answer_set = settings.get("evaluation", {}).get("choices")
     extra = ["--evaluation.choices", '[" alpha", " beta", " gamma"]'] if answer_set else []
-    command = "fedost" if "offsite" in settings else "fit"
+    command = "fedost" if "offsite" in settings else "fedhetero" if "teachers" in settings else "fit"
     if command == "fedost":  # the tiny model has 2 blocks: adapter = the last, emulator = the first
         extra += ["--offsite.front", "0", "--offsite.back", "1"]
-    main([command, "--config", str(config), *extra, "--model.name_or_path", str(tiny_model_dir),
+    if command == "fedhetero":  # the tiny model as every teacher and as the (uncut) mentee
+        tiny = {"name_or_path": str(tiny_model_dir), "keep_blocks": None}
+        extra += ["--teachers", json.dumps({f"client-00{i}": tiny for i in range(3)}),
+                  "--mentee", json.dumps(tiny)]
+    else:
+        extra += ["--model.name_or_path", str(tiny_model_dir)]
+    main([command, "--config", str(config), *extra,
           "--data.source", str(plays_jsonl), "--data.keep", "null", "--data.clients", "null",
           "--data.num_clients", "3",
           "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
