@@ -72,6 +72,7 @@ def test_only_the_student_adapter_trains_and_travels(student_and_teacher):
     assert after.keys() == before.keys() and any(not torch.equal(after[n], before[n]) for n in after)
     assert all(torch.equal(t, teacher_before[n]) for n, t in teacher.state_dict().items())
     assert not teacher.training
+    assert not any(name.startswith("teacher") for name in module.state_dict())  # never checkpointed with the student
     metrics = trainer.callback_metrics
     expected = 0.3 * metrics["train_ce_epoch"] + 0.7 * metrics["train_kd_epoch"]
     assert metrics["train_loss_epoch"].item() == pytest.approx(expected.item(), rel=1e-5)

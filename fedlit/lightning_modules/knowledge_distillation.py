@@ -65,12 +65,13 @@ class KnowledgeDistillationModule(PeftModule):
     ) -> None:
         super().__init__(model, optimizer, evaluation, tokenizer)
         check_shared_vocabulary(model, teacher)
-        self.teacher = teacher.requires_grad_(False)
+        # Not a registered submodule: it stays out of train() and out of the module's state and checkpoints.
+        object.__setattr__(self, "teacher", teacher.requires_grad_(False).eval())
         self.loss_config = loss or DistillationLossConfig()
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self.teacher.eval()  # the student trains (adapter dropout on); the teacher stays deterministic
+        self.teacher.to(self.device)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         cfg = self.loss_config
