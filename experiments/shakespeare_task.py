@@ -36,12 +36,13 @@ from fedlit.strategies import FedAdam, FedAvg
 METRICS = ("choice_accuracy", "exact_match")
 
 
-def global_scores(loop: FederatedLoop, server_round: int | None = None) -> dict[str, float]:
-    """The task metrics of the global adapter after ``server_round`` (default: the last) on the server's
-    held-out split."""
+def global_scores(loop: FederatedLoop, server_round: int | None = None,
+                  metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
+    """``metrics`` of the global adapter after ``server_round`` (default: the last) on the server's held-out
+    split (those the run measured)."""
     server_round = loop.rounds if server_round is None else server_round
     (row,) = [r for r in loop.history if r["client"] == GLOBAL and r["round"] == server_round]
-    return {metric: float(row[metric]) for metric in METRICS}
+    return {metric: float(row[metric]) for metric in metrics if metric in row}
 
 
 def run(name: str, base: FederatedLoop, initial, output_dir: Path, **overrides) -> FederatedLoop:
@@ -53,7 +54,8 @@ def run(name: str, base: FederatedLoop, initial, output_dir: Path, **overrides) 
     base.module_factory().load_trainable_state_dict(initial)
     began = time.perf_counter()
     loop.fit()
-    print(f"{name}: {global_scores(loop)} ({time.perf_counter() - began:.0f} s)", flush=True)
+    print(f"{name}: {global_scores(loop, metrics=('loss', *METRICS))} ({time.perf_counter() - began:.0f} s)",
+          flush=True)
     return loop
 
 
