@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from fedlit.data.datamodule import IGNORE_INDEX
+from fedlit.data.datamodule import IGNORE_INDEX, CausalLMCollator
 
 
 def choice_token_ids(choices: list[str], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
@@ -42,19 +42,14 @@ def choice_log_likelihoods(logits_of: Callable[[dict[str, torch.Tensor]], torch.
     ``logits_of`` maps a right-padded batch to logits aligned with its ``input_ids`` (a module's forward).
     One forward pass per candidate keeps memory at one validation batch's worth.
     """
+    collate, device = CausalLMCollator(pad_token_id), prompts[0].device
     scores = []
     for candidate in candidates:
-        rows = [torch.cat([p, p.new_tensor(candidate)]) for p in prompts]
-        width = max(len(r) for r in rows)
-        input_ids = prompts[0].new_full((len(rows), width), pad_token_id)
-        labels = torch.full_like(input_ids, IGNORE_INDEX)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
-            input_ids[i, : len(row)] = row
-            labels[i, len(prompt): len(row)] = row[len(prompt):]
-            attention_mask[i, : len(row)] = 1
-        logits = logits_of({"input_ids": input_ids, "attention_mask": attention_mask})
-        token_nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels[:, 1:],
+        batch = collate([{"input_ids": p.tolist() + candidate, "labels": [IGNORE_INDEX] * len(p) + candidate}
+                         for p in prompts])
+        batch = {key: value.to(device) for key, value in batch.items()}
+        logits = logits_of(batch)
+        token_nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:],
                                     ignore_index=IGNORE_INDEX, reduction="none")
         scores.append(-token_nll.sum(dim=1))
     return torch.stack(scores, dim=1)

@@ -101,8 +101,9 @@ def build_emulator(full: PreTrainedModel, config: OffsiteConfig) -> tuple[PreTra
 def adapter_state(model: nn.Module, plan: list[int], config: OffsiteConfig) -> Payload:
     """The emulator's adapter blocks' tensors (what clients train), by emulator name."""
     prefix, _ = decoder_blocks(model)
+    in_blocks = _block_pattern(prefix)
     kept = adapter_indices(plan, config)
-    return rename_blocks({n: t for n, t in model.state_dict().items() if _block_pattern(prefix).match(n)},
+    return rename_blocks({n: t for n, t in model.state_dict().items() if in_blocks.match(n)},
                          prefix, {e: e for e in kept})
 
 

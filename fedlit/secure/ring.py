@@ -47,11 +47,6 @@ class MaskStream:
         (np.add if sign > 0 else np.subtract)(vector, self.keystream(seed), out=vector)
 
 
-def mask(seed: bytes, length: int, bits: int) -> np.ndarray:
-    """``length`` uniform ring elements from a 32-byte seed (a fresh array)."""
-    return reduce(MaskStream(length, bits).keystream(seed).copy(), bits)
-
-
 def encode(values: np.ndarray, scale: float, bits: int, limit: int) -> np.ndarray:
     """round(values * scale) as two's-complement ring elements; any |value| above ``limit`` raises, so that
     the sum of the participants' vectors cannot wrap around the ring."""

@@ -44,25 +44,25 @@ class SecureRound:
         self.bytes_received: Counter[str] = Counter({c: len(encode(setup)) for c in participants})
         self.alive = set(participants)
 
-    def _send(self, stage: str, messages: dict[str, object]) -> list:
-        """The decoded messages of the clients still alive at ``stage``; counts their bytes."""
-        self.alive -= self.dropouts[stage]
-        received = []
+    def _carry(self, messages: Mapping[str, object], counter: Counter[str]) -> dict[str, object]:
+        """Each live client's message as its bytes (encoded unless already bytes), counted in ``counter``,
+        decoded on the other side."""
+        carried = {}
         for client_id, message in messages.items():
             if client_id in self.alive:
-                wire = encode(message)
-                self.bytes_sent[client_id] += len(wire)
-                received.append(decode(wire))
-        return received
+                wire = message if isinstance(message, bytes) else encode(message)
+                counter[client_id] += len(wire)
+                carried[client_id] = decode(wire)
+        return carried
+
+    def _send(self, stage: str, messages: Mapping[str, object]) -> list:
+        """Client -> server: the messages of the clients still alive at ``stage``."""
+        self.alive -= self.dropouts[stage]
+        return list(self._carry(messages, self.bytes_sent).values())
 
     def _deliver(self, messages: Mapping[str, object]) -> dict[str, object]:
-        delivered = {}
-        for client_id, message in messages.items():
-            if client_id in self.alive:
-                wire = encode(message)
-                self.bytes_received[client_id] += len(wire)
-                delivered[client_id] = decode(wire)
-        return delivered
+        """Server -> live clients."""
+        return self._carry(messages, self.bytes_received)
 
     def exchange_keys(self) -> list[str]:
         """Stages 1 and 2; returns the clients that may now send masked inputs."""
@@ -76,10 +76,7 @@ class SecureRound:
 
     def submit(self, client_id: str, wire: bytes) -> None:
         """Stage 3 for one client: its encoded :class:`MaskedInput` (dropped if it drops out here)."""
-        self.alive -= self.dropouts["masked_input"]
-        if client_id in self.alive:
-            self.bytes_sent[client_id] += len(wire)
-            message = decode(wire)
+        for message in self._send("masked_input", {client_id: wire}):
             if not isinstance(message, MaskedInput):
                 raise ProtocolError(f"client '{client_id}' sent a {type(message).__name__}, not a MaskedInput")
             self.server.receive_masked_input(message)
