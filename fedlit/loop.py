@@ -7,7 +7,7 @@ import io
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,17 @@ METRIC_COLUMNS = ["round", "client", "split", "loss", "perplexity", "token_accur
 _EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
 
 
-def validate(module: L.LightningModule, datamodule: CausalLMDataModule, trainer_kwargs: dict[str, Any]) -> dict:
-    """The module's validation metrics on ``datamodule``'s held-out split (names without ``val_``), on the
-    accelerator and in the precision of ``trainer_kwargs``."""
+def validate(module: L.LightningModule, parties: Mapping[str, CausalLMDataModule],
+             trainer_kwargs: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per party, the module's validation metrics on its held-out split (names without ``val_``), with one
+    Trainer on the accelerator and in the precision of ``trainer_kwargs``."""
     eval_kwargs = {key: trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in trainer_kwargs}
     trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, **eval_kwargs})
-    (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
-    return {name.removeprefix("val_"): value for name, value in metrics.items()}
+    results = {}
+    for party, datamodule in parties.items():
+        (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
+        results[party] = {name.removeprefix("val_"): value for name, value in metrics.items()}
+    return results
 
 
 class FederatedLoop:
@@ -193,12 +197,10 @@ class FederatedLoop:
         parties = {cid: c.datamodule for cid, c in self.clients.items()}
         if self.global_val is not None:
             parties[GLOBAL] = self.global_val
-        losses = {}
-        for party, datamodule in parties.items():
-            values = validate(module, datamodule, self.trainer_kwargs)
-            losses[party] = values["loss"]
-            self._record(server_round, party, "val", {**values, "num_examples": len(datamodule.val_dataset)})
-        return losses
+        results = validate(module, parties, self.trainer_kwargs)
+        for party, values in results.items():
+            self._record(server_round, party, "val", {**values, "num_examples": len(parties[party].val_dataset)})
+        return {party: values["loss"] for party, values in results.items()}
 
     def _record(self, server_round: int, client_id: str, split: str, values: dict[str, Any]) -> None:
         row = {"round": server_round, "client": client_id, "split": split, **values}

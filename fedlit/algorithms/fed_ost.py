@@ -93,7 +93,7 @@ class FedOST:
 
     def _validate_full(self) -> dict[str, float]:
         module = CausalLMModule(self.full, evaluation=self.evaluation, tokenizer=self.tokenizer)
-        return validate(module, self.global_val, self.loop.trainer_kwargs)
+        return validate(module, {GLOBAL: self.global_val}, self.loop.trainer_kwargs)[GLOBAL]
 
     def plugged_in(self, payload: Payload) -> PreTrainedModel:
         """The full model with its adapter blocks replaced by the tuned ones (LoRA merged into a copy)."""
