@@ -37,11 +37,12 @@ METRICS = ("choice_accuracy", "exact_match")
 
 
 def global_scores(loop: FederatedLoop, server_round: int | None = None,
-                  metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
-    """``metrics`` of the global adapter after ``server_round`` (default: the last) on the server's held-out
-    split (those the run measured)."""
+                  metrics: tuple[str, ...] = METRICS, model: str | None = None) -> dict[str, float]:
+    """``metrics`` of the global adapter (or of the server's own ``model``) after ``server_round`` (default:
+    the last) on the server's held-out split (those the run measured)."""
     server_round = loop.rounds if server_round is None else server_round
-    (row,) = [r for r in loop.history if r["client"] == GLOBAL and r["round"] == server_round]
+    (row,) = [r for r in loop.history if (r["client"], r["split"], r["round"], r.get("model"))
+              == (GLOBAL, "val", server_round, model)]
     return {metric: float(row[metric]) for metric in metrics if metric in row}
 
 

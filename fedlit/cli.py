@@ -1,5 +1,5 @@
 """The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` (FedHomoLLM), ``fedlit fedhetero``
-(FedHeteroLLM), ``fedlit fedost`` (offsite-tuning) and ``fedlit prepare``.
+(FedHeteroLLM), ``fedlit fedco`` (FedCoLLM), ``fedlit fedost`` (offsite-tuning) and ``fedlit prepare``.
 
 Options follow LightningCLI / jsonargparse: every config key is also a command-line option
 (``--trainer.max_steps 20``, ``--peft.init_args.r 16``), and ``--print_config`` shows the merged config.
@@ -17,7 +17,7 @@ import lightning as L
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from fedlit.algorithms import fed_hetero_llm, fed_homo_llm, fed_ost
+from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_ost
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 
@@ -41,6 +41,8 @@ ALGORITHMS = {
             {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
     "fedhetero": (fed_hetero_llm, "run FedHeteroLLM: each client distils a common mentee from its own LLM",
                   {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
+    "fedco": (fed_co_llm, "run FedCoLLM: clients federate a small LM, the server co-tunes it with its LLM",
+              {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
     "fedost": (fed_ost, "run federated offsite-tuning (FedOST): adapters against an emulator, plugged back in",
                None),
 }

@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -27,18 +27,46 @@ from fedlit.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["round", "client", "split", "loss", "perplexity", "token_accuracy", "exact_match",
+METRIC_COLUMNS = ["round", "client", "split", "model", "loss", "perplexity", "token_accuracy", "exact_match",
                   "choice_accuracy", "num_examples", "bytes_received", "bytes_sent", "seconds"]
-# Only these Trainer options carry over to evaluation: where and in what precision the model runs.
+# Only these Trainer options carry over to the server's Trainers: where and in what precision the model runs.
 _EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
+
+
+class ServerStep(Protocol):
+    """Server-side training between aggregation and evaluation, e.g. FedCoLLM's mutual distillation.
+
+    It holds models of its own: their state travels in the loop's round checkpoints, their metrics in its
+    rows. A row is ``{"client": ..., "split": ..., "model": ..., <metric columns>}``; ``model`` names the
+    server's model (the federated one's rows leave it empty).
+    """
+
+    def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+        """Take the aggregated adapter; return the one clients get next round, and training rows."""
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Held-out rows of the server's own models."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def save(self, directory: Path) -> None:
+        """Export the server's own trained state at the end of the run (atomically)."""
+
+
+def server_trainer(trainer_kwargs: dict[str, Any], **overrides: Any) -> L.Trainer:
+    """A quiet Trainer for the server's own work, on the accelerator and in the precision of the clients'
+    ``trainer_kwargs``."""
+    placement = {key: trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in trainer_kwargs}
+    return L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, **placement, **overrides})
 
 
 def validate(module: L.LightningModule, parties: Mapping[str, CausalLMDataModule],
              trainer_kwargs: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per party, the module's validation metrics on its held-out split (names without ``val_``), with one
-    Trainer on the accelerator and in the precision of ``trainer_kwargs``."""
-    eval_kwargs = {key: trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in trainer_kwargs}
-    trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, **eval_kwargs})
+    :func:`server_trainer`."""
+    trainer = server_trainer(trainer_kwargs)
     results = {}
     for party, datamodule in parties.items():
         (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
@@ -68,6 +96,8 @@ class FederatedLoop:
             evaluation of large models or many clients can cost more than a round of training.
         secure_aggregation: mask every client's update (SecAgg/SecAgg+): the server learns only the
             example-weighted mean update, which the strategy's ``step`` turns into the new global adapter.
+        server_step: server-side training after each aggregation (see :class:`ServerStep`); it runs with
+            the same evaluation schedule and its state is checkpointed with the round.
     """
 
     def __init__(
@@ -84,6 +114,7 @@ class FederatedLoop:
         progress: bool = True,
         eval_every: int = 1,
         secure_aggregation: SecureAggregationConfig | None = None,
+        server_step: ServerStep | None = None,
     ) -> None:
         ids = [c.client_id for c in clients]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -110,6 +141,7 @@ class FederatedLoop:
         self.progress = progress
         self.eval_every = eval_every
         self.secure_aggregation = secure_aggregation
+        self.server_step = server_step
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
 
@@ -175,7 +207,12 @@ class FederatedLoop:
         else:
             self.global_payload = self.strategy.aggregate(self.global_payload, updates)
         for client_id, values in stats.items():
-            self._record(server_round, client_id, "train", values)
+            self._record(server_round, {"client": client_id, "split": "train", **values})
+        if self.server_step is not None:
+            self.global_payload, rows = self.server_step(self.global_payload, server_round,
+                                                         client_seed(self.seed, server_round, "server"))
+            for row in rows:
+                self._record(server_round, row)
         if server_round % self.eval_every == 0 or server_round == self.rounds:
             losses = self._evaluate(module, server_round)
             shown = GLOBAL if GLOBAL in losses else "mean client"
@@ -199,13 +236,18 @@ class FederatedLoop:
             parties[GLOBAL] = self.global_val
         results = validate(module, parties, self.trainer_kwargs)
         for party, values in results.items():
-            self._record(server_round, party, "val", {**values, "num_examples": len(parties[party].val_dataset)})
+            self._record(server_round, {"client": party, "split": "val", **values,
+                                        "num_examples": len(parties[party].val_dataset)})
+        for row in self.server_step.evaluate() if self.server_step is not None else ():
+            self._record(server_round, row)
         return {party: values["loss"] for party, values in results.items()}
 
-    def _record(self, server_round: int, client_id: str, split: str, values: dict[str, Any]) -> None:
-        row = {"round": server_round, "client": client_id, "split": split, **values}
-        self.history.append(row)
-        step_metrics = {f"{client_id}/{split}_{k}": float(v) for k, v in values.items()}
+    def _record(self, server_round: int, row: dict[str, Any]) -> None:
+        """Keep ``row`` for metrics.csv and log its numbers as ``[model/]client/split_metric``."""
+        self.history.append({"round": server_round, **row})
+        prefix = "/".join(filter(None, (row.get("model"), row["client"])))
+        step_metrics = {f"{prefix}/{row['split']}_{k}": float(v) for k, v in row.items()
+                        if k not in ("client", "split", "model")}
         for logger in self.loggers:
             logger.log_metrics(step_metrics, step=server_round)
 
@@ -220,6 +262,7 @@ class FederatedLoop:
             "round": server_round,
             "global_payload": self.global_payload,
             "strategy": self.strategy.state_dict(),
+            "server_step": self.server_step.state_dict() if self.server_step is not None else None,
             "history": self.history,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }, self.checkpoint_dir / f"round-{server_round:04d}.ckpt")
@@ -236,6 +279,8 @@ class FederatedLoop:
         module.load_trainable_state_dict(state["global_payload"], who=f"checkpoint {checkpoints[-1]}")
         self.global_payload = state["global_payload"]
         self.strategy.load_state_dict(state["strategy"])
+        if self.server_step is not None:
+            self.server_step.load_state_dict(state["server_step"])
         self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -248,3 +293,5 @@ class FederatedLoop:
         module.load_trainable_state_dict(self.global_payload, who="the global adapter")
         with atomic_directory(self.output_dir / "adapter") as tmp:
             module.save_adapter(tmp)
+        if self.server_step is not None:
+            self.server_step.save(self.output_dir)

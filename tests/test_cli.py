@@ -94,13 +94,19 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
     settings = yaml.safe_load(config.read_text())
     answer_set = settings.get("evaluation", {}).get("choices")
     extra = ["--evaluation.choices", '[" alpha", " beta", " gamma"]'] if answer_set else []
-    command = "fedost" if "offsite" in settings else "fedhetero" if "teachers" in settings else "fit"
+    command = ("fedost" if "offsite" in settings else "fedhetero" if "teachers" in settings
+               else "fedco" if "slm" in settings else "fit")
     if command == "fedost":  # the tiny model has 2 blocks: adapter = the last, emulator = the first
         extra += ["--offsite.front", "0", "--offsite.back", "1"]
     if command == "fedhetero":  # the tiny model as every teacher and as the (uncut) mentee
         tiny = {"name_or_path": str(tiny_model_dir), "keep_blocks": None}
         extra += ["--teachers", json.dumps({f"client-00{i}": tiny for i in range(3)}),
                   "--mentee", json.dumps(tiny)]
+    elif command == "fedco":  # the tiny model as LLM and (uncut) SLM; public text: the test plays but one
+        tiny = {"name_or_path": str(tiny_model_dir), "keep_blocks": None}
+        public = {"steps": 2, "source": str(plays_jsonl), "exclude": {"play": ["alpha"]}, "max_length": 32}
+        extra += ["--llm", json.dumps(tiny), "--slm", json.dumps(tiny),
+                  "--slm_init", json.dumps(public), "--server", json.dumps(public)]
     else:
         extra += ["--model.name_or_path", str(tiny_model_dir)]
     main([command, "--config", str(config), *extra,
@@ -113,6 +119,8 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     if command == "fedost":
         assert (tmp_path / "run" / "plugged_in" / "config.json").is_file()
+    if command == "fedco":
+        assert (tmp_path / "run" / "llm_adapter" / "adapter_model.safetensors").is_file()
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert {row["round"] for row in rows} == {"0", "1"}

@@ -158,7 +158,7 @@ def test_fed_ost_adapters_aggregate_under_masking(tiny_model_dir, plays_jsonl, t
 
 
 def test_distillation_brings_the_emulator_closer_to_the_full_model(deep_model_dir, plays_jsonl, tmp_path):
-    from fedlit.lightning_modules.emulator_distillation import DistillationConfig
+    from fedlit.lightning_modules.knowledge_distillation import DistillationConfig
 
     def emulator_gap(run):
         """MSE between the hidden states entering the top adapter block, emulator (client package) vs full."""

@@ -23,9 +23,11 @@ from fedlit.callbacks.emulator_construction import EmulatorConstruction, write_c
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
+from fedlit.data.public import public_blocks, public_dataloader
 from fedlit.io import atomic_directory, atomic_write_bytes
 from fedlit.lightning_modules import CausalLMModule, EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
-from fedlit.lightning_modules.emulator_distillation import DistillationConfig, EmulatorDistillation, public_dataloader
+from fedlit.lightning_modules.emulator_distillation import EmulatorDistillation
+from fedlit.lightning_modules.knowledge_distillation import DistillationConfig
 from fedlit.loop import FederatedLoop, validate
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.models.offsite import (
@@ -54,8 +56,9 @@ def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, of
                            "callbacks": [EmulatorConstruction(directory, tokenizer)]})
     with warnings.catch_warnings():  # the frozen full model (the teacher) stays in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+        blocks = public_blocks(distillation, tokenizer)
         trainer.fit(EmulatorDistillation(full, emulator, plan, offsite, distillation.lr),
-                    public_dataloader(distillation, tokenizer, seed))
+                    public_dataloader(blocks, distillation, tokenizer.pad_token_id, seed))
     return plan
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 from fedlit.client import Client, ModuleFactory
 from fedlit.data.federated import FederatedData
 from fedlit.data.report import write_partition_report
-from fedlit.loop import FederatedLoop
+from fedlit.loop import FederatedLoop, ServerStep
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg, Strategy
 
@@ -33,10 +33,12 @@ def federated_loop(
     secure_aggregation: SecureAggregationConfig | None,
     trainer_kwargs: dict[str, Any] | None,
     client_factories: Mapping[str, ModuleFactory] | None = None,
+    server_step: ServerStep | None = None,
 ) -> FederatedLoop:
     """A FederatedLoop over ``federated``'s clients; writes the partition report; loggers default to a
     CSVLogger under ``output_dir/logs``; ``client_callbacks`` join every client fit; ``client_factories``
-    give clients their own module (``module_factory`` still builds the one that evaluates)."""
+    give clients their own module (``module_factory`` still builds the one that evaluates); ``server_step``
+    runs after each aggregation."""
     write_partition_report(federated, Path(output_dir), console=None if progress else Console(quiet=True))
     trainer_kwargs = dict(trainer_kwargs or {})
     trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *client_callbacks]
@@ -55,4 +57,5 @@ def federated_loop(
         seed=seed,
         progress=progress,
         secure_aggregation=secure_aggregation,
+        server_step=server_step,
     )

@@ -3,57 +3,11 @@ reproduce the full middle's output on the owner's public data, so adapters tuned
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import lightning as L
 import torch
-from datasets import Dataset
-from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from fedlit.data.datamodule import CausalLMCollator, pack, tokenize
-from fedlit.data.sources import load_records
 from fedlit.models.offsite import OffsiteConfig, adapter_indices, decoder_blocks
-
-
-@dataclass
-class DistillationConfig:
-    """Emulator distillation on the owner's public data (off with ``steps: 0``).
-
-    Args:
-        steps: optimiser steps of the server-side Trainer.
-        lr: AdamW learning rate of the emulator's middle blocks.
-        source: public text, as ``data.source`` (built-in ``shakespeare``, a file, a saved dataset).
-        exclude: column -> values to leave out, e.g. the clients' plays, so the public data is disjoint.
-        template: how a record becomes text (``str.format`` over its columns).
-        max_length: packed block length in tokens.
-        batch_size: blocks per step.
-    """
-
-    steps: int = 0
-    lr: float = 1e-4
-    source: str = "shakespeare"
-    exclude: dict[str, list[str]] = field(default_factory=dict)
-    template: str = "{character}:\n{text}"
-    max_length: int = 128
-    batch_size: int = 8
-
-
-def public_dataloader(config: DistillationConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> DataLoader:
-    """Packed plain-text blocks of the public data, shuffled by ``seed``."""
-    records = load_records(config.source)
-    for column, values in config.exclude.items():
-        if column not in records.column_names:
-            raise KeyError(f"offsite distillation.exclude names column '{column}', which '{config.source}' lacks "
-                           f"(columns: {records.column_names})")
-        records = records.filter(lambda value, excluded=frozenset(values): value not in excluded,
-                                 input_columns=column)
-    pairs = Dataset.from_dict({"prompt": [""] * len(records),
-                               "response": [config.template.format(**r) for r in records]})
-    blocks = pack(tokenize(pairs, tokenizer, config.max_length), config.max_length)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(blocks, batch_size=config.batch_size, shuffle=True, generator=generator,
-                      collate_fn=CausalLMCollator(tokenizer.pad_token_id))
 
 
 class EmulatorDistillation(L.LightningModule):

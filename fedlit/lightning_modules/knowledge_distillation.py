@@ -11,6 +11,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.data.datamodule import IGNORE_INDEX
+from fedlit.data.public import PublicDataConfig
 from fedlit.lightning_modules.causal_lm import EvaluationConfig, OptimizerConfig, shifted_token_loss
 from fedlit.lightning_modules.peft_module import PeftModule
 
@@ -33,6 +34,20 @@ class DistillationLossConfig:
                              f"got {self.kd_weight} and {self.temperature}")
 
 
+@dataclass
+class DistillationConfig(PublicDataConfig):
+    """A server-side distillation on public data (off with ``steps: 0``); the data fields are
+    :class:`~fedlit.data.public.PublicDataConfig`'s.
+
+    Args:
+        steps: optimiser steps of the server-side Trainer (per round where it runs every round).
+        lr: AdamW learning rate of what trains.
+    """
+
+    steps: int = 0
+    lr: float = 1e-4
+
+
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                     temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the labelled next-token positions."""
@@ -43,12 +58,21 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return kl * temperature**2
 
 
-def check_shared_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      config: DistillationLossConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, ce, kd): the student's CE on ``labels`` mixed with its KL to the (detached) teacher."""
+    ce, _ = shifted_token_loss(student_logits, labels)
+    kd = distillation_kl(student_logits, teacher_logits.detach(), labels, config.temperature)
+    return (1 - config.kd_weight) * ce + config.kd_weight * kd, ce, kd
+
+
+def check_shared_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel,
+                            names: tuple[str, str] = ("student", "teacher")) -> None:
     """Logit distillation compares distributions token by token: both models need the same vocabulary."""
-    sizes = {name: m.get_input_embeddings().num_embeddings for name, m in (("student", student), ("teacher", teacher))}
-    if sizes["student"] != sizes["teacher"]:
-        raise ValueError(f"distillation needs teacher and student to share the tokenizer vocabulary; "
-                         f"the student has {sizes['student']} token embeddings, the teacher {sizes['teacher']}")
+    (student_size, teacher_size) = (m.get_input_embeddings().num_embeddings for m in (student, teacher))
+    if student_size != teacher_size:
+        raise ValueError(f"distillation needs {names[1]} and {names[0]} to share the tokenizer vocabulary; the "
+                         f"{names[0]} has {student_size} token embeddings, the {names[1]} {teacher_size}")
 
 
 class KnowledgeDistillationModule(PeftModule):
@@ -74,13 +98,10 @@ class KnowledgeDistillationModule(PeftModule):
         self.teacher.to(self.device)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        cfg = self.loss_config
         logits = self(batch)
         with torch.no_grad():
             teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        ce, _ = shifted_token_loss(logits, batch["labels"])
-        kd = distillation_kl(logits, teacher_logits, batch["labels"], cfg.temperature)
-        loss = (1 - cfg.kd_weight) * ce + cfg.kd_weight * kd
+        loss, ce, kd = distillation_loss(logits, teacher_logits, batch["labels"], self.loss_config)
         size = batch["input_ids"].shape[0]
         self.log_dict({"train_ce": ce, "train_kd": kd}, on_step=True, on_epoch=True, batch_size=size)
         self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=size)

@@ -1,0 +1,171 @@
+"""FedCoLLM (FATE-LLM's federated co-tuning): clients federate a small LM's (SLM) adapter; after each aggregation
+the server runs mutual distillation between that SLM and its own large LM (LLM) on public data, so the LLM
+gains the clients' domain knowledge and the SLM the LLM's. The clients' SLM starts as a model distilled from
+the server's LLM."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from datasets import Dataset
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from peft import LoraConfig, PeftConfig
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
+from fedlit.algorithms.federation import federated_loop
+from fedlit.callbacks.emulator_construction import write_client_package
+from fedlit.data.datamodule import CausalLMDataModule
+from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
+from fedlit.data.public import public_blocks, public_dataloader
+from fedlit.io import atomic_directory
+from fedlit.lightning_modules import (
+    CausalLMModule,
+    DistillationConfig,
+    DistillationLossConfig,
+    EvaluationConfig,
+    MutualDistillation,
+    OptimizerConfig,
+    PeftModule,
+    build_peft_model,
+)
+from fedlit.lightning_modules.knowledge_distillation import check_shared_vocabulary
+from fedlit.loop import FederatedLoop, server_trainer, validate
+from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.payload import Payload
+from fedlit.secure import SecureAggregationConfig
+from fedlit.strategies import Strategy
+
+
+def distil(llm: CausalLMModule, slm: CausalLMModule, config: DistillationConfig, loss: DistillationLossConfig,
+           tokenizer: PreTrainedTokenizerBase, trainer_kwargs: dict[str, Any], seed: int,
+           blocks: Dataset | None = None) -> dict[str, float]:
+    """``config.steps`` of :class:`MutualDistillation` on the public data (``blocks`` if already built);
+    returns each side's mean loss over the steps."""
+    blocks = public_blocks(config, tokenizer) if blocks is None else blocks
+    L.seed_everything(seed, verbose=False)
+    trainer = server_trainer(trainer_kwargs, max_steps=config.steps)
+    trainer.fit(MutualDistillation(llm, slm, loss, config.lr),
+                public_dataloader(blocks, config, tokenizer.pad_token_id, seed))
+    return {side: float(trainer.callback_metrics[f"{side}_loss_epoch"]) for side in ("llm", "slm")}
+
+
+class CoTuningServer:
+    """The server's half of FedCoLLM, as the loop's :class:`~fedlit.loop.ServerStep`: it holds the LLM and its
+    adapter; after each aggregation the aggregated SLM adapter and the LLM adapter distil into each other for
+    ``config.steps`` on the public data (``steps: 0`` leaves plain FedAvg), and the SLM adapter that comes
+    out is what clients get next round. Its rows use ``model: llm`` / ``model: slm``.
+    """
+
+    def __init__(self, llm: PeftModule, slm_factory: Callable[[], PeftModule], config: DistillationConfig,
+                 loss: DistillationLossConfig, tokenizer: PreTrainedTokenizerBase,
+                 held_out: Mapping[str, CausalLMDataModule], trainer_kwargs: dict[str, Any]) -> None:
+        self.llm, self.slm_factory, self.config, self.loss = llm, slm_factory, config, loss
+        self.tokenizer, self.held_out, self.trainer_kwargs = tokenizer, dict(held_out), trainer_kwargs
+        self.blocks = public_blocks(config, tokenizer) if config.steps > 0 else None
+
+    def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+        if self.config.steps <= 0:
+            return payload, []
+        slm = self.slm_factory()
+        slm.load_trainable_state_dict(payload, who="the aggregated SLM adapter")
+        losses = distil(self.llm, slm, self.config, self.loss, self.tokenizer, self.trainer_kwargs, seed, self.blocks)
+        rows = [{"client": "server", "split": "train", "model": side, "loss": loss} for side, loss in losses.items()]
+        return slm.trainable_state_dict(), rows
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        results = validate(self.llm, self.held_out, self.trainer_kwargs)
+        return [{"client": party, "split": "val", "model": "llm", **values,
+                 "num_examples": len(self.held_out[party].val_dataset)} for party, values in results.items()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"llm_adapter": self.llm.trainable_state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.llm.load_trainable_state_dict(state["llm_adapter"], who="the checkpoint's server LLM adapter")
+
+    def save(self, directory: Path) -> None:
+        with atomic_directory(directory / "llm_adapter") as tmp:
+            self.llm.save_adapter(tmp)
+
+
+def client_slm(llm: PreTrainedModel, slm: PreTrainedModel, init: DistillationConfig, loss: DistillationLossConfig,
+               tokenizer: PreTrainedTokenizerBase, trainer_kwargs: dict[str, Any], directory: Path,
+               seed: int) -> PreTrainedModel:
+    """The SLM clients start from: ``slm`` with all its weights distilled from the frozen ``llm`` for
+    ``init.steps`` (0: as loaded), written to ``directory`` and loaded back from there, frozen."""
+    if init.steps > 0:
+        distil(CausalLMModule(llm), CausalLMModule(slm.requires_grad_(True)), init, loss, tokenizer, trainer_kwargs,
+               seed)
+    write_client_package(slm.requires_grad_(False).eval(), tokenizer, directory)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=slm.dtype).requires_grad_(False)
+
+
+def fed_co_llm(
+    llm: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention config defaults
+    slm: ModelConfig = ModelConfig(keep_blocks=8),  # noqa: B008
+    slm_init: DistillationConfig = DistillationConfig(),  # noqa: B008
+    server: DistillationConfig = DistillationConfig(steps=8),  # noqa: B008
+    loss: DistillationLossConfig = DistillationLossConfig(),  # noqa: B008
+    data: DataConfig = DataConfig(),  # noqa: B008
+    peft: PeftConfig | None = None,
+    llm_peft: PeftConfig | None = None,
+    optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+    evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
+    strategy: Strategy | None = None,
+    rounds: int = 3,
+    eval_every: int = 1,
+    output_dir: str | Path = "outputs/fedco",
+    loggers: Sequence[Logger] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    client_callbacks: Sequence[Callback] = (),
+    secure_aggregation: SecureAggregationConfig | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> FederatedLoop:
+    """Compose a FedCoLLM run.
+
+    Args:
+        llm: the server's large model (default: the offline SmolLM2-135M-Instruct).
+        slm: the clients' small model, sharing the LLM's vocabulary (default: the LLM cut to 8 blocks).
+        slm_init: distillation of all the SLM's weights from the LLM on public data before round 1
+            (``steps: 0`` ships the SLM as loaded); the result is written to ``output_dir/client_slm``.
+        server: the per-round mutual distillation of the two adapters on public data (``steps: 0``: FedAvg
+            only, the LLM stays as it is).
+        loss: the CE/KL mix and temperature of every distillation.
+        peft: the SLM's adapter, the one clients federate (default: LoRA r=8 on q_proj and v_proj).
+        llm_peft: the LLM's adapter (default: as ``peft``).
+        data, optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
+        secure_aggregation, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores
+        the global SLM adapter on every party and the LLM on the server's held-out split (rows ``model: llm``).
+        output_dir: also gets ``client_slm/`` and the final ``llm_adapter/``.
+    """
+    tokenizer = load_tokenizer(slm)
+    federated = build_federated_data(data, tokenizer)
+    llm_base, slm_base = load_base_model(llm), load_base_model(slm)
+    try:
+        check_shared_vocabulary(slm_base, llm_base, names=("SLM", "LLM"))
+    except ValueError as error:
+        raise ValueError(f"FedCoLLM: slm '{slm.name_or_path}', llm '{llm.name_or_path}': {error}") from None
+    trainer_kwargs = dict(trainer_kwargs or {})
+    slm_base = client_slm(llm_base, slm_base, slm_init, loss, tokenizer, trainer_kwargs,
+                          Path(output_dir) / "client_slm", seed)
+    peft = peft or LoraConfig(**DEFAULT_LORA)  # peft fills in a config's base model: each model gets its own copy
+    slm_model = build_peft_model(slm_base, copy.deepcopy(peft), seed=seed)
+    llm_model = build_peft_model(llm_base, copy.deepcopy(llm_peft or peft), seed=seed)
+    slm_factory = functools.partial(PeftModule, slm_model, optimizer, evaluation, tokenizer)
+    held_out = {GLOBAL: federated.global_val} if federated.global_val is not None else {
+        cid: dm for cid, dm in federated.clients.items()}
+    server_step = CoTuningServer(PeftModule(llm_model, optimizer, evaluation, tokenizer), slm_factory, server, loss,
+                                 tokenizer, held_out, trainer_kwargs)
+    return federated_loop(
+        federated, slm_factory, strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir,
+        loggers=loggers, seed=seed, progress=progress, client_callbacks=client_callbacks,
+        secure_aggregation=secure_aggregation, trainer_kwargs=trainer_kwargs, server_step=server_step,
+    )
