@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from fedlit.callbacks import AdapterExtraction, MaskedAggregation
+from fedlit.callbacks import AdapterExtraction, MaskedAggregation, UpdateClipping
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, Update, from_bytes, to_bytes
@@ -53,18 +53,25 @@ class Client:
         trainer_kwargs: dict[str, Any],
         seed: int,
         masker: SecAggClient | None = None,
+        clip_norm: float | None = None,
+        noise_std: float = 0.0,
     ) -> tuple[bytes, Update]:
         """Train from the global adapter (safetensors bytes in); return the update as bytes and as tensors.
 
         With a ``masker`` (secure aggregation) the bytes are the encoded masked input and the returned update
         carries only the client's metrics: neither its tensors nor its example count leave it unmasked.
+        With ``clip_norm`` (client-level DP) the update is clipped to that L2 norm, plus the client's own
+        noise of std ``noise_std``, and a masked update is unweighted.
         """
         L.seed_everything(seed, workers=True, verbose=False)
         global_payload = from_bytes(global_wire)
         extraction = AdapterExtraction(self.client_id, global_payload)
-        masking = MaskedAggregation(masker, global_payload) if masker is not None else None
+        clipping = (UpdateClipping(self.client_id, global_payload, clip_norm, noise_std, seed)
+                    if clip_norm is not None else None)
+        masking = (MaskedAggregation(masker, global_payload, unweighted=clipping is not None)
+                   if masker is not None else None)
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), extraction, *([masking] if masking else [])]
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *filter(None, (clipping, extraction, masking))]
         trainer = L.Trainer(**kwargs)
         trainer.fit((self.module_factory or module_factory)(), datamodule=self.datamodule)
         assert extraction.update is not None, "AdapterExtraction did not run: fit ended early"

@@ -19,16 +19,19 @@ from lightning.pytorch.loggers import Logger
 from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ModuleFactory, client_seed
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
+from fedlit.faults import FaultPolicy, deadline, update_problem
 from fedlit.io import atomic_directory, atomic_torch_save, atomic_write_bytes
-from fedlit.payload import Payload, flatten, to_bytes, unflatten
+from fedlit.payload import Payload, Update, flatten, to_bytes, unflatten
+from fedlit.privacy import ClientDPConfig, ClientPrivacyAccountant, gaussian_noise
 from fedlit.progress import RoundProgress
-from fedlit.secure import SecureAggregationConfig, SecureRound
+from fedlit.secure import RoundAbandoned, SecureAggregationConfig, SecureRound
 from fedlit.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["round", "client", "split", "model", "loss", "perplexity", "token_accuracy", "exact_match",
-                  "choice_accuracy", "num_examples", "bytes_received", "bytes_sent", "seconds"]
+                  "choice_accuracy", "num_examples", "bytes_received", "bytes_sent", "seconds", "epsilon",
+                  "excluded"]
 # Only these Trainer options carry over to the server's Trainers: where and in what precision the model runs.
 _EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
 
@@ -98,6 +101,12 @@ class FederatedLoop:
             example-weighted mean update, which the strategy's ``step`` turns into the new global adapter.
         server_step: server-side training after each aggregation (see :class:`ServerStep`); it runs with
             the same evaluation schedule and its state is checkpointed with the round.
+        faults: deadline, minimum number of good updates and update norm bound; an excluded client's row
+            says why in ``excluded``, a skipped round leaves the global adapter as it was.
+        privacy: client-level DP (DP-FedAvg): clipped updates, Gaussian noise on their sum (added by the
+            server, or shared out among the clients under secure aggregation), a fixed denominator, and
+            (epsilon, delta) in a ``server``/``privacy`` row every round; the run stops before a round that
+            would pass ``target_epsilon``.
     """
 
     def __init__(
@@ -115,6 +124,8 @@ class FederatedLoop:
         eval_every: int = 1,
         secure_aggregation: SecureAggregationConfig | None = None,
         server_step: ServerStep | None = None,
+        faults: FaultPolicy | None = None,
+        privacy: ClientDPConfig | None = None,
     ) -> None:
         ids = [c.client_id for c in clients]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -127,6 +138,9 @@ class FederatedLoop:
         if secure_aggregation is not None and strategy.needs_individual_updates:
             raise ValueError(f"{type(strategy).__name__} needs each client's update, which secure aggregation "
                              "hides: use a strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
+        if privacy is not None and strategy.needs_individual_updates:
+            raise ValueError(f"{type(strategy).__name__} needs each client's update; client-level DP releases only "
+                             "their noisy sum: use a strategy that works on the mean update")
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         self.clients = {c.client_id: c for c in clients}
@@ -142,6 +156,12 @@ class FederatedLoop:
         self.eval_every = eval_every
         self.secure_aggregation = secure_aggregation
         self.server_step = server_step
+        self.faults = faults or FaultPolicy()
+        self.privacy = privacy
+        self.accountant = ClientPrivacyAccountant(privacy, strategy, len(clients)) if privacy is not None else None
+        if privacy is not None and self.faults.max_update_norm is None:  # a client that did not clip is a fault
+            self.faults.max_update_norm = privacy.clip_norm * (1 + 1e-5)
+        self.stopped: str | None = None
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
 
@@ -164,50 +184,56 @@ class FederatedLoop:
             start = 1
         with RoundProgress(self.rounds, start, self.progress) as bar:
             for server_round in range(start, self.rounds + 1):
+                self.stopped = self._privacy_exhausted(server_round)
+                if self.stopped:
+                    log.warning(self.stopped)
+                    break
                 self._run_round(module, server_round, bar)
         self._save_adapter(module)
         for logger in self.loggers:
             logger.finalize("success")
         return self.global_payload
 
+    def _privacy_exhausted(self, server_round: int) -> str | None:
+        """Why the run must stop before ``server_round`` (its target epsilon would be passed), else None."""
+        if self.accountant is None or self.privacy.target_epsilon is None:
+            return None
+        epsilon = self.accountant.epsilon(server_round)
+        if epsilon <= self.privacy.target_epsilon:
+            return None
+        return (f"privacy budget: stopping before round {server_round}, which would take epsilon to {epsilon:.3f} "
+                f"(target {self.privacy.target_epsilon:g}, delta {self.privacy.delta:g}); the global adapter "
+                f"after round {server_round - 1} is the result")
+
     def _run_round(self, module: L.LightningModule, server_round: int, bar: RoundProgress) -> None:
         sampled = self.strategy.configure_round(server_round, list(self.clients), self.seed)
         bar.start_round(server_round, len(sampled))
         global_wire = to_bytes(self.global_payload)
         secure = None
-        if self.secure_aggregation is not None:
+        if self.secure_aggregation is not None and sampled:
             secure = SecureRound(self.secure_aggregation, server_round, sampled,
                                  sum(t.numel() for t in self.global_payload.values()), self.seed)
             sampled = secure.exchange_keys()
         updates, stats = [], {}
         for client_id in sampled:
             bar.client_started(client_id)
-            began = time.perf_counter()
-            wire, update = self.clients[client_id].fit(
-                global_wire, self.module_factory, self.trainer_kwargs,
-                client_seed(self.seed, server_round, client_id),
-                masker=secure.clients[client_id] if secure else None,
-            )
-            if secure:
-                secure.submit(client_id, wire)
-            updates.append(update)
-            stats[client_id] = {
-                "loss": update.metrics.get("train_loss_epoch", float("nan")),
-                **({} if secure else {"num_examples": update.num_examples}),  # masked too under secure aggregation
-                "bytes_received": len(global_wire),
-                "bytes_sent": len(wire),
-                "seconds": round(time.perf_counter() - began, 3),
-            }
+            update, stats[client_id] = self._fit_client(client_id, server_round, global_wire, secure)
+            if update is not None:
+                updates.append(update)
             bar.client_done()
-        if secure:
-            self.global_payload = self.strategy.step(self.global_payload, self._unmasked_mean(secure))
-            for client_id, values in stats.items():  # the whole protocol's traffic, masked input included
-                values["bytes_sent"] = secure.bytes_sent[client_id]
-                values["bytes_received"] += secure.bytes_received[client_id]
-        else:
-            self.global_payload = self.strategy.aggregate(self.global_payload, updates)
         for client_id, values in stats.items():
             self._record(server_round, {"client": client_id, "split": "train", **values})
+        if len(updates) < self.faults.min_clients:
+            self._skip(server_round, f"{len(updates)} of {len(sampled)} sampled clients sent a usable update "
+                                     f"(min_clients {self.faults.min_clients})")
+        else:
+            try:
+                self.global_payload = self._aggregate(updates, secure, server_round)
+            except RoundAbandoned as error:
+                self._skip(server_round, f"secure aggregation abandoned the round: {error}")
+        if self.accountant is not None:
+            self._record(server_round, {"client": "server", "split": "privacy",
+                                        "epsilon": self.accountant.epsilon(server_round)})
         if self.server_step is not None:
             self.global_payload, rows = self.server_step(self.global_payload, server_round,
                                                          client_seed(self.seed, server_round, "server"))
@@ -218,14 +244,70 @@ class FederatedLoop:
             shown = GLOBAL if GLOBAL in losses else "mean client"
             summary = f"{shown} val loss {losses.get(GLOBAL, np.mean(list(losses.values()))):.4f}"
         else:
-            summary = f"mean train loss {np.mean([v['loss'] for v in stats.values()]):.4f}"
+            train_losses = [v["loss"] for v in stats.values() if "excluded" not in v]
+            summary = f"mean train loss {np.mean(train_losses) if train_losses else float('nan'):.4f}"
         self._end_round(server_round)
         bar.round_done(summary)
 
-    def _unmasked_mean(self, secure: SecureRound) -> Payload:
-        """The example-weighted mean client adapter, from the unmasked sums of the masked round."""
-        weighted_sum, total_examples = secure.finish()
-        return unflatten(flatten(self.global_payload) + weighted_sum / total_examples, self.global_payload)
+    def _fit_client(self, client_id: str, server_round: int, global_wire: bytes,
+                    secure: SecureRound | None) -> tuple[Update | None, dict[str, Any]]:
+        """One client's fit under the fault policy: its update (None when excluded) and its train row."""
+        began = time.perf_counter()
+        seed = client_seed(self.seed, server_round, client_id)
+        dp = self.privacy
+        try:
+            with deadline(self.faults.timeout_s, client_id):
+                wire, update = self.clients[client_id].fit(
+                    global_wire, self.module_factory, self.trainer_kwargs, seed,
+                    masker=secure.clients[client_id] if secure else None,
+                    clip_norm=dp.clip_norm if dp else None,
+                    noise_std=self._noise_share() if dp and secure else 0.0,
+                )
+            problem = None if secure else update_problem(self.global_payload, update.payload,
+                                                          self.faults.max_update_norm)
+        except Exception as error:  # noqa: BLE001 - any client failure excludes that client, never the round
+            wire, update, problem = b"", None, f"{type(error).__name__}: {error}"
+        values = {"bytes_received": len(global_wire), "bytes_sent": len(wire),
+                  "seconds": round(time.perf_counter() - began, 3)}
+        if problem is not None:
+            log.warning("round %d: client '%s' excluded: %s", server_round, client_id, problem)
+            return None, {**values, "excluded": problem}
+        if secure:
+            secure.submit(client_id, wire)
+            values["bytes_sent"] = secure.bytes_sent[client_id]  # the whole protocol's traffic
+            values["bytes_received"] += secure.bytes_received[client_id]
+        values["loss"] = update.metrics.get("train_loss_epoch", float("nan"))
+        if not secure:  # masked too under secure aggregation
+            values["num_examples"] = update.num_examples
+        return update, values
+
+    def _noise_share(self) -> float:
+        """Each client's noise std under secure aggregation: with at least ``min_clients`` shares in the sum,
+        its noise std is at least noise_multiplier * clip_norm."""
+        return self.privacy.noise_multiplier * self.privacy.clip_norm / np.sqrt(self.faults.min_clients)
+
+    def _aggregate(self, updates: list[Update], secure: SecureRound | None, server_round: int) -> Payload:
+        """The new global adapter from the accepted updates (or their masked sum)."""
+        if secure:
+            summed, total = secure.finish()
+            if self.privacy is None:
+                return self.strategy.step(self.global_payload, self._mean_from(summed / total))
+            return self.strategy.step(self.global_payload, self._mean_from(summed / self.accountant.expected_clients))
+        if self.privacy is None:
+            return self.strategy.aggregate(self.global_payload, updates)
+        start = flatten(self.global_payload)
+        noise = gaussian_noise(len(start), self.privacy.noise_multiplier * self.privacy.clip_norm,
+                               client_seed(self.seed, server_round, "dp-noise"))
+        summed = sum(flatten(u.payload) - start for u in updates) + noise
+        return self.strategy.step(self.global_payload, self._mean_from(summed / self.accountant.expected_clients))
+
+    def _skip(self, server_round: int, reason: str) -> None:
+        log.warning("round %d skipped, global adapter unchanged: %s", server_round, reason)
+        self._record(server_round, {"client": "server", "split": "round", "excluded": f"round skipped: {reason}"})
+
+    def _mean_from(self, mean_update: np.ndarray) -> Payload:
+        """The global adapter moved by a flat mean update: the "average adapter" a strategy steps to."""
+        return unflatten(flatten(self.global_payload) + mean_update, self.global_payload)
 
     def _evaluate(self, module: L.LightningModule, server_round: int) -> dict[str, float]:
         """Validate the global adapter on every client's held-out split and the global one; record the rows
@@ -247,7 +329,7 @@ class FederatedLoop:
         self.history.append({"round": server_round, **row})
         prefix = "/".join(filter(None, (row.get("model"), row["client"])))
         step_metrics = {f"{prefix}/{row['split']}_{k}": float(v) for k, v in row.items()
-                        if k not in ("client", "split", "model")}
+                        if k not in ("client", "split", "model", "excluded")}
         for logger in self.loggers:
             logger.log_metrics(step_metrics, step=server_round)
 

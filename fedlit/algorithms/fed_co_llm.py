@@ -24,6 +24,7 @@ from fedlit.callbacks.emulator_construction import write_client_package
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
 from fedlit.data.public import public_blocks, public_dataloader
+from fedlit.faults import FaultPolicy
 from fedlit.io import atomic_directory
 from fedlit.lightning_modules import (
     CausalLMModule,
@@ -39,6 +40,7 @@ from fedlit.lightning_modules.knowledge_distillation import check_shared_vocabul
 from fedlit.loop import FederatedLoop, server_trainer, validate
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload
+from fedlit.privacy import ClientDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import Strategy
 
@@ -47,13 +49,14 @@ def distil(llm: CausalLMModule, slm: CausalLMModule, config: DistillationConfig,
            tokenizer: PreTrainedTokenizerBase, trainer_kwargs: dict[str, Any], seed: int,
            blocks: Dataset | None = None) -> dict[str, float]:
     """``config.steps`` of :class:`MutualDistillation` on the public data (``blocks`` if already built);
-    returns each side's mean loss over the steps."""
+    returns the mean loss over the steps of each side that trains."""
     blocks = public_blocks(config, tokenizer) if blocks is None else blocks
     L.seed_everything(seed, verbose=False)
     trainer = server_trainer(trainer_kwargs, max_steps=config.steps)
     trainer.fit(MutualDistillation(llm, slm, loss, config.lr),
                 public_dataloader(blocks, config, tokenizer.pad_token_id, seed))
-    return {side: float(trainer.callback_metrics[f"{side}_loss_epoch"]) for side in ("llm", "slm")}
+    return {side: float(trainer.callback_metrics[f"{side}_loss_epoch"]) for side in ("llm", "slm")
+            if f"{side}_loss_epoch" in trainer.callback_metrics}
 
 
 class CoTuningServer:
@@ -127,6 +130,8 @@ def fed_co_llm(
     progress: bool = True,
     client_callbacks: Sequence[Callback] = (),
     secure_aggregation: SecureAggregationConfig | None = None,
+    faults: FaultPolicy = FaultPolicy(),  # noqa: B008
+    privacy: ClientDPConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FederatedLoop:
     """Compose a FedCoLLM run.
@@ -142,8 +147,9 @@ def fed_co_llm(
         peft: the SLM's adapter, the one clients federate (default: LoRA r=8 on q_proj and v_proj).
         llm_peft: the LLM's adapter (default: as ``peft``).
         data, optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
-        secure_aggregation, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores
-        the global SLM adapter on every party and the LLM on the server's held-out split (rows ``model: llm``).
+        secure_aggregation, faults, privacy, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`;
+        evaluation scores the global SLM adapter on every party and the LLM on the server's held-out split
+        (rows ``model: llm``).
         output_dir: also gets ``client_slm/`` and the final ``llm_adapter/``.
     """
     tokenizer = load_tokenizer(slm)
@@ -167,5 +173,6 @@ def fed_co_llm(
     return federated_loop(
         federated, slm_factory, strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir,
         loggers=loggers, seed=seed, progress=progress, client_callbacks=client_callbacks,
-        secure_aggregation=secure_aggregation, trainer_kwargs=trainer_kwargs, server_step=server_step,
+        secure_aggregation=secure_aggregation, faults=faults, privacy=privacy, trainer_kwargs=trainer_kwargs,
+        server_step=server_step,
     )

@@ -15,6 +15,7 @@ from peft import LoraConfig, PeftConfig
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.algorithms.federation import federated_loop
 from fedlit.data.federated import DataConfig, build_federated_data
+from fedlit.faults import FaultPolicy
 from fedlit.lightning_modules import (
     DistillationLossConfig,
     EvaluationConfig,
@@ -26,6 +27,7 @@ from fedlit.lightning_modules import (
 from fedlit.lightning_modules.knowledge_distillation import check_shared_vocabulary
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.privacy import ClientDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import Strategy
 
@@ -47,6 +49,8 @@ def fed_hetero_llm(
     progress: bool = True,
     client_callbacks: Sequence[Callback] = (),
     secure_aggregation: SecureAggregationConfig | None = None,
+    faults: FaultPolicy = FaultPolicy(),  # noqa: B008
+    privacy: ClientDPConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FederatedLoop:
     """Compose a FedHeteroLLM run.
@@ -57,8 +61,8 @@ def fed_hetero_llm(
             8 blocks by layer drop).
         loss: the CE/KL mix and temperature of the distillation.
         data, peft, optimizer, evaluation, strategy, rounds, eval_every, output_dir, loggers, seed, progress,
-        client_callbacks, secure_aggregation, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`;
-        evaluation scores the global mentee adapter.
+        client_callbacks, secure_aggregation, faults, privacy, trainer_kwargs: as for
+        :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores the global mentee adapter.
     """
     tokenizer = load_tokenizer(mentee)
     federated = build_federated_data(data, tokenizer)
@@ -83,6 +87,7 @@ def fed_hetero_llm(
     return federated_loop(
         federated, functools.partial(PeftModule, student, optimizer, evaluation, tokenizer),
         strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
-        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation,
+        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
+        privacy=privacy,
         trainer_kwargs=trainer_kwargs, client_factories=factories,
     )

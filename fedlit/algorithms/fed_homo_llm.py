@@ -13,9 +13,11 @@ from peft import LoraConfig, PeftConfig
 
 from fedlit.algorithms.federation import federated_loop
 from fedlit.data.federated import DataConfig, build_federated_data
+from fedlit.faults import FaultPolicy
 from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.privacy import ClientDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import Strategy
 
@@ -37,6 +39,8 @@ def fed_homo_llm(
     progress: bool = True,
     client_callbacks: Sequence[Callback] = (),
     secure_aggregation: SecureAggregationConfig | None = None,
+    faults: FaultPolicy = FaultPolicy(),  # noqa: B008
+    privacy: ClientDPConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FederatedLoop:
     """Compose a FedHomoLLM run: one frozen base shared by all clients, a peft adapter that travels.
@@ -57,6 +61,8 @@ def fed_homo_llm(
         client_callbacks: extra Lightning callbacks for every client fit (e.g. ``fedlit.callbacks.FedProx``).
         secure_aggregation: mask client updates so the server learns only their weighted mean
             (``fedlit.secure``); ``None`` sends adapters in the clear.
+        faults: what happens to clients that raise, stall or send bad updates (``fedlit.faults.FaultPolicy``).
+        privacy: client-level differential privacy, DP-FedAvg (``fedlit.privacy.ClientDPConfig``).
         trainer_kwargs: ``lightning.Trainer`` options for every client fit.
     """
     peft = peft or LoraConfig(**DEFAULT_LORA)
@@ -66,6 +72,7 @@ def fed_homo_llm(
     return federated_loop(
         federated, functools.partial(PeftModule, peft_model, optimizer, evaluation, tokenizer),
         strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
-        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation,
+        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
+        privacy=privacy,
         trainer_kwargs=trainer_kwargs,
     )

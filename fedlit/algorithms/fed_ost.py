@@ -24,6 +24,7 @@ from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
 from fedlit.data.public import public_blocks, public_dataloader
+from fedlit.faults import FaultPolicy
 from fedlit.io import atomic_directory, atomic_write_bytes
 from fedlit.lightning_modules import CausalLMModule, EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.lightning_modules.emulator_distillation import EmulatorDistillation
@@ -39,6 +40,7 @@ from fedlit.models.offsite import (
     plug_in,
 )
 from fedlit.payload import Payload, to_bytes
+from fedlit.privacy import ClientDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import Strategy
 
@@ -151,6 +153,8 @@ def fed_ost(
     progress: bool = True,
     client_callbacks: Sequence[Callback] = (),
     secure_aggregation: SecureAggregationConfig | None = None,
+    faults: FaultPolicy = FaultPolicy(),  # noqa: B008
+    privacy: ClientDPConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FedOST:
     """Compose a FedOST run.
@@ -162,7 +166,7 @@ def fed_ost(
         distillation: optional server-side distillation of the emulator on public data (``steps > 0``).
         peft: ``None`` tunes the adapter blocks fully (as in the paper); a ``LoraConfig`` puts LoRA on them.
         optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
-        secure_aggregation, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`.
+        secure_aggregation, faults, privacy, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`.
         output_dir: also gets ``client_package/`` (all a client receives), ``plugged_in/`` and ``offsite.json``.
     """
     tokenizer = load_tokenizer(model)
@@ -176,7 +180,8 @@ def fed_ost(
     loop = federated_loop(
         federated, functools.partial(module, client_model, optimizer, evaluation, tokenizer),
         strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
-        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation,
+        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
+        privacy=privacy,
         trainer_kwargs=trainer_kwargs,
     )
     return FedOST(loop, full, tokenizer, plan, offsite, peft, evaluation, federated.global_val)

@@ -13,7 +13,9 @@ from rich.console import Console
 from fedlit.client import Client, ModuleFactory
 from fedlit.data.federated import FederatedData
 from fedlit.data.report import write_partition_report
+from fedlit.faults import FaultPolicy
 from fedlit.loop import FederatedLoop, ServerStep
+from fedlit.privacy import ClientDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg, Strategy
 
@@ -34,6 +36,8 @@ def federated_loop(
     trainer_kwargs: dict[str, Any] | None,
     client_factories: Mapping[str, ModuleFactory] | None = None,
     server_step: ServerStep | None = None,
+    faults: FaultPolicy | None = None,
+    privacy: ClientDPConfig | None = None,
 ) -> FederatedLoop:
     """A FederatedLoop over ``federated``'s clients; writes the partition report; loggers default to a
     CSVLogger under ``output_dir/logs``; ``client_callbacks`` join every client fit; ``client_factories``
@@ -58,4 +62,6 @@ def federated_loop(
         progress=progress,
         secure_aggregation=secure_aggregation,
         server_step=server_step,
+        faults=faults,
+        privacy=privacy,
     )

@@ -4,5 +4,6 @@ from fedlit.callbacks.adapter_extraction import AdapterExtraction
 from fedlit.callbacks.emulator_construction import EmulatorConstruction
 from fedlit.callbacks.fedprox import FedProx
 from fedlit.callbacks.masked_aggregation import MaskedAggregation
+from fedlit.callbacks.update_clipping import UpdateClipping
 
-__all__ = ["AdapterExtraction", "EmulatorConstruction", "FedProx", "MaskedAggregation"]
+__all__ = ["AdapterExtraction", "EmulatorConstruction", "FedProx", "MaskedAggregation", "UpdateClipping"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from fedlit.lightning_modules.causal_lm import CausalLMModule
@@ -12,22 +13,29 @@ from fedlit.secure.protocol import SecAggClient
 
 
 class MaskedAggregation(Callback):
-    """Masks ``num_examples * (trained adapter - global adapter)`` and ``num_examples`` when fit ends.
+    """Masks ``weight * (trained adapter - global adapter)`` and ``weight`` when fit ends; the weight is the
+    client's example count, or 1 when ``unweighted`` (client-level DP, whose sum must not depend on it).
 
-    Runs after :class:`~fedlit.callbacks.AdapterExtraction`; what the client sends is :attr:`masked`.
+    Runs after :class:`~fedlit.callbacks.AdapterExtraction`; what the client sends is :attr:`masked`. A
+    non-finite update raises: the client drops out rather than poison a sum nobody can inspect.
 
     Args:
         masker: this client's protocol state for the round (keys exchanged, shares received).
         global_payload: the adapter the client started from.
+        unweighted: weight 1 instead of the example count.
     """
 
-    def __init__(self, masker: SecAggClient, global_payload: Payload) -> None:
+    def __init__(self, masker: SecAggClient, global_payload: Payload, unweighted: bool = False) -> None:
         self.masker = masker
         self.global_payload = global_payload
+        self.unweighted = unweighted
         self.masked: MaskedInput | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         trained = pl_module.trainable_state_dict()
         check_compatible(self.global_payload, trained, f"client '{self.masker.client_id}'")
         update = flatten({name: trained[name] for name in self.global_payload}) - flatten(self.global_payload)
-        self.masked = self.masker.mask(update, len(trainer.train_dataloader.dataset))
+        if not np.isfinite(update).all():
+            raise ValueError(f"client '{self.masker.client_id}': its update has NaN/Inf values; not submitted")
+        weight = 1 if self.unweighted else len(trainer.train_dataloader.dataset)
+        self.masked = self.masker.mask(update, weight)

@@ -20,8 +20,8 @@ class MutualDistillation(L.LightningModule):
     """``llm`` and ``slm`` each minimise the :class:`DistillationLossConfig` mix of CE and KL to the other
     (detached); the step's loss is their sum, so each model's gradient comes from its own term only.
 
-    Logs ``{llm,slm}_{loss,ce,kd}``. Wrapping :class:`CausalLMModule`\\ s (not bare models) keeps what their
-    ``forward`` does, e.g. dropping prompt-tuning's virtual-token positions.
+    Logs ``{llm,slm}_{loss,ce,kd}`` for each side that trains. Wrapping :class:`CausalLMModule`\\ s (not bare
+    models) keeps what their ``forward`` does, e.g. dropping prompt-tuning's virtual-token positions.
     """
 
     def __init__(self, llm: CausalLMModule, slm: CausalLMModule, loss: DistillationLossConfig | None = None,
@@ -39,6 +39,8 @@ class MutualDistillation(L.LightningModule):
         logits = {"llm": self.llm(batch), "slm": self.slm(batch)}
         total = torch.zeros((), device=batch["input_ids"].device)
         for student, teacher in (("llm", "slm"), ("slm", "llm")):
+            if not logits[student].requires_grad:  # a frozen side is only a teacher
+                continue
             loss, ce, kd = distillation_loss(logits[student], logits[teacher], batch["labels"], self.loss_config)
             self.log_dict({f"{student}_loss": loss, f"{student}_ce": ce, f"{student}_kd": kd},
                           on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])

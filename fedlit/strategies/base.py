@@ -37,30 +37,42 @@ class Strategy:
 
     Args:
         clients_per_round: how many clients train each round: an int count, or a float fraction in (0, 1].
+        sampling: ``fixed``: exactly that many, uniformly without replacement; ``poisson``: each client
+            independently with probability clients_per_round / number of clients (what client-level DP's
+            add/remove-one accounting assumes; the count varies from round to round).
     """
 
     needs_individual_updates: ClassVar[bool] = False
 
-    def __init__(self, clients_per_round: int | float = 1.0) -> None:
+    def __init__(self, clients_per_round: int | float = 1.0, sampling: str = "fixed") -> None:
         if isinstance(clients_per_round, float) and not 0 < clients_per_round <= 1:
             raise ValueError(f"clients_per_round as a fraction must be in (0, 1], got {clients_per_round}")
         if isinstance(clients_per_round, int) and clients_per_round < 1:
             raise ValueError(f"clients_per_round as a count must be >= 1, got {clients_per_round}")
+        if sampling not in ("fixed", "poisson"):
+            raise ValueError(f"sampling must be 'fixed' or 'poisson', got '{sampling}'")
         self.clients_per_round = clients_per_round
+        self.sampling = sampling
+
+    def sample_size(self, num_clients: int) -> int:
+        """Clients per round (fixed sampling), or the expected count (Poisson sampling)."""
+        if isinstance(self.clients_per_round, float):
+            k = max(1, round(self.clients_per_round * num_clients))
+        else:
+            k = self.clients_per_round
+        if k > num_clients:
+            raise ValueError(f"clients_per_round={k} but only {num_clients} clients exist")
+        return k
 
     def configure_round(self, server_round: int, client_ids: Sequence[str], seed: int) -> list[str]:
-        """The clients sampled for ``server_round``, without replacement, in the order of ``client_ids``.
+        """The clients sampled for ``server_round``, in the order of ``client_ids``.
 
         The draw depends only on (seed, round), so a resumed run samples exactly as an uninterrupted one.
         """
-        n = len(client_ids)
-        if isinstance(self.clients_per_round, float):
-            k = max(1, round(self.clients_per_round * n))
-        else:
-            k = self.clients_per_round
-        if k > n:
-            raise ValueError(f"clients_per_round={k} but only {n} clients exist")
+        n, k = len(client_ids), self.sample_size(len(client_ids))
         rng = np.random.default_rng([seed, server_round])
+        if self.sampling == "poisson":
+            return [cid for cid, draw in zip(client_ids, rng.random(n), strict=True) if draw < k / n]
         chosen = sorted(rng.choice(n, size=k, replace=False).tolist())
         return [client_ids[i] for i in chosen]
 

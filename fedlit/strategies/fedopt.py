@@ -25,8 +25,8 @@ def pseudo_gradient(global_payload: Payload, average: Payload) -> Payload:
 class _ServerOptimizer(Strategy):
     """Keeps per-tensor server state, restored from checkpoints through state_dict/load_state_dict."""
 
-    def __init__(self, clients_per_round: int | float = 1.0) -> None:
-        super().__init__(clients_per_round)
+    def __init__(self, clients_per_round: int | float = 1.0, sampling: str = "fixed") -> None:
+        super().__init__(clients_per_round, sampling)
         self.state: dict[str, Payload] = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -39,8 +39,9 @@ class _ServerOptimizer(Strategy):
 class FedAvgM(_ServerOptimizer):
     """Server momentum: m_t = beta * m_{t-1} + Delta_t;  x_{t+1} = x_t + server_lr * m_t."""
 
-    def __init__(self, clients_per_round: int | float = 1.0, server_lr: float = 1.0, momentum: float = 0.9) -> None:
-        super().__init__(clients_per_round)
+    def __init__(self, clients_per_round: int | float = 1.0, server_lr: float = 1.0, momentum: float = 0.9,
+                 sampling: str = "fixed") -> None:
+        super().__init__(clients_per_round, sampling)
         self.server_lr, self.momentum = server_lr, momentum
 
     def step(self, global_payload: Payload, average: Payload) -> Payload:
@@ -67,8 +68,9 @@ class FedAdaptive(_ServerOptimizer):
         beta1: float = 0.9,
         beta2: float = 0.99,
         tau: float = 1e-3,
+        sampling: str = "fixed",
     ) -> None:
-        super().__init__(clients_per_round)
+        super().__init__(clients_per_round, sampling)
         self.server_lr, self.beta1, self.beta2, self.tau = server_lr, beta1, beta2, tau
 
     @abstractmethod

@@ -1,0 +1,39 @@
+"""Client side of client-level DP: when fit ends, the client's update is clipped (and, under secure aggregation,
+given its share of the noise) before anything reads the trained adapter."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from fedlit.lightning_modules.causal_lm import CausalLMModule
+from fedlit.payload import Payload, flatten, unflatten
+from fedlit.privacy.client_dp import clip_to_norm, gaussian_noise
+
+
+class UpdateClipping(Callback):
+    """Sets the trained adapter to ``global + clip(trained - global, clip_norm) + N(0, noise_std^2)``.
+
+    Must run before :class:`~fedlit.callbacks.AdapterExtraction` and
+    :class:`~fedlit.callbacks.MaskedAggregation`, which read the adapter when fit ends.
+
+    Args:
+        client_id: named in errors.
+        global_payload: the adapter the client started from.
+        clip_norm: L2 bound of the update over all its tensors.
+        noise_std: std of the client's own Gaussian noise (0 when the server adds the noise).
+        seed: seeds that noise.
+    """
+
+    def __init__(self, client_id: str, global_payload: Payload, clip_norm: float, noise_std: float = 0.0,
+                 seed: int = 0) -> None:
+        self.client_id, self.global_payload = client_id, global_payload
+        self.clip_norm, self.noise_std, self.seed = clip_norm, noise_std, seed
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
+        start = flatten(self.global_payload)
+        update = clip_to_norm(flatten(pl_module.trainable_state_dict()) - start, self.clip_norm)
+        if self.noise_std > 0:
+            update = update + gaussian_noise(len(update), self.noise_std, self.seed)
+        pl_module.load_trainable_state_dict(unflatten(start + update, self.global_payload),
+                                            who=f"client '{self.client_id}' (clipped update)")

@@ -1,0 +1,86 @@
+"""What the server does about clients that fail: a deadline on each client's fit and the checks an update must
+pass before it may reach the aggregate."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedlit.payload import Payload, check_compatible, flatten
+
+
+@dataclass
+class FaultPolicy:
+    """How the loop treats failing clients. A client whose fit raises, outlives ``timeout_s`` or sends an
+    update that fails :func:`update_problem` is excluded from the round, with the reason logged and written
+    to metrics.csv; the round is aggregated from at least ``min_clients`` good updates, or skipped with the
+    global adapter untouched.
+
+    Args:
+        timeout_s: wall-clock limit of one client's fit (``None``: none). In-process clients are interrupted
+            by SIGALRM, so the limit applies when the loop runs in the main thread of a Unix process.
+        min_clients: fewest accepted updates that make a round.
+        max_update_norm: exclude an update whose L2 distance from the global adapter is larger
+            (``None``: no bound; under client-level DP it defaults to the clipping norm).
+    """
+
+    timeout_s: float | None = None
+    min_clients: int = 1
+    max_update_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_clients < 1:
+            raise ValueError(f"faults.min_clients must be >= 1, got {self.min_clients}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"faults.timeout_s must be > 0, got {self.timeout_s}")
+
+
+class ClientTimeout(TimeoutError):
+    """A client's fit ran past the deadline."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None, client_id: str) -> Iterator[None]:
+    """Raise :class:`ClientTimeout` in the body once ``seconds`` have passed (no-op for ``None`` or off the
+    main thread, where signals cannot be delivered)."""
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise ClientTimeout(f"client '{client_id}' did not finish within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def update_problem(global_payload: Payload, payload: Payload, max_norm: float | None) -> str | None:
+    """Why ``payload`` must not be aggregated (wrong tensors, shapes or dtypes, NaN/Inf, too far from the global
+    adapter), or ``None`` when it may."""
+    try:
+        check_compatible(global_payload, payload, "the update")
+    except ValueError as error:
+        return str(error)
+    dtypes = [f"{name}: expected {global_payload[name].dtype}, got {tensor.dtype}"
+              for name, tensor in payload.items() if tensor.dtype != global_payload[name].dtype]
+    if dtypes:
+        return "dtype mismatch " + "; ".join(dtypes[:5])
+    bad = [name for name, tensor in payload.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        return f"non-finite values (NaN/Inf) in {bad[:5]}"
+    if max_norm is not None:
+        norm = float(np.linalg.norm(flatten(payload) - flatten(global_payload)))
+        if norm > max_norm:
+            return f"update norm {norm:.4g} exceeds the bound {max_norm:.4g}"
+    return None

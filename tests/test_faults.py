@@ -1,0 +1,160 @@
+"""Faulty clients: each kind of failure in one of five clients excludes that client, says why, and never
+reaches the aggregate; too few good updates skip the round; a server crash resumes identically."""
+
+import csv
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from fedlit.client import Client
+from fedlit.data import DataConfig
+from fedlit.faults import FaultPolicy
+from fedlit.payload import to_bytes
+from fedlit.secure import SecureAggregationConfig
+from fedlit.strategies import FedAvg, FedMedian
+
+
+def corrupt(payload, fault):
+    """The payload as a buggy client would send it."""
+    bad = OrderedDict((n, t.clone()) for n, t in payload.items())
+    name = next(iter(bad))
+    if fault == "nan":
+        bad[name][0, 0] = float("nan")
+    elif fault == "inf":
+        bad[name][-1, -1] = float("inf")
+    elif fault == "shape":
+        bad[name] = bad[name][:, :-1]
+    elif fault == "dtype":
+        bad[name] = bad[name].to(torch.float16)
+    elif fault == "norm":
+        bad[name] = bad[name] + 100.0
+    return bad
+
+
+class FaultyClient(Client):
+    fault: str = ""
+
+    def fit(self, global_wire, *args, **kwargs):
+        if self.fault == "raise":
+            raise RuntimeError("disk full")
+        if self.fault == "hang":
+            time.sleep(30)
+        wire, update = super().fit(global_wire, *args, **kwargs)
+        bad = corrupt(update.payload, self.fault)
+        update.payload = bad
+        return to_bytes(bad), update
+
+
+FAULTS = {"raise": "RuntimeError: disk full", "hang": "ClientTimeout: client 'client-002' did not finish within 2 s",
+          "nan": "non-finite values", "inf": "non-finite values", "shape": "adapter mismatch for the update",
+          "dtype": "dtype mismatch", "norm": "exceeds the bound 50"}
+
+
+def five_clients(make_loop, tmp_path, name, **overrides):
+    data = DataConfig(source=str(make_loop.plays), partition="iid", num_clients=5, val_examples_per_client=2, global_val_examples=4,
+                      batch_size=4, max_length=32)
+    settings = dict(data=data, rounds=1, strategy=FedAvg(), output_dir=tmp_path / name,
+                    faults=FaultPolicy(timeout_s=2, min_clients=3, max_update_norm=50.0),
+                    trainer_kwargs={"max_steps": 2, "accelerator": "cpu"})
+    return make_loop(**{**settings, **overrides})
+
+
+@pytest.fixture
+def loops(make_loop, plays_jsonl):
+    make_loop.plays = plays_jsonl
+    return make_loop
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_faulty_client_is_excluded_with_its_reason_and_never_reaches_the_aggregate(loops, tmp_path, fault, caplog):
+    loop = five_clients(loops, tmp_path, "faulty")
+    bad = loop.clients["client-002"]
+    loop.clients["client-002"] = FaultyClient(bad.client_id, bad.datamodule)
+    FaultyClient.fault = fault
+    with caplog.at_level(logging.WARNING, logger="fedlit.loop"):
+        final = loop.fit()
+    (row,) = [r for r in loop.history if r["client"] == "client-002" and r["split"] == "train"]
+    assert FAULTS[fault] in row["excluded"] and "loss" not in row
+    assert f"client 'client-002' excluded: {row['excluded']}" in caplog.text
+    with open(loop.output_dir / "metrics.csv") as f:
+        assert FAULTS[fault] in next(r for r in csv.DictReader(f) if r["client"] == "client-002" and r["split"] == "train")[
+            "excluded"]
+    # the same round with only the four good clients (their fits do not depend on who else takes part)
+    good = five_clients(loops, tmp_path, "good")
+    del good.clients["client-002"]
+    reference = good.fit()
+    assert all(torch.equal(final[n], reference[n]) for n in reference)
+
+
+def test_too_few_good_updates_skip_the_round_and_keep_the_global_adapter(loops, tmp_path, caplog):
+    loop = five_clients(loops, tmp_path, "skip", faults=FaultPolicy(min_clients=4))
+    for cid in ("client-001", "client-003"):
+        loop.clients[cid] = FaultyClient(cid, loop.clients[cid].datamodule)
+    FaultyClient.fault = "raise"
+    initial = loop.module_factory().trainable_state_dict()
+    with caplog.at_level(logging.WARNING, logger="fedlit.loop"):
+        final = loop.fit()
+    assert all(torch.equal(final[n], initial[n]) for n in initial)
+    (skipped,) = [r for r in loop.history if r["split"] == "round"]
+    assert "round skipped: 3 of 5 sampled clients sent a usable update (min_clients 4)" == skipped["excluded"]
+    assert "round 1 skipped" in caplog.text
+
+
+def test_a_failing_client_under_secure_aggregation_is_a_recovered_dropout(loops, tmp_path):
+    masked = five_clients(loops, tmp_path, "masked", secure_aggregation=SecureAggregationConfig())
+    masked.clients["client-004"] = FaultyClient("client-004", masked.clients["client-004"].datamodule)
+    FaultyClient.fault = "raise"
+    final = masked.fit()
+    plain = five_clients(loops, tmp_path, "plain")
+    del plain.clients["client-004"]
+    reference = plain.fit()
+    assert all(torch.allclose(final[n], reference[n], atol=1e-6) for n in reference)
+
+
+def test_robust_strategies_keep_a_large_outlier_out(loops, tmp_path):
+    """Norm bound off: FedAvg follows the outlier, the median does not."""
+    for strategy, moved in ((FedAvg(), True), (FedMedian(), False)):
+        loop = five_clients(loops, tmp_path, type(strategy).__name__, strategy=strategy, faults=FaultPolicy())
+        loop.clients["client-000"] = FaultyClient("client-000", loop.clients["client-000"].datamodule)
+        FaultyClient.fault = "norm"
+        initial = loop.module_factory().trainable_state_dict()
+        final = loop.fit()
+        shift = max(float((final[n] - initial[n]).abs().max()) for n in final)
+        assert (shift > 10) is moved
+
+
+@pytest.mark.parametrize("kill_after", [0.35, 0.7])
+def test_sigkill_at_a_random_moment_then_resume_ends_identical(tmp_path, tiny_model_dir, plays_jsonl, kill_after):
+    """The real CLI in a subprocess, SIGKILLed part-way (the kill point is a fraction of an uninterrupted run's
+    time, with jitter), then ``--resume``: same final adapter as the uninterrupted run."""
+    args = [sys.executable, "-m", "fedlit.cli", "fit", "--model.name_or_path", str(tiny_model_dir),
+            "--data.source", str(plays_jsonl), "--data.num_clients", "3", "--data.val_examples_per_client", "2",
+            "--data.global_val_examples", "4", "--data.max_length", "32", "--data.batch_size", "4",
+            "--rounds", "6", "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
+            "--progress", "false", "--loggers", "[]"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    began = time.perf_counter()
+    subprocess.run([*args, "--output_dir", str(tmp_path / "whole")], check=True, env=env, capture_output=True)
+    whole_seconds = time.perf_counter() - began
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*args, "--output_dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(whole_seconds * kill_after * np.random.default_rng().uniform(0.9, 1.1))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    subprocess.run([*args, "--output_dir", str(killed), "--resume", "true"], check=True, env=env,
+                   capture_output=True)
+    from safetensors.torch import load_file
+    want = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    got = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    with open(killed / "metrics.csv") as f:
+        assert {r["round"] for r in csv.DictReader(f)} == {str(r) for r in range(7)}

@@ -1,0 +1,102 @@
+"""Client-level DP (DP-FedAvg): accounting against dp-accounting itself, the clipping bound, the noise scale,
+the epsilon budget."""
+
+import csv
+import logging
+
+import dp_accounting
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig
+
+from fedlit.client import Client
+from fedlit.faults import FaultPolicy
+from fedlit.lightning_modules import OptimizerConfig
+from fedlit.payload import flatten, from_bytes
+from fedlit.privacy import ClientDPConfig
+from fedlit.secure import SecureAggregationConfig
+from fedlit.strategies import FedAvg, FedMedian
+
+
+def epsilons(loop):
+    return [r["epsilon"] for r in loop.history if r["split"] == "privacy"]
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_epsilon_after_each_round_matches_the_accountant_called_directly(make_loop, sampling):
+    dp = ClientDPConfig(noise_multiplier=1.1, clip_norm=0.5, delta=1e-3)
+    loop = make_loop(rounds=3, privacy=dp, strategy=FedAvg(clients_per_round=2, sampling=sampling),
+                     trainer_kwargs={"max_steps": 1, "accelerator": "cpu"})
+    loop.fit()
+    expected = []
+    for rounds in (1, 2, 3):
+        if sampling == "poisson":
+            accountant = dp_accounting.rdp.RdpAccountant()
+            event = dp_accounting.PoissonSampledDpEvent(2 / 3, dp_accounting.GaussianDpEvent(1.1))
+        else:  # replace-one neighbours: the clipped sum moves by up to 2 * clip_norm
+            accountant = dp_accounting.rdp.RdpAccountant(
+                neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+            event = dp_accounting.SampledWithoutReplacementDpEvent(3, 2, dp_accounting.GaussianDpEvent(0.55))
+        accountant.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
+        expected.append(accountant.get_epsilon(1e-3))
+    assert epsilons(loop) == pytest.approx(expected, rel=1e-12)
+    assert expected[0] < expected[1] < expected[2]
+    with open(loop.output_dir / "metrics.csv") as f:
+        assert [float(r["epsilon"]) for r in csv.DictReader(f) if r["split"] == "privacy"] == pytest.approx(expected)
+
+
+def test_every_client_update_is_clipped(make_loop, monkeypatch):
+    clip = 0.05
+    seen = []
+    original = Client.fit
+
+    def spy(self, global_wire, *args, **kwargs):
+        wire, update = original(self, global_wire, *args, **kwargs)
+        seen.append(float(np.linalg.norm(flatten(from_bytes(wire)) - flatten(from_bytes(global_wire)))))
+        return wire, update
+
+    monkeypatch.setattr(Client, "fit", spy)
+    loop = make_loop(rounds=2, privacy=ClientDPConfig(noise_multiplier=0.0, clip_norm=clip),
+                     optimizer=OptimizerConfig(lr=5e-2))
+    loop.fit()
+    assert len(seen) == 4 and all(norm <= clip * (1 + 1e-6) for norm in seen)
+    assert max(seen) > 0.9 * clip  # the bound is active: the unclipped updates are longer
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["server-noise", "client-noise-shares"])
+def test_noise_on_the_sum_has_std_sigma_times_clip(make_loop, secure):
+    """With lr 0 every update is zero, so the new global adapter minus the old one, times the fixed denominator,
+    is exactly the noise on the sum: added once by the server, or as three clients' shares under masking."""
+    sigma, clip = 0.8, 0.25
+    loop = make_loop(rounds=1, privacy=ClientDPConfig(noise_multiplier=sigma, clip_norm=clip),
+                     strategy=FedAvg(clients_per_round=3), optimizer=OptimizerConfig(lr=0.0),
+                     faults=FaultPolicy(min_clients=3), peft=LoraConfig(r=16, target_modules=["q_proj", "v_proj"]),
+                     secure_aggregation=SecureAggregationConfig() if secure else None)
+    initial = loop.module_factory().trainable_state_dict()
+    final = loop.fit()
+    noise = (flatten(final) - flatten(initial)) * 3
+    assert len(noise) == 3584
+    assert np.std(noise) == pytest.approx(sigma * clip, rel=0.06)
+    assert abs(np.mean(noise)) < 4 * sigma * clip / np.sqrt(len(noise))
+
+
+def test_target_epsilon_stops_the_run_before_the_round_that_would_pass_it(make_loop, caplog):
+    dp = ClientDPConfig(noise_multiplier=1.0, clip_norm=0.5, delta=1e-3)
+    probe = make_loop(rounds=3, privacy=dp, output_dir=make_loop().output_dir.parent / "probe")
+    budget = (probe.accountant.epsilon(2) + probe.accountant.epsilon(3)) / 2  # rounds 1-2 fit, round 3 does not
+    loop = make_loop(rounds=3, privacy=ClientDPConfig(noise_multiplier=1.0, clip_norm=0.5, delta=1e-3,
+                                                      target_epsilon=budget))
+    with caplog.at_level(logging.WARNING, logger="fedlit.loop"):
+        final = loop.fit()
+    assert "stopping before round 3" in loop.stopped and "target" in loop.stopped
+    assert loop.stopped in caplog.text
+    assert sorted(p.name for p in loop.checkpoint_dir.iterdir())[-1] == "round-0002.ckpt"
+    assert max(epsilons(loop)) <= budget
+    assert (loop.output_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert all(torch.equal(final[n], loop.global_payload[n]) for n in final)
+
+
+def test_strategies_that_need_individual_updates_refuse_dp(make_loop):
+    with pytest.raises(ValueError, match="FedMedian needs each client's update; client-level DP"):
+        make_loop(strategy=FedMedian(), privacy=ClientDPConfig())
