@@ -59,8 +59,8 @@ FAULTS = {"raise": "RuntimeError: disk full", "hang": "ClientTimeout: client 'cl
 
 
 def five_clients(make_loop, tmp_path, name, **overrides):
-    data = DataConfig(source=str(make_loop.plays), partition="iid", num_clients=5, val_examples_per_client=2, global_val_examples=4,
-                      batch_size=4, max_length=32)
+    data = DataConfig(source=str(make_loop.plays), partition="iid", num_clients=5, val_examples_per_client=2,
+                      global_val_examples=4, batch_size=4, max_length=32)
     settings = dict(data=data, rounds=1, strategy=FedAvg(), output_dir=tmp_path / name,
                     faults=FaultPolicy(timeout_s=2, min_clients=3, max_update_norm=50.0),
                     trainer_kwargs={"max_steps": 2, "accelerator": "cpu"})
@@ -74,7 +74,8 @@ def loops(make_loop, plays_jsonl):
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_a_faulty_client_is_excluded_with_its_reason_and_never_reaches_the_aggregate(loops, tmp_path, fault, caplog):
+def test_a_faulty_client_is_excluded_with_its_reason_and_never_reaches_the_aggregate(loops, tmp_path, fault,
+                                                                                     caplog):
     loop = five_clients(loops, tmp_path, "faulty")
     bad = loop.clients["client-002"]
     loop.clients["client-002"] = FaultyClient(bad.client_id, bad.datamodule)
