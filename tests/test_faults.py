@@ -17,9 +17,9 @@ import torch
 from fedlit.client import Client
 from fedlit.data import DataConfig
 from fedlit.faults import FaultPolicy
-from fedlit.payload import to_bytes
+from fedlit.payload import Update, to_bytes
 from fedlit.secure import SecureAggregationConfig
-from fedlit.strategies import FedAvg, FedMedian
+from fedlit.strategies import FedAvg, FedAvgNormBound, FedMedian, FedTrimmedMean
 
 
 def corrupt(payload, fault):
@@ -120,9 +120,24 @@ def test_a_failing_client_under_secure_aggregation_is_a_recovered_dropout(loops,
     assert all(torch.allclose(final[n], reference[n], atol=1e-6) for n in reference)
 
 
+def test_trimmed_mean_and_norm_bound_against_hand_computations():
+    values = [1.0, 2.0, 3.0, 100.0, -50.0]
+    updates = [Update(f"c{i}", OrderedDict(w=torch.tensor([v, -v])), num_examples=i + 1) for i, v in enumerate(values)]
+    start = OrderedDict(w=torch.zeros(2))
+    assert torch.equal(FedTrimmedMean(trim=0.2).aggregate(start, updates)["w"], torch.tensor([2.0, -2.0]))
+    assert torch.equal(FedTrimmedMean(trim=0.0).aggregate(start, updates)["w"], torch.tensor([11.2, -11.2]))
+    bounded = FedAvgNormBound(bound=2 ** 0.5).aggregate(start, updates)["w"]  # every update scaled to (+-1, -+1)
+    signs = torch.tensor([1.0, 1, 1, 1, -1])
+    weights = torch.arange(1.0, 6)
+    assert torch.allclose(bounded[0], (signs * torch.tensor([1.0, 1, 1, 1, 1]) * weights).sum() / weights.sum())
+    with pytest.raises(ValueError, match="trim must be in"):
+        FedTrimmedMean(trim=0.5)
+
+
 def test_robust_strategies_keep_a_large_outlier_out(loops, tmp_path):
-    """Norm bound off: FedAvg follows the outlier, the median does not."""
-    for strategy, moved in ((FedAvg(), True), (FedMedian(), False)):
+    """Norm bound off: FedAvg follows the outlier, the robust rules do not."""
+    robust = (FedMedian(), FedTrimmedMean(trim=0.2), FedAvgNormBound(bound=1.0))
+    for strategy, moved in ((FedAvg(), True), *((s, False) for s in robust)):
         loop = five_clients(loops, tmp_path, type(strategy).__name__, strategy=strategy, faults=FaultPolicy())
         loop.clients["client-000"] = FaultyClient("client-000", loop.clients["client-000"].datamodule)
         FaultyClient.fault = "norm"

@@ -4,14 +4,17 @@ from fedlit.strategies.base import Strategy, weighted_average
 from fedlit.strategies.fedavg import FedAvg
 from fedlit.strategies.fedopt import FedAdagrad, FedAdam, FedAdaptive, FedAvgM, FedYogi, pseudo_gradient
 from fedlit.strategies.median import FedMedian
+from fedlit.strategies.robust import FedAvgNormBound, FedTrimmedMean
 
 __all__ = [
     "FedAdagrad",
     "FedAdam",
     "FedAdaptive",
     "FedAvg",
+    "FedAvgNormBound",
     "FedAvgM",
     "FedMedian",
+    "FedTrimmedMean",
     "FedYogi",
     "Strategy",
     "pseudo_gradient",
