@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import random
@@ -22,7 +23,13 @@ from fedlit.data.federated import GLOBAL
 from fedlit.faults import FaultPolicy, deadline, update_problem
 from fedlit.io import atomic_directory, atomic_torch_save, atomic_write_bytes
 from fedlit.payload import Payload, Update, flatten, to_bytes, unflatten
-from fedlit.privacy import ClientDPConfig, ClientPrivacyAccountant, gaussian_noise
+from fedlit.privacy import (
+    ClientDPConfig,
+    ClientPrivacyAccountant,
+    ExampleDPConfig,
+    gaussian_noise,
+    subsampled_gaussian_epsilon,
+)
 from fedlit.progress import RoundProgress
 from fedlit.secure import RoundAbandoned, SecureAggregationConfig, SecureRound
 from fedlit.strategies import Strategy
@@ -30,8 +37,8 @@ from fedlit.strategies import Strategy
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["round", "client", "split", "model", "loss", "perplexity", "token_accuracy", "exact_match",
-                  "choice_accuracy", "num_examples", "bytes_received", "bytes_sent", "seconds", "epsilon",
-                  "excluded"]
+                  "choice_accuracy", "num_examples", "bytes_received", "bytes_sent", "seconds", "update_norm",
+                  "epsilon", "excluded"]
 # Only these Trainer options carry over to the server's Trainers: where and in what precision the model runs.
 _EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
 
@@ -107,6 +114,8 @@ class FederatedLoop:
             server, or shared out among the clients under secure aggregation), a fixed denominator, and
             (epsilon, delta) in a ``server``/``privacy`` row every round; the run stops before a round that
             would pass ``target_epsilon``.
+        example_privacy: DP-SGD inside every client (opacus per-example gradients, random-subset batches); each
+            client's train row carries its own example-level epsilon so far.
     """
 
     def __init__(
@@ -126,6 +135,7 @@ class FederatedLoop:
         server_step: ServerStep | None = None,
         faults: FaultPolicy | None = None,
         privacy: ClientDPConfig | None = None,
+        example_privacy: ExampleDPConfig | None = None,
     ) -> None:
         ids = [c.client_id for c in clients]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -160,7 +170,9 @@ class FederatedLoop:
         self.privacy = privacy
         self.accountant = ClientPrivacyAccountant(privacy, strategy, len(clients)) if privacy is not None else None
         if privacy is not None and self.faults.max_update_norm is None:  # a client that did not clip is a fault
-            self.faults.max_update_norm = privacy.clip_norm * (1 + 1e-5)
+            self.faults = dataclasses.replace(self.faults, max_update_norm=privacy.clip_norm * (1 + 1e-5))
+        self.example_privacy = example_privacy
+        self.example_steps: dict[str, int] = {}  # DP-SGD steps each client has taken so far
         self.stopped: str | None = None
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
@@ -262,6 +274,7 @@ class FederatedLoop:
                     masker=secure.clients[client_id] if secure else None,
                     clip_norm=dp.clip_norm if dp else None,
                     noise_std=self._noise_share() if dp and secure else 0.0,
+                    example_dp=self.example_privacy,
                 )
             problem = None if secure else update_problem(self.global_payload, update.payload,
                                                           self.faults.max_update_norm)
@@ -277,9 +290,20 @@ class FederatedLoop:
             values["bytes_sent"] = secure.bytes_sent[client_id]  # the whole protocol's traffic
             values["bytes_received"] += secure.bytes_received[client_id]
         values["loss"] = update.metrics.get("train_loss_epoch", float("nan"))
+        if self.example_privacy is not None:
+            values["epsilon"] = self._example_epsilon(client_id, int(update.metrics["dp_sgd_steps"]))
         if not secure:  # masked too under secure aggregation
             values["num_examples"] = update.num_examples
+            values["update_norm"] = float(np.linalg.norm(flatten(update.payload) - flatten(self.global_payload)))
         return update, values
+
+    def _example_epsilon(self, client_id: str, steps: int) -> float:
+        """The client's example-level epsilon after all its DP-SGD steps so far, these ``steps`` included."""
+        self.example_steps[client_id] = self.example_steps.get(client_id, 0) + steps
+        datamodule = self.clients[client_id].datamodule
+        cfg = self.example_privacy
+        return subsampled_gaussian_epsilon(len(datamodule.train_dataset), datamodule.batch_size, cfg.noise_multiplier,
+                                           self.example_steps[client_id], cfg.delta, poisson=False)
 
     def _noise_share(self) -> float:
         """Each client's noise std under secure aggregation: with at least ``min_clients`` shares in the sum,
@@ -345,6 +369,7 @@ class FederatedLoop:
             "global_payload": self.global_payload,
             "strategy": self.strategy.state_dict(),
             "server_step": self.server_step.state_dict() if self.server_step is not None else None,
+            "example_steps": self.example_steps,
             "history": self.history,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }, self.checkpoint_dir / f"round-{server_round:04d}.ckpt")
@@ -364,6 +389,7 @@ class FederatedLoop:
         if self.server_step is not None:
             self.server_step.load_state_dict(state["server_step"])
         self.history = state["history"]
+        self.example_steps = dict(state.get("example_steps", {}))
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])

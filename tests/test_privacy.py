@@ -100,3 +100,75 @@ def test_target_epsilon_stops_the_run_before_the_round_that_would_pass_it(make_l
 def test_strategies_that_need_individual_updates_refuse_dp(make_loop):
     with pytest.raises(ValueError, match="FedMedian needs each client's update; client-level DP"):
         make_loop(strategy=FedMedian(), privacy=ClientDPConfig())
+
+
+def test_dp_sgd_step_equals_hand_clipped_per_example_gradients_plus_noise(tiny_model_dir):
+    """One DP-SGD step through the callback vs per-example gradients computed one example at a time, each
+    clipped to max_grad_norm, summed, noised with the same generator and divided by the batch size."""
+    import lightning as L
+    from peft import LoraConfig as Lora
+    from torch.utils.data import DataLoader
+
+    from fedlit.callbacks import ExampleLevelDP
+    from fedlit.data import CausalLMCollator
+    from fedlit.lightning_modules import PeftModule, build_peft_model
+    from fedlit.models import ModelConfig, load_base_model
+    from fedlit.privacy import ExampleDPConfig
+
+    torch.manual_seed(0)
+    examples = [{"input_ids": torch.randint(0, 200, (n,)).tolist()} for n in (7, 5, 9, 6)]
+    batch = CausalLMCollator(0)(examples)
+    model = build_peft_model(load_base_model(ModelConfig(str(tiny_model_dir))),
+                             Lora(r=2, target_modules=["q_proj", "v_proj"]), seed=1)
+    module = PeftModule(model, OptimizerConfig(lr=0.1))
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    config = ExampleDPConfig(noise_multiplier=0.7, max_grad_norm=0.01)
+
+    def loss_of(i):  # the module's token-mean loss over the batch: example i's share of it
+        logits = module(batch)
+        from fedlit.lightning_modules import shifted_token_loss
+        labels = batch["labels"].clone()
+        labels[[j for j in range(4) if j != i]] = -100
+        total_tokens = (batch["labels"][:, 1:] != -100).sum()
+        loss, count = shifted_token_loss(logits, labels)
+        return loss * count / total_tokens
+
+    clipped_sum = {n: torch.zeros_like(t) for n, t in start.items()}
+    for i in range(4):
+        model.zero_grad()
+        (loss_of(i) * 4).backward()  # opacus's "mean" reduction: per-example gradient = batch size x its share
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
+        for n, g in grads.items():
+            clipped_sum[n] += g * min(1.0, float(config.max_grad_norm / (norm + 1e-6)))
+    model.zero_grad()
+    generator = torch.Generator().manual_seed(5)
+    expected = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            noise = torch.normal(0, 0.7 * 0.01, p.shape, generator=generator)
+            expected[n] = start[n] - 0.1 * (clipped_sum[n] + noise) / 4
+    callback = ExampleLevelDP(config, batch_size=4, seed=5)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[callback], accelerator="cpu")
+    module.configure_optimizers = lambda: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    trainer.fit(module, DataLoader([batch], batch_size=None))
+    assert callback.steps == 1
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.detach(), expected[n], atol=1e-6), n
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # hooks and samples removed
+
+
+def test_dp_sgd_run_reports_each_clients_epsilon(make_loop):
+    from fedlit.privacy import ExampleDPConfig, subsampled_gaussian_epsilon
+
+    loop = make_loop(rounds=2, strategy=FedAvg(), example_privacy=ExampleDPConfig(noise_multiplier=1.0,
+                                                                                  max_grad_norm=1.0, delta=1e-3),
+                     trainer_kwargs={"max_steps": 2, "accelerator": "cpu"})
+    loop.fit()
+    for client_id, client in loop.clients.items():
+        rows = [r for r in loop.history if r["client"] == client_id and r["split"] == "train"]
+        n, batch = len(client.datamodule.train_dataset), client.datamodule.batch_size
+        assert [r["epsilon"] for r in rows] == pytest.approx(
+            [subsampled_gaussian_epsilon(n, batch, 1.0, steps, 1e-3, poisson=False) for steps in (2, 4)])

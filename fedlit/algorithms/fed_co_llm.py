@@ -40,7 +40,7 @@ from fedlit.lightning_modules.knowledge_distillation import check_shared_vocabul
 from fedlit.loop import FederatedLoop, server_trainer, validate
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload
-from fedlit.privacy import ClientDPConfig
+from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import Strategy
 
@@ -132,6 +132,7 @@ def fed_co_llm(
     secure_aggregation: SecureAggregationConfig | None = None,
     faults: FaultPolicy = FaultPolicy(),  # noqa: B008
     privacy: ClientDPConfig | None = None,
+    example_privacy: ExampleDPConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FederatedLoop:
     """Compose a FedCoLLM run.
@@ -147,9 +148,9 @@ def fed_co_llm(
         peft: the SLM's adapter, the one clients federate (default: LoRA r=8 on q_proj and v_proj).
         llm_peft: the LLM's adapter (default: as ``peft``).
         data, optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
-        secure_aggregation, faults, privacy, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`;
-        evaluation scores the global SLM adapter on every party and the LLM on the server's held-out split
-        (rows ``model: llm``).
+        secure_aggregation, faults, privacy, example_privacy, trainer_kwargs: as for
+        :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores the global SLM adapter on every party and the
+        LLM on the server's held-out split (rows ``model: llm``).
         output_dir: also gets ``client_slm/`` and the final ``llm_adapter/``.
     """
     tokenizer = load_tokenizer(slm)
@@ -173,6 +174,6 @@ def fed_co_llm(
     return federated_loop(
         federated, slm_factory, strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir,
         loggers=loggers, seed=seed, progress=progress, client_callbacks=client_callbacks,
-        secure_aggregation=secure_aggregation, faults=faults, privacy=privacy, trainer_kwargs=trainer_kwargs,
-        server_step=server_step,
+        secure_aggregation=secure_aggregation, faults=faults, privacy=privacy, example_privacy=example_privacy,
+        trainer_kwargs=trainer_kwargs, server_step=server_step,
     )

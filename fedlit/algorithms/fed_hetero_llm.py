@@ -27,7 +27,7 @@ from fedlit.lightning_modules import (
 from fedlit.lightning_modules.knowledge_distillation import check_shared_vocabulary
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
-from fedlit.privacy import ClientDPConfig
+from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import Strategy
 
@@ -51,6 +51,7 @@ def fed_hetero_llm(
     secure_aggregation: SecureAggregationConfig | None = None,
     faults: FaultPolicy = FaultPolicy(),  # noqa: B008
     privacy: ClientDPConfig | None = None,
+    example_privacy: ExampleDPConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FederatedLoop:
     """Compose a FedHeteroLLM run.
@@ -61,7 +62,7 @@ def fed_hetero_llm(
             8 blocks by layer drop).
         loss: the CE/KL mix and temperature of the distillation.
         data, peft, optimizer, evaluation, strategy, rounds, eval_every, output_dir, loggers, seed, progress,
-        client_callbacks, secure_aggregation, faults, privacy, trainer_kwargs: as for
+        client_callbacks, secure_aggregation, faults, privacy, example_privacy, trainer_kwargs: as for
         :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores the global mentee adapter.
     """
     tokenizer = load_tokenizer(mentee)
@@ -88,6 +89,6 @@ def fed_hetero_llm(
         federated, functools.partial(PeftModule, student, optimizer, evaluation, tokenizer),
         strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
         progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
-        privacy=privacy,
+        privacy=privacy, example_privacy=example_privacy,
         trainer_kwargs=trainer_kwargs, client_factories=factories,
     )

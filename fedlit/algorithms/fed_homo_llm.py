@@ -17,7 +17,7 @@ from fedlit.faults import FaultPolicy
 from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
-from fedlit.privacy import ClientDPConfig
+from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import Strategy
 
@@ -41,6 +41,7 @@ def fed_homo_llm(
     secure_aggregation: SecureAggregationConfig | None = None,
     faults: FaultPolicy = FaultPolicy(),  # noqa: B008
     privacy: ClientDPConfig | None = None,
+    example_privacy: ExampleDPConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FederatedLoop:
     """Compose a FedHomoLLM run: one frozen base shared by all clients, a peft adapter that travels.
@@ -63,6 +64,8 @@ def fed_homo_llm(
             (``fedlit.secure``); ``None`` sends adapters in the clear.
         faults: what happens to clients that raise, stall or send bad updates (``fedlit.faults.FaultPolicy``).
         privacy: client-level differential privacy, DP-FedAvg (``fedlit.privacy.ClientDPConfig``).
+        example_privacy: example-level differential privacy, DP-SGD in every client
+            (``fedlit.privacy.ExampleDPConfig``).
         trainer_kwargs: ``lightning.Trainer`` options for every client fit.
     """
     peft = peft or LoraConfig(**DEFAULT_LORA)
@@ -73,6 +76,6 @@ def fed_homo_llm(
         federated, functools.partial(PeftModule, peft_model, optimizer, evaluation, tokenizer),
         strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
         progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
-        privacy=privacy,
+        privacy=privacy, example_privacy=example_privacy,
         trainer_kwargs=trainer_kwargs,
     )

@@ -40,7 +40,7 @@ from fedlit.models.offsite import (
     plug_in,
 )
 from fedlit.payload import Payload, to_bytes
-from fedlit.privacy import ClientDPConfig
+from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import Strategy
 
@@ -155,6 +155,7 @@ def fed_ost(
     secure_aggregation: SecureAggregationConfig | None = None,
     faults: FaultPolicy = FaultPolicy(),  # noqa: B008
     privacy: ClientDPConfig | None = None,
+    example_privacy: ExampleDPConfig | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
 ) -> FedOST:
     """Compose a FedOST run.
@@ -166,7 +167,8 @@ def fed_ost(
         distillation: optional server-side distillation of the emulator on public data (``steps > 0``).
         peft: ``None`` tunes the adapter blocks fully (as in the paper); a ``LoraConfig`` puts LoRA on them.
         optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
-        secure_aggregation, faults, privacy, trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`.
+        secure_aggregation, faults, privacy, example_privacy,
+        trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`.
         output_dir: also gets ``client_package/`` (all a client receives), ``plugged_in/`` and ``offsite.json``.
     """
     tokenizer = load_tokenizer(model)
@@ -181,7 +183,7 @@ def fed_ost(
         federated, functools.partial(module, client_model, optimizer, evaluation, tokenizer),
         strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
         progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
-        privacy=privacy,
+        privacy=privacy, example_privacy=example_privacy,
         trainer_kwargs=trainer_kwargs,
     )
     return FedOST(loop, full, tokenizer, plan, offsite, peft, evaluation, federated.global_val)

@@ -15,7 +15,7 @@ from fedlit.data.federated import FederatedData
 from fedlit.data.report import write_partition_report
 from fedlit.faults import FaultPolicy
 from fedlit.loop import FederatedLoop, ServerStep
-from fedlit.privacy import ClientDPConfig
+from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg, Strategy
 
@@ -38,6 +38,7 @@ def federated_loop(
     server_step: ServerStep | None = None,
     faults: FaultPolicy | None = None,
     privacy: ClientDPConfig | None = None,
+    example_privacy: ExampleDPConfig | None = None,
 ) -> FederatedLoop:
     """A FederatedLoop over ``federated``'s clients; writes the partition report; loggers default to a
     CSVLogger under ``output_dir/logs``; ``client_callbacks`` join every client fit; ``client_factories``
@@ -64,4 +65,5 @@ def federated_loop(
         server_step=server_step,
         faults=faults,
         privacy=privacy,
+        example_privacy=example_privacy,
     )

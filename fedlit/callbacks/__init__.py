@@ -2,8 +2,10 @@
 
 from fedlit.callbacks.adapter_extraction import AdapterExtraction
 from fedlit.callbacks.emulator_construction import EmulatorConstruction
+from fedlit.callbacks.example_dp import ExampleLevelDP
 from fedlit.callbacks.fedprox import FedProx
 from fedlit.callbacks.masked_aggregation import MaskedAggregation
 from fedlit.callbacks.update_clipping import UpdateClipping
 
-__all__ = ["AdapterExtraction", "EmulatorConstruction", "FedProx", "MaskedAggregation", "UpdateClipping"]
+__all__ = ["AdapterExtraction", "EmulatorConstruction", "ExampleLevelDP", "FedProx", "MaskedAggregation",
+           "UpdateClipping"]

@@ -77,7 +77,11 @@ class CausalLMCollator:
 
 
 class CausalLMDataModule(L.LightningDataModule):
-    """Train and validation splits of one party, already tokenised."""
+    """Train and validation splits of one party, already tokenised.
+
+    ``random_subsets`` makes every training batch an independent uniform random subset (DP-SGD's sampling)
+    instead of a slice of a shuffled epoch.
+    """
 
     def __init__(self, train: Dataset | None, val: Dataset, pad_token_id: int, batch_size: int = 8) -> None:
         super().__init__()
@@ -85,10 +89,17 @@ class CausalLMDataModule(L.LightningDataModule):
         self.val_dataset = val
         self.batch_size = batch_size
         self.collate = CausalLMCollator(pad_token_id)
+        self.random_subsets = False
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise RuntimeError("this data module holds only a held-out split")
+        if self.random_subsets:
+            from fedlit.privacy.example_dp import RandomSubsetBatches
+
+            return DataLoader(self.train_dataset, batch_sampler=RandomSubsetBatches(len(self.train_dataset),
+                                                                                    self.batch_size),
+                              collate_fn=self.collate)
         return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,5 +1,13 @@
 """Differential privacy: client-level DP-FedAvg with an RDP accountant."""
 
-from fedlit.privacy.client_dp import ClientDPConfig, ClientPrivacyAccountant, clip_to_norm, gaussian_noise
+from fedlit.privacy.client_dp import (
+    ClientDPConfig,
+    ClientPrivacyAccountant,
+    clip_to_norm,
+    gaussian_noise,
+    subsampled_gaussian_epsilon,
+)
+from fedlit.privacy.example_dp import ExampleDPConfig, RandomSubsetBatches
 
-__all__ = ["ClientDPConfig", "ClientPrivacyAccountant", "clip_to_norm", "gaussian_noise"]
+__all__ = ["ClientDPConfig", "ClientPrivacyAccountant", "ExampleDPConfig", "RandomSubsetBatches", "clip_to_norm",
+           "gaussian_noise", "subsampled_gaussian_epsilon"]

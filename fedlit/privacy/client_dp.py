@@ -49,14 +49,35 @@ def gaussian_noise(length: int, std: float, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0.0, std, size=length)
 
 
-class ClientPrivacyAccountant:
-    """(epsilon, delta) of DP-FedAvg after any number of rounds, from dp-accounting's RDP accountant.
+def subsampled_gaussian_epsilon(population: int, sample_size: int, noise_multiplier: float, steps: int,
+                                delta: float, poisson: bool) -> float:
+    """Epsilon at ``delta`` of ``steps`` Gaussian releases of a clipped sum over a random sample, from dp-accounting's
+    RDP accountant (0 steps: 0; no noise: infinity).
 
-    Poisson client sampling (each client independently with probability q) is accounted under add/remove-one
-    neighbours: one client changes the noisy sum by at most ``clip_norm``. Fixed-size sampling (m of N without
-    replacement) is accounted under replace-one neighbours, where the sum can move by 2 ``clip_norm``, so the
-    accountant sees noise multiplier sigma / 2.
+    Poisson sampling (each member independently with probability sample_size / population) is accounted under
+    add/remove-one neighbours: one member moves the sum by at most the clipping norm. Fixed-size sampling
+    (sample_size of population without replacement) is accounted under replace-one neighbours, where the sum
+    can move by twice the clipping norm, so the accountant sees noise multiplier sigma / 2.
     """
+    if steps == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return float("inf")
+    if poisson:
+        one = dp_accounting.PoissonSampledDpEvent(sample_size / population,
+                                                  dp_accounting.GaussianDpEvent(noise_multiplier))
+        relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    else:
+        one = dp_accounting.SampledWithoutReplacementDpEvent(population, sample_size,
+                                                             dp_accounting.GaussianDpEvent(noise_multiplier / 2))
+        relation = dp_accounting.NeighboringRelation.REPLACE_ONE
+    accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+    accountant.compose(dp_accounting.SelfComposedDpEvent(one, steps))
+    return float(accountant.get_epsilon(delta))
+
+
+class ClientPrivacyAccountant:
+    """(epsilon, delta) of DP-FedAvg after any number of rounds (see :func:`subsampled_gaussian_epsilon`)."""
 
     def __init__(self, config: ClientDPConfig, strategy: Strategy, num_clients: int) -> None:
         self.config = config
@@ -69,25 +90,7 @@ class ClientPrivacyAccountant:
         """The fixed denominator of the noisy mean: the expected number of sampled clients."""
         return float(self.sample_size)
 
-    def event(self, rounds: int) -> dp_accounting.DpEvent:
-        """The dp-accounting event of ``rounds`` rounds."""
-        sigma = self.config.noise_multiplier
-        if self.poisson:
-            one = dp_accounting.PoissonSampledDpEvent(self.sample_size / self.num_clients,
-                                                      dp_accounting.GaussianDpEvent(sigma))
-        else:
-            one = dp_accounting.SampledWithoutReplacementDpEvent(self.num_clients, self.sample_size,
-                                                                 dp_accounting.GaussianDpEvent(sigma / 2))
-        return dp_accounting.SelfComposedDpEvent(one, rounds)
-
     def epsilon(self, rounds: int) -> float:
-        """Epsilon at ``config.delta`` after ``rounds`` rounds (0 rounds: 0; no noise: infinity)."""
-        if rounds == 0:
-            return 0.0
-        if self.config.noise_multiplier == 0:
-            return float("inf")
-        relation = (dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE if self.poisson
-                    else dp_accounting.NeighboringRelation.REPLACE_ONE)
-        accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
-        accountant.compose(self.event(rounds))
-        return float(accountant.get_epsilon(self.config.delta))
+        """Epsilon at ``config.delta`` after ``rounds`` rounds."""
+        return subsampled_gaussian_epsilon(self.num_clients, self.sample_size, self.config.noise_multiplier, rounds,
+                                           self.config.delta, self.poisson)

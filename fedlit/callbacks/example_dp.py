@@ -1,0 +1,47 @@
+"""DP-SGD inside a client's ``Trainer.fit``: opacus computes per-example gradients of the trainable (adapter)
+parameters and its ``DPOptimizer`` clips and noises them before each step."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+
+from fedlit.lightning_modules.causal_lm import CausalLMModule
+from fedlit.privacy.example_dp import ExampleDPConfig
+
+
+class ExampleLevelDP(Callback):
+    """Hooks opacus's per-example gradients into the module's model for the fit and swaps each optimizer for a
+    ``DPOptimizer``; removes the hooks at the end (the model is shared) and keeps the number of steps taken.
+
+    Args:
+        config: noise multiplier, per-example clipping norm, delta.
+        batch_size: the fixed batch size (each batch a random subset), the noisy sum's denominator.
+        seed: seeds the noise.
+    """
+
+    def __init__(self, config: ExampleDPConfig, batch_size: int, seed: int = 0) -> None:
+        self.config, self.batch_size, self.seed = config, batch_size, seed
+        self.grad_sampler: GradSampleModule | None = None
+        self.steps = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError("DP-SGD clips and noises each optimiser step's batch: use accumulate_grad_batches 1")
+        self.grad_sampler = GradSampleModule(pl_module.model, loss_reduction="mean")
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        trainer.strategy.optimizers = [
+            DPOptimizer(optimizer, noise_multiplier=self.config.noise_multiplier,
+                        max_grad_norm=self.config.max_grad_norm, expected_batch_size=self.batch_size,
+                        generator=generator)
+            for optimizer in trainer.optimizers
+        ]
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
+        self.steps = trainer.global_step
+        if self.grad_sampler is not None:
+            self.grad_sampler._close()  # remove the hooks and per-example gradients from the shared model
+            self.grad_sampler = None
