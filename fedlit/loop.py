@@ -267,6 +267,7 @@ class FederatedLoop:
         began = time.perf_counter()
         seed = client_seed(self.seed, server_round, client_id)
         dp = self.privacy
+        wire, update, problem = b"", None, None
         try:
             with deadline(self.faults.timeout_s, client_id):
                 wire, update = self.clients[client_id].fit(
@@ -276,23 +277,24 @@ class FederatedLoop:
                     noise_std=self._noise_share() if dp and secure else 0.0,
                     example_dp=self.example_privacy,
                 )
-            problem = None if secure else update_problem(self.global_payload, update.payload,
-                                                          self.faults.max_update_norm)
+            if secure:
+                secure.submit(client_id, wire)  # the server checks the masked input's form
+            else:
+                problem = update_problem(self.global_payload, update.payload, self.faults.max_update_norm)
         except Exception as error:  # noqa: BLE001 - any client failure excludes that client, never the round
-            wire, update, problem = b"", None, f"{type(error).__name__}: {error}"
+            problem = f"{type(error).__name__}: {error}"
         values = {"bytes_received": len(global_wire), "bytes_sent": len(wire),
                   "seconds": round(time.perf_counter() - began, 3)}
+        if update is not None and self.example_privacy is not None:  # spent even if the update is then refused
+            values["epsilon"] = self._example_epsilon(client_id, int(update.metrics["dp_sgd_steps"]))
         if problem is not None:
             log.warning("round %d: client '%s' excluded: %s", server_round, client_id, problem)
             return None, {**values, "excluded": problem}
+        values["loss"] = update.metrics.get("train_loss_epoch", float("nan"))
         if secure:
-            secure.submit(client_id, wire)
             values["bytes_sent"] = secure.bytes_sent[client_id]  # the whole protocol's traffic
             values["bytes_received"] += secure.bytes_received[client_id]
-        values["loss"] = update.metrics.get("train_loss_epoch", float("nan"))
-        if self.example_privacy is not None:
-            values["epsilon"] = self._example_epsilon(client_id, int(update.metrics["dp_sgd_steps"]))
-        if not secure:  # masked too under secure aggregation
+        else:  # both masked under secure aggregation
             values["num_examples"] = update.num_examples
             values["update_norm"] = float(np.linalg.norm(flatten(update.payload) - flatten(self.global_payload)))
         return update, values
