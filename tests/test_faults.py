@@ -154,7 +154,7 @@ def test_sigkill_at_a_random_moment_then_resume_ends_identical(tmp_path, tiny_mo
     args = [sys.executable, "-m", "fedlit.cli", "fit", "--model.name_or_path", str(tiny_model_dir),
             "--data.source", str(plays_jsonl), "--data.num_clients", "3", "--data.val_examples_per_client", "2",
             "--data.global_val_examples", "4", "--data.max_length", "32", "--data.batch_size", "4",
-            "--rounds", "6", "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
+            "--rounds", "4", "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
             "--progress", "false", "--loggers", "[]"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     began = time.perf_counter()
@@ -173,4 +173,4 @@ def test_sigkill_at_a_random_moment_then_resume_ends_identical(tmp_path, tiny_mo
     got = load_file(killed / "adapter" / "adapter_model.safetensors")
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     with open(killed / "metrics.csv") as f:
-        assert {r["round"] for r in csv.DictReader(f)} == {str(r) for r in range(7)}
+        assert {r["round"] for r in csv.DictReader(f)} == {str(r) for r in range(5)}
