@@ -174,3 +174,17 @@ def test_sigkill_at_a_random_moment_then_resume_ends_identical(tmp_path, tiny_mo
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     with open(killed / "metrics.csv") as f:
         assert {r["round"] for r in csv.DictReader(f)} == {str(r) for r in range(5)}
+
+
+def test_under_client_level_dp_an_unclipped_update_is_excluded(loops, tmp_path):
+    from fedlit.privacy import ClientDPConfig
+
+    loop = five_clients(loops, tmp_path, "dp", faults=FaultPolicy(min_clients=3),
+                        privacy=ClientDPConfig(noise_multiplier=0.5, clip_norm=0.1))
+    loop.clients["client-001"] = FaultyClient("client-001", loop.clients["client-001"].datamodule)
+    FaultyClient.fault = "norm"
+    loop.fit()
+    rows = {r["client"]: r for r in loop.history if r["split"] == "train"}
+    assert "exceeds the bound 0.1" in rows["client-001"]["excluded"]
+    assert all("excluded" not in r and r["update_norm"] <= 0.1 * (1 + 1e-5) for c, r in rows.items()
+               if c != "client-001")
