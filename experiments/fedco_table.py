@@ -5,12 +5,14 @@ Runs configs/fedco.yaml (or --config) on one data split and one server held-out 
 - local-only: each client tunes the SLM adapter alone for the same rounds x steps (mean over clients);
 - FedAvg only: the federation without the server's distillation (``server.steps: 0``);
 - FedCoLLM: the federation with mutual distillation between the SLM and the LLM after every aggregation;
-- with ``--init-ablation``, FedCoLLM again with the SLM as cut from the LLM (not distilled first).
+- with ``--init-ablation``, FedCoLLM again with the SLM as cut from the LLM (not distilled first);
+- with ``--kd-control``, FedCoLLM again from the same distilled SLM with ``loss.kd_weight: 0``: both models
+  then train on the public text's labels only, so what the LLM gains there is not the clients' knowledge.
 
 All SLM settings start from the same SLM (distilled from the LLM by ``slm_init``) and the same adapter. It
 prints held-out loss, perplexity and next-token accuracy.
 
-    python experiments/fedco_table.py [--json out.json] [--init-ablation] [any fedlit fedco option]
+    python experiments/fedco_table.py [--json out.json] [--init-ablation] [--kd-control] [any fedlit fedco option]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/fedco.yaml")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/fedco_table"))
     parser.add_argument("--init-ablation", action="store_true")
+    parser.add_argument("--kd-control", action="store_true")
     parser.add_argument("--json", type=Path)
     args, options = parser.parse_known_args()
     _quiet_libraries()
@@ -66,6 +69,13 @@ def main() -> None:
         ablation.fit()
         slm["SLM not distilled at start (round 0)"] = global_scores(ablation, 0, METRICS)
         slm["FedCoLLM, SLM not distilled at start"] = global_scores(ablation, metrics=METRICS)
+    if args.kd_control:
+        distilled = ["--slm.name_or_path", str(args.output_dir / "fedcollm" / "client_slm"),
+                     "--slm.keep_blocks", "null", "--slm_init.steps", "0"]
+        control = build(cli, [*options, *distilled, "--loss.kd_weight", "0"], args.output_dir / "kd-control")
+        control.fit()
+        slm["server step without KD (kd_weight 0)"] = global_scores(control, metrics=METRICS)
+        llm["after, server step without KD (kd_weight 0)"] = global_scores(control, metrics=METRICS, model="llm")
 
     held_out = len(base.global_val.val_dataset)
     for title, results in ((f"client SLM on {held_out} held-out examples", slm),
