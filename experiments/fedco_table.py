@@ -70,7 +70,7 @@ def main() -> None:
         slm["SLM not distilled at start (round 0)"] = global_scores(ablation, 0, METRICS)
         slm["FedCoLLM, SLM not distilled at start"] = global_scores(ablation, metrics=METRICS)
     if args.kd_control:
-        distilled = ["--slm.name_or_path", str(args.output_dir / "fedcollm" / "client_slm"),
+        distilled = ["--slm.name_or_path", str(base.output_dir / "client_slm"),
                      "--slm.keep_blocks", "null", "--slm_init.steps", "0"]
         control = build(cli, [*options, *distilled, "--loss.kd_weight", "0"], args.output_dir / "kd-control")
         control.fit()
