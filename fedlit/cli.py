@@ -8,7 +8,9 @@ Options follow LightningCLI / jsonargparse: every config key is also a command-l
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,13 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_ost
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
+from fedlit.loop import NothingTrained, RunInterrupted
+from fedlit.run_dir import check_fresh, lock_output_dir
+
+# Exit statuses: 0 the run trained what it was asked to; 1 an error, named in one line; 2 a command-line or
+# config error found while parsing; 3 nothing trained (every round skipped); 128 + signal number when
+# interrupted (130 SIGINT, 143 SIGTERM).
+EXIT_ERROR, EXIT_NOTHING_TRAINED = 1, 3
 
 
 def _quiet_libraries() -> None:
@@ -59,6 +68,8 @@ def fit_parser(command: str = "fit") -> ArgumentParser:
     parser.set_defaults({"peft": peft_default, "strategy": {"class_path": "fedlit.strategies.FedAvg"}})
     parser.add_argument("--resume", type=bool, default=False,
                         help="continue from the newest checkpoint in output_dir")
+    parser.add_argument("--debug", type=bool, default=False,
+                        help="show the full traceback of an error (also: FEDLIT_DEBUG=1)")
     return parser
 
 
@@ -73,13 +84,40 @@ def build_parser() -> ArgumentParser:
 
 
 def run_fit(command: str, config: Namespace, parser: ArgumentParser) -> None:
+    output_dir = Path(config.output_dir)
+    lock_output_dir(output_dir)  # before anything is written: a second run into it fails at once
+    if not config.resume:
+        check_fresh(output_dir)
     init = parser.instantiate(config)
     trainer_kwargs = {key: value for key, value in vars(config.trainer).items()}
-    kwargs = {key: init[key] for key in vars(config) if key not in ("trainer", "resume", "config")}
+    kwargs = {key: init[key] for key in vars(config) if key not in ("trainer", "resume", "config", "debug")}
     run = ALGORITHMS[command][0](**kwargs, trainer_kwargs=trainer_kwargs)
     run.fit(resume=config.resume)
-    output_dir = Path(config.output_dir)
     print(f"done: metrics in {output_dir / 'metrics.csv'}, adapter in {output_dir / 'adapter'}")
+
+
+def _message(error: BaseException) -> str:
+    """One line naming the problem: the innermost cause's message (jsonargparse wraps errors raised while it
+    instantiates a config), without the ``Given value`` dump it appends."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    text = text.split("\nGiven value")[0].strip()
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+
+
+def _fail(error: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(error)
+    if isinstance(error, RunInterrupted):
+        print(f"fedlit: {error}", file=sys.stderr)
+        sys.exit(128 + error.signum)
+    if isinstance(error, NothingTrained):
+        print(f"fedlit: nothing was trained: {error}", file=sys.stderr)
+        sys.exit(EXIT_NOTHING_TRAINED)
+    hint = "" if debug else " (--debug shows the traceback)"
+    print(f"fedlit: {_message(error)}{hint}", file=sys.stderr)
+    sys.exit(EXIT_ERROR)
 
 
 def run_prepare() -> None:
@@ -106,11 +144,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     config = parser.parse_args(argv)
     _quiet_libraries()
-    if config.subcommand in ALGORITHMS:
-        command = config.subcommand
-        run_fit(command, config[command], parser._subcommands_action._name_parser_map[command])
-    elif config.subcommand == "prepare":
+    if config.subcommand == "prepare":
         run_prepare()
+        return
+    command = config.subcommand
+    debug = config[command].debug or os.environ.get("FEDLIT_DEBUG", "") not in ("", "0")
+    try:
+        run_fit(command, config[command], parser._subcommands_action._name_parser_map[command])
+    except (Exception, RunInterrupted) as error:  # noqa: BLE001 - every failure becomes one named line
+        _fail(error, debug)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 
 def cache_dir() -> Path:
     """Where prepared assets live: ``$FEDLIT_CACHE``, else ``~/.cache/fedlit``."""
@@ -44,32 +42,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` through :func:`atomic_write_bytes`."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 @contextlib.contextmanager
 def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory to fill; on success it replaces ``path`` whole, on error it is removed."""
+    """Yield a temporary directory to fill; on success it becomes ``path``, on error it is removed.
+
+    A new ``path`` appears whole (one rename). Into an existing one each file moves by its own atomic rename,
+    replacing only its namesake: files that someone else put there are never deleted.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
+        if not path.exists():
+            os.replace(tmp, path)
+        else:
+            for source in sorted(p for p in tmp.rglob("*") if not p.is_dir()):
+                target = path / source.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+            _fsync_dir(path)
         _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import csv
 import dataclasses
 import io
+import json
 import logging
-import random
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.loggers import Logger
 
+from fedlit.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    config_fingerprint,
+    list_checkpoints,
+    newest_valid_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ModuleFactory, client_seed
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
 from fedlit.faults import FaultPolicy, deadline, update_problem
-from fedlit.io import atomic_directory, atomic_torch_save, atomic_write_bytes
+from fedlit.io import atomic_directory, atomic_write_bytes
 from fedlit.payload import Payload, Update, flatten, to_bytes, unflatten
 from fedlit.privacy import (
     ClientDPConfig,
@@ -31,6 +44,7 @@ from fedlit.privacy import (
     subsampled_gaussian_epsilon,
 )
 from fedlit.progress import RoundProgress
+from fedlit.run_dir import LOOP_OUTPUTS, check_fresh, lock_output_dir, unlock_output_dir
 from fedlit.secure import RoundAbandoned, SecureAggregationConfig, SecureRound
 from fedlit.strategies import Strategy
 
@@ -84,6 +98,73 @@ def validate(module: L.LightningModule, parties: Mapping[str, CausalLMDataModule
     return results
 
 
+def check_federation(clients: Sequence[Client], strategy: Strategy, rounds: int, eval_every: int, faults: FaultPolicy,
+                     secure_aggregation: SecureAggregationConfig | None, privacy: ClientDPConfig | None) -> None:
+    """Refuse settings that could never train, before any model work: each error names the key and value."""
+    ids = [c.client_id for c in clients]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate client ids: {duplicates}")
+    if not ids:
+        raise ValueError("the federation has no clients (data.clients / data.num_clients)")
+    if GLOBAL in ids:
+        raise ValueError(f"'{GLOBAL}' is reserved for the server's held-out split; rename that client")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    try:
+        per_round = strategy.sample_size(len(ids))
+    except ValueError as error:
+        raise ValueError(f"strategy.clients_per_round: {error}") from None
+    if faults.min_clients > per_round:
+        raise ValueError(f"faults.min_clients is {faults.min_clients} but only {per_round} clients are sampled per "
+                         "round (strategy.clients_per_round): no round could ever be aggregated")
+    for name, setting in (("secure aggregation", secure_aggregation), ("client-level DP", privacy)):
+        if setting is not None and strategy.needs_individual_updates:
+            raise ValueError(f"{type(strategy).__name__} needs each client's update, which {name} hides: use a "
+                             "strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
+    if secure_aggregation is not None:
+        weight = 1 if privacy is not None else max(len(c.datamodule.train_dataset) for c in clients)
+        secure_aggregation.check_round_size(per_round)
+        secure_aggregation.check_ring(per_round, weight)
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT arrived during a run. A BaseException, so that no client-fault handler swallows it; the
+    last complete round's checkpoint stays valid and ``--resume`` continues from it."""
+
+    def __init__(self, signum: int, server_round: int, checkpoint_dir: Path) -> None:
+        self.signum = signum
+        name = signal.Signals(signum).name
+        done = f"round {server_round - 1} is the last complete one" if server_round > 0 else "no round is complete"
+        super().__init__(f"interrupted by {name} during round {server_round}; {done} (checkpoints in "
+                         f"{checkpoint_dir}): continue with --resume true")
+
+
+class NothingTrained(RuntimeError):
+    """No round of the run produced a new global adapter (every round skipped, or the privacy budget was spent
+    before the first)."""
+
+
+@contextlib.contextmanager
+def _interrupt_on_signals(current_round: Callable[[], int], checkpoint_dir: Path) -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into :class:`RunInterrupted` naming the round in progress (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise RunInterrupted(signum, current_round(), checkpoint_dir)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class FederatedLoop:
     """Coordinates one ``lightning.Trainer`` per sampled client, round by round.
 
@@ -116,6 +197,10 @@ class FederatedLoop:
             would pass ``target_epsilon``.
         example_privacy: DP-SGD inside every client (opacus per-example gradients, random-subset batches); each
             client's train row carries its own example-level epsilon so far.
+        fingerprint: the run's setup by part (model, data, peft, ...): every checkpoint records a hash of each,
+            and a resume with a different setup is refused, naming the part.
+        report: writes the run's data report (partition.csv/png) once, on a fresh start, after the output
+            directory has been locked and checked.
     """
 
     def __init__(
@@ -136,23 +221,10 @@ class FederatedLoop:
         faults: FaultPolicy | None = None,
         privacy: ClientDPConfig | None = None,
         example_privacy: ExampleDPConfig | None = None,
+        fingerprint: Mapping[str, Any] | None = None,
+        report: Callable[[], None] | None = None,
     ) -> None:
-        ids = [c.client_id for c in clients]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate client ids: {duplicates}")
-        if GLOBAL in ids:
-            raise ValueError(f"'{GLOBAL}' is reserved for the server's held-out split; rename that client")
-        if rounds < 1:
-            raise ValueError(f"rounds must be >= 1, got {rounds}")
-        if secure_aggregation is not None and strategy.needs_individual_updates:
-            raise ValueError(f"{type(strategy).__name__} needs each client's update, which secure aggregation "
-                             "hides: use a strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
-        if privacy is not None and strategy.needs_individual_updates:
-            raise ValueError(f"{type(strategy).__name__} needs each client's update; client-level DP releases only "
-                             "their noisy sum: use a strategy that works on the mean update")
-        if eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+        check_federation(clients, strategy, rounds, eval_every, faults or FaultPolicy(), secure_aggregation, privacy)
         self.clients = {c.client_id: c for c in clients}
         self.module_factory = module_factory
         self.strategy = strategy
@@ -173,7 +245,11 @@ class FederatedLoop:
             self.faults = dataclasses.replace(self.faults, max_update_norm=privacy.clip_norm * (1 + 1e-5))
         self.example_privacy = example_privacy
         self.example_steps: dict[str, int] = {}  # DP-SGD steps each client has taken so far
+        self.fingerprint = config_fingerprint(dict(fingerprint or {}))
+        self.report = report
         self.stopped: str | None = None
+        self.trained_rounds: list[int] = []  # rounds that produced a new global adapter
+        self.current_round = 0
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
 
@@ -182,29 +258,66 @@ class FederatedLoop:
         return self.output_dir / "checkpoints"
 
     def fit(self, resume: bool = False) -> Payload:
-        """Run the remaining rounds and return the final global adapter (also saved under ``adapter/``)."""
+        """Run the remaining rounds and return the final global adapter (also saved under ``adapter/``).
+
+        The output directory is locked for the call. A fresh run refuses a directory that holds an earlier
+        run's outputs; ``resume`` continues from the newest valid checkpoint. Raises :class:`RunInterrupted`
+        on SIGTERM/SIGINT and :class:`NothingTrained` when no round produced a new global adapter.
+        """
+        lock_output_dir(self.output_dir)
+        try:
+            with _interrupt_on_signals(lambda: self.current_round, self.checkpoint_dir):
+                payload = self._fit(resume)
+        except BaseException:
+            for logger in self.loggers:
+                logger.finalize("failed")
+            raise
+        finally:
+            unlock_output_dir(self.output_dir)
+        for logger in self.loggers:
+            logger.finalize("success")
+        return payload
+
+    def _fit(self, resume: bool) -> Payload:
         module = self.module_factory()
         start = self._resume(module) if resume else None
         if start is None:
-            if any(self.checkpoint_dir.glob("round-*.ckpt")):
-                raise FileExistsError(
-                    f"{self.checkpoint_dir} already holds checkpoints: resume, or use another output_dir"
-                )
+            if not resume:
+                check_fresh(self.output_dir, LOOP_OUTPUTS)
+            if self.report is not None:
+                self.report()
             self.global_payload = module.trainable_state_dict()
             self._evaluate(module, 0)
             self._end_round(0)
             start = 1
         with RoundProgress(self.rounds, start, self.progress) as bar:
             for server_round in range(start, self.rounds + 1):
+                self.current_round = server_round
                 self.stopped = self._privacy_exhausted(server_round)
                 if self.stopped:
                     log.warning(self.stopped)
                     break
                 self._run_round(module, server_round, bar)
+        if not self.trained_rounds:
+            raise NothingTrained(self._why_untrained())
+        skipped = self.rounds_run() - len(self.trained_rounds)
+        if skipped:
+            log.warning("%d of %d rounds were skipped: %s", skipped, self.rounds_run(), self._why_untrained())
         self._save_adapter(module)
-        for logger in self.loggers:
-            logger.finalize("success")
         return self.global_payload
+
+    def rounds_run(self) -> int:
+        """Training rounds that ran (trained or skipped) so far."""
+        return len({row["round"] for row in self.history if row["round"] > 0})
+
+    def _why_untrained(self) -> str:
+        """A summary of why rounds were skipped and clients excluded: each distinct reason with its count."""
+        reasons = collections.Counter(row["excluded"] for row in self.history if row.get("excluded"))
+        if self.stopped:
+            reasons[self.stopped] += 1
+        if not reasons:
+            return "no round ran"
+        return "; ".join(f"{reason} (x{count})" for reason, count in reasons.most_common(5))
 
     def _privacy_exhausted(self, server_round: int) -> str | None:
         """Why the run must stop before ``server_round`` (its target epsilon would be passed), else None."""
@@ -221,7 +334,12 @@ class FederatedLoop:
         sampled = self.strategy.configure_round(server_round, list(self.clients), self.seed)
         bar.start_round(server_round, len(sampled))
         global_wire = to_bytes(self.global_payload)
-        secure = None
+        secure, too_small = None, None
+        if self.secure_aggregation is not None and sampled:
+            try:  # Poisson sampling can draw fewer than 3
+                self.secure_aggregation.check_round_size(len(sampled))
+            except ValueError as error:
+                sampled, too_small = [], str(error)
         if self.secure_aggregation is not None and sampled:
             secure = SecureRound(self.secure_aggregation, server_round, sampled,
                                  sum(t.numel() for t in self.global_payload.values()), self.seed)
@@ -235,12 +353,15 @@ class FederatedLoop:
             bar.client_done()
         for client_id, values in stats.items():
             self._record(server_round, {"client": client_id, "split": "train", **values})
-        if len(updates) < self.faults.min_clients:
+        if too_small:
+            self._skip(server_round, too_small)
+        elif len(updates) < self.faults.min_clients:
             self._skip(server_round, f"{len(updates)} of {len(sampled)} sampled clients sent a usable update "
                                      f"(min_clients {self.faults.min_clients})")
         else:
             try:
                 self.global_payload = self._aggregate(updates, secure, server_round)
+                self.trained_rounds.append(server_round)
             except RoundAbandoned as error:
                 self._skip(server_round, f"secure aggregation abandoned the round: {error}")
         if self.accountant is not None:
@@ -351,13 +472,17 @@ class FederatedLoop:
         return {party: values["loss"] for party, values in results.items()}
 
     def _record(self, server_round: int, row: dict[str, Any]) -> None:
-        """Keep ``row`` for metrics.csv and log its numbers as ``[model/]client/split_metric``."""
+        """Keep ``row`` for metrics.csv and log it."""
         self.history.append({"round": server_round, **row})
+        self._log(self.history[-1])
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """Log a history row's numbers to every logger as ``[model/]client/split_metric`` (step = its round)."""
         prefix = "/".join(filter(None, (row.get("model"), row["client"])))
         step_metrics = {f"{prefix}/{row['split']}_{k}": float(v) for k, v in row.items()
-                        if k not in ("client", "split", "model", "excluded")}
+                        if k not in ("round", "client", "split", "model", "excluded")}
         for logger in self.loggers:
-            logger.log_metrics(step_metrics, step=server_round)
+            logger.log_metrics(step_metrics, step=row["round"])
 
     def _end_round(self, server_round: int) -> None:
         """Write metrics.csv and the round checkpoint, both atomically."""
@@ -366,36 +491,48 @@ class FederatedLoop:
         writer.writeheader()
         writer.writerows(self.history)
         atomic_write_bytes(self.output_dir / "metrics.csv", buffer.getvalue().encode())
-        atomic_torch_save({
+        save_checkpoint({
             "round": server_round,
+            "fingerprint": self.fingerprint,
             "global_payload": self.global_payload,
             "strategy": self.strategy.state_dict(),
             "server_step": self.server_step.state_dict() if self.server_step is not None else None,
             "example_steps": self.example_steps,
-            "history": self.history,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        }, self.checkpoint_dir / f"round-{server_round:04d}.ckpt")
+            "trained_rounds": self.trained_rounds,
+            "history": json.dumps(self.history),
+            "rng": rng_state(),
+        }, checkpoint_path(self.checkpoint_dir, server_round))
         for logger in self.loggers:
             logger.save()
 
     def _resume(self, module: L.LightningModule) -> int | None:
-        """Restore the newest round checkpoint; return the next round to run, or None when there is none."""
-        checkpoints = sorted(self.checkpoint_dir.glob("round-*.ckpt"))
-        if not checkpoints:
+        """Restore the newest valid round checkpoint; return the next round to run, or None when there is none.
+        Damaged newer checkpoints are skipped with a warning; a different setup is refused."""
+        found = newest_valid_checkpoint(self.checkpoint_dir)
+        if found is None:
+            if list_checkpoints(self.checkpoint_dir):
+                raise CheckpointError(f"resume: no checkpoint in {self.checkpoint_dir} can be read (see the warnings)")
             log.warning("resume: no checkpoint in %s, starting from round 0", self.checkpoint_dir)
             return None
-        state = torch.load(checkpoints[-1], weights_only=False)
-        module.load_trainable_state_dict(state["global_payload"], who=f"checkpoint {checkpoints[-1]}")
+        path, state = found
+        module.load_trainable_state_dict(state["global_payload"], who=f"checkpoint {path}")
+        changed = sorted(part for part in set(self.fingerprint) | set(state["fingerprint"])
+                         if self.fingerprint.get(part) != state["fingerprint"].get(part))
+        if changed:
+            raise CheckpointError(f"resume: checkpoint {path} was written with a different {', '.join(changed)} "
+                                  "setup than this run's; resume with the same settings, or start a new run in "
+                                  "another output_dir")
         self.global_payload = state["global_payload"]
         self.strategy.load_state_dict(state["strategy"])
         if self.server_step is not None:
             self.server_step.load_state_dict(state["server_step"])
-        self.history = state["history"]
-        self.example_steps = dict(state.get("example_steps", {}))
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        log.info("resumed from %s", checkpoints[-1])
+        self.history = json.loads(state["history"])
+        self.trained_rounds = list(state["trained_rounds"])
+        self.example_steps = dict(state["example_steps"])
+        set_rng_state(state["rng"])
+        for row in self.history:  # loggers that start afresh (Lightning's CSVLogger does) get the whole record
+            self._log(row)
+        log.info("resumed from %s", path)
         return state["round"] + 1
 
     def _save_adapter(self, module: L.LightningModule) -> None:

@@ -79,9 +79,11 @@ def test_wrong_value_type_is_named(config_file, capsys):
     assert "rounds" in capsys.readouterr().err
 
 
-def test_missing_data_file_fails_before_training(config_file, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file or directory '/nowhere/data.jsonl'"):
+def test_missing_data_file_fails_before_training(config_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config_file), "--data.source", "/nowhere/data.jsonl"])
+    assert exit_info.value.code == 1
+    assert "no such file or directory '/nowhere/data.jsonl'" in capsys.readouterr().err
     assert not (tmp_path / "cli-run" / "checkpoints").exists()
 
 
@@ -114,7 +116,7 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
           "--data.num_clients", "3",
           "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
           "--data.global_val_examples", "6", "--rounds", "1", "--trainer.max_steps", "2",
-          "--trainer.precision", "32-true", "--strategy.init_args.clients_per_round", "2",
+          "--trainer.precision", "32-true", "--strategy.init_args.clients_per_round", "3",
           "--output_dir", str(tmp_path / "run"), "--progress", "false"])
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     if command == "fedost":

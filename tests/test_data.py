@@ -157,7 +157,7 @@ def test_tokenisation_is_cached_by_datasets(plays_jsonl, tokenizer):
 
 
 def test_keep_filters_records(plays_jsonl, tokenizer):
-    data = build_federated_data(config(plays_jsonl, keep={"play": ["alpha", "gamma"]}), tokenizer)
+    data = build_federated_data(config(plays_jsonl, keep={"play": ["alpha", "gamma"]}, num_clients=2), tokenizer)
     assert sorted(data.clients) == ["alpha", "gamma"]
     with pytest.raises(ValueError, match=r"data.keep: no records with play in \['omega'\]"):
         build_federated_data(config(plays_jsonl, keep={"play": ["omega"]}), tokenizer)

@@ -17,6 +17,7 @@ import torch
 from fedlit.client import Client
 from fedlit.data import DataConfig
 from fedlit.faults import FaultPolicy
+from fedlit.loop import NothingTrained
 from fedlit.payload import Update, to_bytes
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg, FedAvgNormBound, FedMedian, FedTrimmedMean
@@ -101,9 +102,11 @@ def test_too_few_good_updates_skip_the_round_and_keep_the_global_adapter(loops, 
         loop.clients[cid] = FaultyClient(cid, loop.clients[cid].datamodule)
     FaultyClient.fault = "raise"
     initial = loop.module_factory().trainable_state_dict()
-    with caplog.at_level(logging.WARNING, logger="fedlit.loop"):
-        final = loop.fit()
-    assert all(torch.equal(final[n], initial[n]) for n in initial)
+    with caplog.at_level(logging.WARNING, logger="fedlit.loop"), pytest.raises(NothingTrained) as nothing:
+        loop.fit()  # its only round was skipped: nothing trained, which is an error, with the reason
+    assert "3 of 5 sampled clients sent a usable update (min_clients 4)" in str(nothing.value)
+    assert all(torch.equal(loop.global_payload[n], initial[n]) for n in initial)
+    assert not (loop.output_dir / "adapter").exists()
     (skipped,) = [r for r in loop.history if r["split"] == "round"]
     assert "round skipped: 3 of 5 sampled clients sent a usable update (min_clients 4)" == skipped["excluded"]
     assert "round 1 skipped" in caplog.text

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from fedlit.data import GLOBAL
 from fedlit.loop import FederatedLoop
 from fedlit.payload import to_bytes
+from fedlit.run_dir import OutputDirError
 from fedlit.strategies import FedAdam, FedAvg, weighted_average
 
 
@@ -146,7 +147,7 @@ def test_crash_mid_round_resumes_identically(make_loop, tmp_path, monkeypatch):
 
 def test_existing_checkpoints_need_resume(make_loop):
     make_loop(rounds=1).fit()
-    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+    with pytest.raises(OutputDirError, match=r"already holds a run \(checkpoints/, metrics.csv, adapter/"):
         make_loop(rounds=1).fit()
 
 

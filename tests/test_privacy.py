@@ -98,7 +98,7 @@ def test_target_epsilon_stops_the_run_before_the_round_that_would_pass_it(make_l
 
 
 def test_strategies_that_need_individual_updates_refuse_dp(make_loop):
-    with pytest.raises(ValueError, match="FedMedian needs each client's update; client-level DP"):
+    with pytest.raises(ValueError, match="FedMedian needs each client's update, which client-level DP hides"):
         make_loop(strategy=FedMedian(), privacy=ClientDPConfig())
 
 

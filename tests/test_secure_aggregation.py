@@ -304,7 +304,7 @@ def test_masked_run_ends_within_bound_of_the_plain_run(make_loop, tmp_path, neig
 
 def test_masked_run_resumes_bit_identically(make_loop, tmp_path):
     """Masks are fresh randomness every round, yet they cancel exactly: a resumed masked run is identical."""
-    config = SecureAggregationConfig(neighbours=2)
+    config = SecureAggregationConfig(neighbours=2, allow_fewer_than_three=True)
     full = make_loop(rounds=2, output_dir=tmp_path / "full", secure_aggregation=config).fit()
     make_loop(rounds=1, output_dir=tmp_path / "part", secure_aggregation=config).fit()
     resumed = make_loop(rounds=2, output_dir=tmp_path / "part", secure_aggregation=config).fit(resume=True)

@@ -175,5 +175,6 @@ def fed_co_llm(
         federated, slm_factory, strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir,
         loggers=loggers, seed=seed, progress=progress, client_callbacks=client_callbacks,
         secure_aggregation=secure_aggregation, faults=faults, privacy=privacy, example_privacy=example_privacy,
+        fingerprint={"llm": llm, "slm": slm, "slm_init": slm_init, "data": data, "peft": peft, "llm_peft": llm_peft},
         trainer_kwargs=trainer_kwargs, server_step=server_step,
     )

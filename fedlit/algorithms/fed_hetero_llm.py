@@ -90,5 +90,6 @@ def fed_hetero_llm(
         strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
         progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
         privacy=privacy, example_privacy=example_privacy,
+        fingerprint={"teachers": teachers, "mentee": mentee, "data": data, "peft": peft},
         trainer_kwargs=trainer_kwargs, client_factories=factories,
     )

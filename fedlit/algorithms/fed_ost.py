@@ -184,6 +184,7 @@ def fed_ost(
         strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
         progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
         privacy=privacy, example_privacy=example_privacy,
+        fingerprint={"model": model, "data": data, "offsite": offsite, "distillation": distillation, "peft": peft},
         trainer_kwargs=trainer_kwargs,
     )
     return FedOST(loop, full, tokenizer, plan, offsite, peft, evaluation, federated.global_val)

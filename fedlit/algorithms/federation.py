@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,15 @@ def federated_loop(
     faults: FaultPolicy | None = None,
     privacy: ClientDPConfig | None = None,
     example_privacy: ExampleDPConfig | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> FederatedLoop:
-    """A FederatedLoop over ``federated``'s clients; writes the partition report; loggers default to a
-    CSVLogger under ``output_dir/logs``; ``client_callbacks`` join every client fit; ``client_factories``
-    give clients their own module (``module_factory`` still builds the one that evaluates); ``server_step``
-    runs after each aggregation."""
-    write_partition_report(federated, Path(output_dir), console=None if progress else Console(quiet=True))
+    """A FederatedLoop over ``federated``'s clients that writes the partition report when it starts afresh;
+    loggers default to a CSVLogger under ``output_dir/logs``; ``client_callbacks`` join every client fit;
+    ``client_factories`` give clients their own module (``module_factory`` still builds the one that
+    evaluates); ``server_step`` runs after each aggregation; ``fingerprint`` names the setup a resume must
+    match (model, data, peft, ...)."""
+    report = functools.partial(write_partition_report, federated, Path(output_dir),
+                               console=None if progress else Console(quiet=True))
     trainer_kwargs = dict(trainer_kwargs or {})
     trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), *client_callbacks]
     if loggers is None:
@@ -66,4 +70,6 @@ def federated_loop(
         faults=faults,
         privacy=privacy,
         example_privacy=example_privacy,
+        fingerprint=fingerprint,
+        report=report,
     )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import logging
 import math
+import re
+import string
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +19,7 @@ from fedlit.data.datamodule import CausalLMDataModule, pack, tokenize
 from fedlit.data.sources import BUILTIN_SOURCE, load_records
 
 GLOBAL = "global"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +54,8 @@ class DataConfig:
         max_length: tokens per example, EOS included.
         batch_size: for training and evaluation.
         seed: the shuffle that assigns records to splits.
+        empty_records: records whose template columns are empty or null: ``drop`` them (a count per client is
+            printed) or ``error``.
     """
 
     source: str = BUILTIN_SOURCE
@@ -71,6 +78,22 @@ class DataConfig:
     max_length: int = 128
     batch_size: int = 8
     seed: int = 0
+    empty_records: Literal["drop", "error"] = "drop"
+
+    def __post_init__(self) -> None:
+        checks = {"max_length": (self.max_length, 2), "batch_size": (self.batch_size, 1),
+                  "num_clients": (self.num_clients, 1), "val_examples_per_client": (self.val_examples_per_client, 1),
+                  "global_val_examples": (self.global_val_examples, 1),
+                  "train_examples_per_client": (self.train_examples_per_client, 1)}
+        for key, (value, least) in checks.items():
+            if value is not None and value < least:
+                raise ValueError(f"data.{key} must be >= {least}, got {value}")
+        if self.clients is not None:
+            if not self.clients:
+                raise ValueError("data.clients is empty: list the clients, or null to take the num_clients largest")
+            repeated = sorted({c for c in self.clients if self.clients.count(c) > 1})
+            if repeated:
+                raise ValueError(f"data.clients lists {repeated} more than once")
 
 
 @dataclass
@@ -81,21 +104,62 @@ class FederatedData:
     label_counts: np.ndarray  # [client, label]: records each client holds, before the held-out splits
 
 
-def _render(records: Dataset, config: DataConfig) -> Dataset:
-    """Records -> ``prompt``/``response`` pairs (plain text: an empty prompt)."""
+def _templates(config: DataConfig) -> dict[str, tuple[str, str]]:
+    """``prompt``/``response`` -> (config key, template); plain text is an empty prompt."""
     if config.prompt_template is None:
-        templates = {"prompt": "", "response": config.template}
-    else:
-        templates = {"prompt": config.prompt_template, "response": config.response_template}
-    for key, template in templates.items():
+        return {"prompt": ("template", ""), "response": ("template", config.template)}
+    return {"prompt": ("prompt_template", config.prompt_template),
+            "response": ("response_template", config.response_template)}
+
+
+def template_columns(config: DataConfig, columns: list[str]) -> set[str]:
+    """The columns the templates read; a positional field (``{}``), a malformed template or a column the data
+    lacks is an error naming the key."""
+    used = set()
+    for key, template in _templates(config).values():
         try:
-            template.format(**records[0])
-        except KeyError as err:
-            name = "template" if config.prompt_template is None else f"{key}_template"
-            raise KeyError(f"data.{name} uses column {err} which the data lacks "
-                           f"(columns: {records.column_names})") from None
+            fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        except ValueError as err:
+            raise ValueError(f"data.{key} {template!r} is not a valid template: {err}") from None
+        if any(field == "" or field.isdigit() for field in fields):
+            raise ValueError(f"data.{key} {template!r} has a positional field such as {{}}: name a column "
+                             f"instead, e.g. {{text}} (columns: {columns})")
+        names = {re.split(r"[.\[]", field)[0] for field in fields}
+        missing = sorted(names - set(columns))
+        if missing:
+            raise KeyError(f"data.{key} uses column {missing[0]!r} which the data lacks (columns: {columns})")
+        used |= names
+    return used
+
+
+def _render(records: Dataset, config: DataConfig) -> Dataset:
+    """Records -> ``prompt``/``response`` pairs."""
+    templates = {name: template for name, (_, template) in _templates(config).items()}
     return records.map(lambda r: {k: t.format(**r) for k, t in templates.items()},
                        remove_columns=records.column_names)
+
+
+def _is_empty(value: object) -> bool:
+    return value is None or not str(value).strip()
+
+
+def drop_empty_records(records: Dataset, config: DataConfig) -> Dataset:
+    """Records whose template columns are all filled: the others are dropped with a count per client, or refused
+    (``empty_records: error``); a null never becomes the text "None"."""
+    columns = sorted(template_columns(config, records.column_names))
+    values = [records[c] for c in columns]
+    empty = [i for i in range(len(records)) if any(_is_empty(column[i]) for column in values)]
+    if not empty:
+        return records
+    owners = records[config.client_column] if config.client_column in records.column_names else None
+    counts = collections.Counter(str(owners[i]) if owners else "all" for i in empty)
+    detail = ", ".join(f"{client}: {n}" for client, n in sorted(counts.items()))
+    message = f"{len(empty)} records of {config.source} have an empty or null {'/'.join(columns)} ({detail})"
+    if config.empty_records == "error":
+        raise ValueError(f"data: {message}; fix them, or set data.empty_records: drop")
+    log.warning("data: dropped %s", message)
+    keep = sorted(set(range(len(records))) - set(empty))
+    return records.select(keep)
 
 
 def _column_name(records: Dataset, name: str, key: str, source: str) -> str:
@@ -111,6 +175,9 @@ def _column(records: Dataset, name: str, key: str, source: str) -> np.ndarray:
 def _natural_clients(records: Dataset, config: DataConfig) -> dict[str, np.ndarray]:
     parts = partition.natural(_column(records, config.client_column, "client_column", config.source))
     if config.clients is None:
+        if config.num_clients > len(parts):
+            raise ValueError(f"data.num_clients is {config.num_clients} but {config.source} has only {len(parts)} "
+                             f"values of {config.client_column}: {sorted(parts)[:10]}")
         largest = sorted(parts, key=lambda c: (-len(parts[c]), c))[: config.num_clients]
         return {c: parts[c] for c in sorted(largest)}
     unknown = sorted(set(config.clients) - set(parts))
@@ -146,6 +213,7 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
                                  input_columns=_column_name(records, column, "keep", config.source))
         if len(records) == 0:
             raise ValueError(f"data.keep: no records with {column} in {sorted(values)}")
+    records = drop_empty_records(records, config)
     parts = assign_clients(records, config)
     global_share = math.ceil(config.global_val_examples / len(parts))
     rng = np.random.default_rng(config.seed)

@@ -39,7 +39,12 @@ def load_records(source: str) -> Dataset:
         if builder is None:
             raise ValueError(f"data.source: unsupported file type '{path.suffix}' of '{source}' "
                              f"(supported: {', '.join(sorted(_BUILDERS))})")
-        return load_dataset(builder, data_files=str(path), split="train")
+        if path.stat().st_size == 0:
+            raise ValueError(f"data.source '{source}' is an empty file")
+        records = load_dataset(builder, data_files=str(path), split="train")
+        if len(records) == 0:
+            raise ValueError(f"data.source '{source}' holds no records")
+        return records
     if source.startswith((".", "/", "~")) or path.suffix.lower() in _BUILDERS:
         raise FileNotFoundError(f"data.source: no such file or directory '{source}'")
     try:

@@ -54,8 +54,9 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     path = resolve_model_path(config.name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as err:
-        raise OSError(f"could not load the tokenizer of model '{config.name_or_path}': {err}") from err
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ... for a missing tokenizer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"could not load the tokenizer of model '{config.name_or_path}' from {path}: {first}") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +27,8 @@ class SecureAggregationConfig:
         threshold: share threshold t as a fraction of a client's neighbours: t = max(1, ceil(threshold * k)).
             Up to t - 1 colluding neighbours (with the server) learn nothing of a client's update; up to
             k - t of its neighbours may drop out and the round still completes.
+        allow_fewer_than_three: run rounds with fewer than 3 clients. Off by default: with 2, each client can
+            compute the other's update from the mean, so masking protects nothing between them.
     """
 
     bits: int = 64
@@ -31,6 +36,7 @@ class SecureAggregationConfig:
     clip: float = 16.0
     neighbours: int | None = None
     threshold: float = 0.5
+    allow_fewer_than_three: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 64:
@@ -41,6 +47,26 @@ class SecureAggregationConfig:
             raise ValueError(f"secure_aggregation.neighbours must be >= 1 or null, got {self.neighbours}")
         if not 0 < self.threshold <= 1:
             raise ValueError(f"secure_aggregation.threshold must be in (0, 1], got {self.threshold}")
+
+    def check_round_size(self, num_clients: int) -> None:
+        """Refuse rounds of fewer than 3 clients unless allowed; warn when ``neighbours`` is capped."""
+        if num_clients < 3 and not self.allow_fewer_than_three:
+            raise ValueError(f"secure aggregation over {num_clients} client(s) per round hides nothing: each client "
+                             "can compute the other's update from the mean; sample at least 3 "
+                             "(strategy.clients_per_round) or set secure_aggregation.allow_fewer_than_three: true")
+        if self.neighbours is not None and self.degree(num_clients) < self.neighbours:
+            log.warning("secure_aggregation.neighbours %d: a round of %d clients has only %d others per client, "
+                        "so every pair is masked (SecAgg)", self.neighbours, num_clients, num_clients - 1)
+
+    def check_ring(self, num_clients: int, max_weight: int) -> None:
+        """Refuse a ring too narrow for ``num_clients`` vectors of ``max_weight * clip * scale`` (each client's
+        largest fixed-point value): their sum would wrap around, and every client would fail to mask."""
+        largest = max_weight * max(self.clip, 1.0) * self.scale
+        if largest > (1 << (self.bits - 1)) // num_clients - 1:
+            needed = math.ceil(math.log2(num_clients * (largest + 1))) + 1
+            raise ValueError(f"secure_aggregation.bits {self.bits} is too narrow: {num_clients} clients x up to "
+                             f"{max_weight} examples x clip {self.clip:g} x scale {self.scale:g} need at least "
+                             f"{needed} bits (raise bits, or lower scale or clip)")
 
     def degree(self, num_clients: int) -> int:
         """Neighbours per client among ``num_clients``: k rounded up to even, at most everyone else."""
