@@ -7,6 +7,7 @@ TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 CONFIG ?= configs/quickstart.yaml
 OUTPUT_DIR ?= outputs/quickstart
+ARGS ?=
 export FEDLIT_CACHE ?= $(HOME)/.cache/fedlit
 
 BIN := $(VENV)/bin
@@ -27,7 +28,7 @@ prepare: setup
 	$(BIN)/fedlit prepare
 
 run: prepare
-	$(BIN)/fedlit fit --config $(CONFIG) --output_dir $(OUTPUT_DIR)
+	$(BIN)/fedlit fit --config $(CONFIG) --output_dir $(OUTPUT_DIR) $(ARGS)
 
 test: prepare
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

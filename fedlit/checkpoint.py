@@ -111,7 +111,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _plain(value: Any) -> Any:
     """``value`` as JSON-ready data with a stable order: dataclasses and peft configs by their fields."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {"type": type(value).__name__, **_plain(dataclasses.asdict(value))}
+        fields = dataclasses.asdict(value)
+        fields.pop("base_model_name_or_path", None)  # peft fills it in when it wraps the model: the model part says it
+        return {"type": type(value).__name__, **_plain(fields)}
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (set, frozenset)):

@@ -40,7 +40,9 @@ def _quiet_libraries() -> None:
 
     datasets_quiet()
     transformers_quiet()
-    for message in ("`loftq_config` specified", "`is_gradient_checkpointing` is deprecated", ".*LeafSpec"):
+    # fedlit rewrites the CSVLogger's file from the checkpointed history on resume: nothing is lost
+    for message in ("`loftq_config` specified", "`is_gradient_checkpointing` is deprecated", ".*LeafSpec",
+                    "Experiment logs directory .* exists and is not empty"):
         warnings.filterwarnings("ignore", message=message)
 
 
@@ -96,10 +98,17 @@ def run_fit(command: str, config: Namespace, parser: ArgumentParser) -> None:
     print(f"done: metrics in {output_dir / 'metrics.csv'}, adapter in {output_dir / 'adapter'}")
 
 
+def _raised_by_jsonargparse(error: BaseException) -> bool:
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and "jsonargparse" in frame.tb_frame.f_code.co_filename
+
+
 def _message(error: BaseException) -> str:
-    """One line naming the problem: the innermost cause's message (jsonargparse wraps errors raised while it
-    instantiates a config), without the ``Given value`` dump it appends."""
-    while error.__cause__ is not None:
+    """One line naming the problem, without the wrapping jsonargparse adds around errors raised while it
+    instantiates a config (and the ``Given value`` dump it appends)."""
+    while error.__cause__ is not None and _raised_by_jsonargparse(error):
         error = error.__cause__
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     text = text.split("\nGiven value")[0].strip()

@@ -90,3 +90,26 @@ def make_loop(tiny_model_dir: Path, plays_jsonl: Path, tmp_path: Path):
         return fed_homo_llm(**kwargs)
 
     return build
+
+
+def write_cli_config(directory: Path, model_dir: Path, data_file: Path, **overrides) -> Path:
+    """A ``fedlit fit`` YAML config for the tiny model and the test plays; ``overrides`` replace top-level keys."""
+    import yaml
+
+    config = {
+        "rounds": 2,
+        "output_dir": str(directory / "run"),
+        "progress": False,
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"source": str(data_file), "num_clients": 3, "val_examples_per_client": 4,
+                 "global_val_examples": 6, "batch_size": 4, "max_length": 32},
+        "peft": {"class_path": "peft.LoraConfig",
+                 "init_args": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+        "optimizer": {"lr": 0.01},
+        "strategy": {"class_path": "fedlit.strategies.FedAvg", "init_args": {"clients_per_round": 2}},
+        "trainer": {"max_steps": 3, "accelerator": "cpu"},
+        **overrides,
+    }
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -6,28 +6,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_cli_config
 
 from fedlit.cli import main
 
 
 @pytest.fixture
 def config_file(tmp_path, tiny_model_dir, plays_jsonl):
-    config = {
-        "rounds": 2,
-        "output_dir": str(tmp_path / "cli-run"),
-        "progress": False,
-        "model": {"name_or_path": str(tiny_model_dir)},
-        "data": {"source": str(plays_jsonl), "num_clients": 3, "val_examples_per_client": 4,
-                 "global_val_examples": 6, "batch_size": 4, "max_length": 32},
-        "peft": {"class_path": "peft.LoraConfig",
-                 "init_args": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
-        "optimizer": {"lr": 0.01},
-        "strategy": {"class_path": "fedlit.strategies.FedAvg", "init_args": {"clients_per_round": 2}},
-        "trainer": {"max_steps": 3, "accelerator": "cpu"},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_cli_config(tmp_path, tiny_model_dir, plays_jsonl, output_dir=str(tmp_path / "cli-run"))
 
 
 def test_fit_from_config_with_command_line_override(config_file, tmp_path):

@@ -162,6 +162,7 @@ def test_vocabulary_mismatch_names_both_models(llm_dir, tiny_model_dir, plays_js
     config = LlamaConfig.from_pretrained(llm_dir)
     config.vocab_size += 3
     LlamaForCausalLM(config).save_pretrained(other)
+    AutoTokenizer.from_pretrained(llm_dir).save_pretrained(other)
     with pytest.raises(ValueError, match=r"FedCoLLM: slm '.*', llm '.*other-vocab'.*LLM and SLM to share the "
                                          r"tokenizer vocabulary; the SLM has \d+ token embeddings, the LLM \d+"):
         build(other, tiny_model_dir, plays_jsonl, tmp_path / "bad", llm=ModelConfig(str(other)))

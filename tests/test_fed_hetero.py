@@ -64,6 +64,7 @@ def test_teachers_must_match_the_clients_and_the_vocabulary(four_block_dir, tiny
     config = LlamaConfig.from_pretrained(tiny_model_dir)
     config.vocab_size += 5
     LlamaForCausalLM(config).save_pretrained(other_vocab)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other_vocab)
     teachers = {play: ModelConfig(str(tiny_model_dir)) for play in ("alpha", "beta", "gamma")}
     teachers["beta"] = ModelConfig(str(other_vocab))
     with pytest.raises(ValueError, match="teacher of client 'beta'.*share the tokenizer vocabulary"):

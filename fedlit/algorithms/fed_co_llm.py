@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 from datasets import Dataset
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
@@ -36,7 +37,7 @@ from fedlit.lightning_modules import (
     PeftModule,
     build_peft_model,
 )
-from fedlit.lightning_modules.knowledge_distillation import check_shared_vocabulary
+from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer, check_shared_vocabulary
 from fedlit.loop import FederatedLoop, server_trainer, validate
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload
@@ -122,8 +123,8 @@ def fed_co_llm(
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
     strategy: Strategy | None = None,
-    rounds: int = 3,
-    eval_every: int = 1,
+    rounds: PositiveInt = 3,
+    eval_every: PositiveInt = 1,
     output_dir: str | Path = "outputs/fedco",
     loggers: Sequence[Logger] | None = None,
     seed: int = 0,
@@ -157,6 +158,7 @@ def fed_co_llm(
     federated = build_federated_data(data, tokenizer)
     llm_base, slm_base = load_base_model(llm), load_base_model(slm)
     try:
+        check_same_tokenizer(tokenizer, load_tokenizer(llm), names=("SLM", "LLM"))
         check_shared_vocabulary(slm_base, llm_base, names=("SLM", "LLM"))
     except ValueError as error:
         raise ValueError(f"FedCoLLM: slm '{slm.name_or_path}', llm '{llm.name_or_path}': {error}") from None

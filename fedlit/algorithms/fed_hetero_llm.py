@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
@@ -24,7 +25,7 @@ from fedlit.lightning_modules import (
     PeftModule,
     build_peft_model,
 )
-from fedlit.lightning_modules.knowledge_distillation import check_shared_vocabulary
+from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer, check_shared_vocabulary
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.privacy import ClientDPConfig, ExampleDPConfig
@@ -41,8 +42,8 @@ def fed_hetero_llm(
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
     strategy: Strategy | None = None,
-    rounds: int = 3,
-    eval_every: int = 1,
+    rounds: PositiveInt = 3,
+    eval_every: PositiveInt = 1,
     output_dir: str | Path = "outputs/fedhetero",
     loggers: Sequence[Logger] | None = None,
     seed: int = 0,
@@ -79,6 +80,7 @@ def fed_hetero_llm(
         if key not in loaded:
             loaded[key] = load_base_model(teacher_config)
             try:
+                check_same_tokenizer(tokenizer, load_tokenizer(teacher_config))
                 check_shared_vocabulary(student, loaded[key])
             except ValueError as error:
                 raise ValueError(f"teacher of client '{client_id}' ({teacher_config.name_or_path}): {error}") from None

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
@@ -31,8 +32,8 @@ def fed_homo_llm(
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
     strategy: Strategy | None = None,
-    rounds: int = 3,
-    eval_every: int = 1,
+    rounds: PositiveInt = 3,
+    eval_every: PositiveInt = 1,
     output_dir: str | Path = "outputs/fedlit",
     loggers: Sequence[Logger] | None = None,
     seed: int = 0,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
@@ -145,8 +146,8 @@ def fed_ost(
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
     strategy: Strategy | None = None,
-    rounds: int = 3,
-    eval_every: int = 1,
+    rounds: PositiveInt = 3,
+    eval_every: PositiveInt = 1,
     output_dir: str | Path = "outputs/fedost",
     loggers: Sequence[Logger] | None = None,
     seed: int = 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,13 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     scheduler: str = "constant"
     warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.lr) or self.lr < 0:
+            raise ValueError(f"optimizer.lr must be a finite number >= 0, got {self.lr}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError(f"optimizer: weight_decay and warmup_steps must be >= 0, got {self.weight_decay} and "
+                             f"{self.warmup_steps}")
 
 
 def shifted_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

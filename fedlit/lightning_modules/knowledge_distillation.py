@@ -75,6 +75,24 @@ def check_shared_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel,
                          f"{names[0]} has {student_size} token embeddings, the {names[1]} {teacher_size}")
 
 
+def check_same_tokenizer(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase,
+                         names: tuple[str, str] = ("student", "teacher")) -> None:
+    """Equal embedding sizes are not enough: token i must be the same token for both models. Compare the token ->
+    id maps and the special tokens, naming the first differences."""
+    vocab = student.get_vocab(), teacher.get_vocab()
+    differing = sorted((t for t in set(vocab[0]) | set(vocab[1]) if vocab[0].get(t) != vocab[1].get(t)),
+                       key=lambda t: (min(v.get(t, 1 << 62) for v in vocab), t))
+    if differing:
+        shown = "; ".join(f"{t!r} is {vocab[0].get(t, 'absent')} in the {names[0]}'s, {vocab[1].get(t, 'absent')} "
+                          f"in the {names[1]}'s" for t in differing[:3])
+        raise ValueError(f"distillation needs {names[1]} and {names[0]} to share one tokenizer, but "
+                         f"{len(differing)} tokens differ: {shown}")
+    for role in ("bos_token", "eos_token", "unk_token"):
+        if getattr(student, role) != getattr(teacher, role):
+            raise ValueError(f"distillation needs {names[1]} and {names[0]} to share one tokenizer, but their "
+                             f"{role} differs: {getattr(student, role)!r} vs {getattr(teacher, role)!r}")
+
+
 class KnowledgeDistillationModule(PeftModule):
     """A :class:`PeftModule` student trained against a frozen ``teacher``; only the student's adapter travels."""
 

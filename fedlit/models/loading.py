@@ -49,14 +49,21 @@ def _dtype(name: str) -> torch.dtype:
     return value
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer; a missing pad token falls back to EOS (padding is masked out of the loss)."""
     path = resolve_model_path(config.name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ... for a missing tokenizer
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise OSError(f"could not load the tokenizer of model '{config.name_or_path}' from {path}: {first}") from err
+        local = Path(path)
+        if local.is_dir() and not any((local / name).is_file() for name in _TOKENIZER_FILES):
+            why = f"no tokenizer files there (none of {', '.join(_TOKENIZER_FILES)})"
+        else:
+            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"could not load the tokenizer of model '{config.name_or_path}' from {path}: {why}") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
