@@ -100,3 +100,30 @@ def test_split_prompts_and_normalise():
 def test_generation_needs_a_tokenizer(model_and_tokenizer):
     with pytest.raises(ValueError, match="need the tokenizer"):
         CausalLMModule(model_and_tokenizer[0], evaluation=EvaluationConfig(generate_max_new_tokens=2))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_loss_perplexity_and_accuracy_match_torchmetrics_on_full_logits(model_and_tokenizer, precision):
+    """Validation works on the labelled rows of the logits only; torchmetrics' Perplexity and MulticlassAccuracy
+    over the full float logits (what it replaced) give the same numbers."""
+    from torchmetrics.classification import MulticlassAccuracy
+    from torchmetrics.text import Perplexity
+
+    model, tokenizer = model_and_tokenizer
+    pairs = {"prompt": PROMPTS, "response": [" my lord, the rest is silence"] * len(PROMPTS)}
+    data = tokenize(Dataset.from_dict(pairs), tokenizer, max_length=32)
+    module = CausalLMModule(model, tokenizer=tokenizer)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        precision=precision)
+    loader = DataLoader(data, batch_size=2, collate_fn=CausalLMCollator(tokenizer.pad_token_id))
+    metrics = trainer.validate(module, loader, verbose=False)[0]
+    perplexity = Perplexity(ignore_index=-100)
+    accuracy = MulticlassAccuracy(num_classes=model.config.vocab_size, ignore_index=-100, average="micro")
+    for batch in loader:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        perplexity.update(logits[:, :-1].float(), batch["labels"][:, 1:])
+        accuracy.update(logits[:, :-1].argmax(-1), batch["labels"][:, 1:])
+    assert metrics["val_perplexity"] == pytest.approx(float(perplexity.compute()), rel=1e-5)
+    assert metrics["val_loss"] == pytest.approx(float(np.log(perplexity.compute())), rel=1e-5)
+    assert metrics["val_token_accuracy"] == pytest.approx(float(accuracy.compute()), abs=1e-7)

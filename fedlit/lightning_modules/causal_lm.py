@@ -13,8 +13,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
-from torchmetrics.text import Perplexity
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from fedlit.data.datamodule import IGNORE_INDEX
@@ -97,11 +95,10 @@ class CausalLMModule(L.LightningModule):
             raise ValueError("evaluation.generate_max_new_tokens and evaluation.choices need the tokenizer")
         self.tokenizer = tokenizer
         self.choice_ids = choice_token_ids(self.evaluation.choices, tokenizer) if self.evaluation.choices else []
+        # Perplexity is exp(val_loss) and accuracy a mean over labelled tokens: both come from the labelled rows
+        # of the logits, so no full [batch, seq, vocab] float copy, softmax or confusion count is needed.
         self.val_loss = MeanMetric()
-        self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
-        self.val_token_accuracy = MulticlassAccuracy(
-            num_classes=model.config.vocab_size, ignore_index=IGNORE_INDEX, average="micro"
-        )
+        self.val_token_accuracy = MeanMetric()
         self.val_exact_match = MeanMetric()
         self.val_choice_accuracy = MeanMetric()
 
@@ -120,15 +117,21 @@ class CausalLMModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
-        loss, count = shifted_token_loss(logits, batch["labels"])
-        self.val_loss.update(loss, weight=count)
-        self.val_perplexity.update(logits[:, :-1].float(), batch["labels"][:, 1:])
-        self.val_token_accuracy.update(logits[:, :-1].argmax(-1), batch["labels"][:, 1:])
+        targets = batch["labels"][:, 1:]
+        labelled = targets != IGNORE_INDEX
+        scored, wanted = logits[:, :-1][labelled], targets[labelled]  # [labelled tokens, vocab]
+        if len(wanted):
+            loss = F.cross_entropy(scored.float(), wanted, reduction="sum") / len(wanted)
+            self.val_loss.update(loss, weight=len(wanted))
+            self.val_token_accuracy.update((scored.argmax(-1) == wanted).float())
         self.log("val_loss", self.val_loss, on_epoch=True)
-        self.log("val_perplexity", self.val_perplexity, on_epoch=True)
         self.log("val_token_accuracy", self.val_token_accuracy, on_epoch=True)
         if self.evaluation.generate_max_new_tokens or self.choice_ids:
             self._answer_metrics(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        """Perplexity: exp of the token-weighted mean loss, as torchmetrics' ``Perplexity`` defines it."""
+        self.log("val_perplexity", torch.exp(self.val_loss.compute()))
 
     def _answer_metrics(self, batch: dict[str, torch.Tensor]) -> None:
         """Task metrics on the prompts of instruction examples: generation exact match, answer-set accuracy."""
