@@ -17,6 +17,7 @@ from rich.table import Table
 
 from fedlit.algorithms import fed_homo_llm
 from fedlit.data import DataConfig
+from fedlit.federation import Federation
 from fedlit.loop import validate
 from fedlit.models import ModelConfig
 
@@ -36,7 +37,7 @@ def main() -> None:
             model=ModelConfig(),
             data=DataConfig(clients=["hamlet", "macbeth", "romeo_and_juliet", "tempest"], train_examples_per_client=8,
                             val_examples_per_client=1, global_val_examples=args.examples, max_length=64),
-            output_dir=tmp, loggers=[], progress=False, trainer_kwargs={"accelerator": "cpu"},
+            federation=Federation(output_dir=tmp, loggers=[], progress=False, trainer={"accelerator": "cpu"}),
         )
         module = loop.module_factory()
         parties = {"global": loop.global_val}

@@ -29,6 +29,7 @@ from rich.table import Table
 from fedlit.algorithms import fed_homo_llm
 from fedlit.client import CLIENT_TRAINER_DEFAULTS, client_seed
 from fedlit.data import DataConfig
+from fedlit.federation import Federation
 from fedlit.lightning_modules import OptimizerConfig
 from fedlit.models import ModelConfig
 from fedlit.strategies import FedAvg, weighted_average
@@ -43,9 +44,9 @@ def build_loop(args: argparse.Namespace, num_clients: int, output_dir: Path, see
         data=DataConfig(clients=PLAYS[:num_clients], train_examples_per_client=64, val_examples_per_client=8,
                         global_val_examples=16, max_length=args.max_length, batch_size=args.batch_size),
         optimizer=OptimizerConfig(lr=1e-3),
-        strategy=FedAvg(clients_per_round=num_clients),
-        rounds=args.rounds, output_dir=output_dir, loggers=[], progress=False, seed=seed,
-        trainer_kwargs={"max_steps": args.steps, "accelerator": "cpu"},
+        federation=Federation(strategy=FedAvg(clients_per_round=num_clients), rounds=args.rounds,
+                              output_dir=str(output_dir), loggers=[], progress=False, seed=seed,
+                              trainer={"max_steps": args.steps, "accelerator": "cpu"}),
     )
 
 
@@ -120,9 +121,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from fedlit.cli import _quiet_libraries
+    from fedlit.cli import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     if args.rss_child:
         peak_rss_child(args)
         return

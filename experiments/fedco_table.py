@@ -26,17 +26,14 @@ from rich.console import Console
 from rich.table import Table
 from shakespeare_task import global_scores, run
 
-from fedlit.algorithms import fed_co_llm
-from fedlit.cli import _quiet_libraries, fit_parser
+from fedlit.cli import compose, fit_parser, quiet_libraries
 
 METRICS = ("loss", "perplexity", "token_accuracy")
 
 
 def build(cli, options: list[str], output_dir: Path):
     config = cli.parse_args([*options, "--output_dir", str(output_dir), "--progress", "false", "--loggers", "[]"])
-    init = cli.instantiate(config)
-    return fed_co_llm(**{k: init[k] for k in vars(config) if k not in ("trainer", "resume", "config")},
-                      trainer_kwargs=vars(config.trainer))
+    return compose("fedco", config, cli)
 
 
 def main() -> None:
@@ -47,7 +44,7 @@ def main() -> None:
     parser.add_argument("--kd-control", action="store_true")
     parser.add_argument("--json", type=Path)
     args, options = parser.parse_known_args()
-    _quiet_libraries()
+    quiet_libraries()
     cli = fit_parser("fedco")
     options = ["--config", args.config, *options]
     base = build(cli, options, args.output_dir / "fedcollm")

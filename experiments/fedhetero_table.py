@@ -18,8 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from shakespeare_task import global_scores, run
 
-from fedlit.algorithms import fed_hetero_llm
-from fedlit.cli import _quiet_libraries, fit_parser
+from fedlit.cli import compose, fit_parser, quiet_libraries
 
 METRICS = ("loss", "perplexity", "token_accuracy")
 
@@ -30,13 +29,11 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/fedhetero_table"))
     parser.add_argument("--json", type=Path)
     args, options = parser.parse_known_args()
-    _quiet_libraries()
+    quiet_libraries()
     cli = fit_parser("fedhetero")
     config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),
                              "--progress", "false", "--loggers", "[]", *options])
-    init = cli.instantiate(config)
-    base = fed_hetero_llm(**{k: init[k] for k in vars(config) if k not in ("trainer", "resume", "config")},
-                          trainer_kwargs=vars(config.trainer))
+    base = compose("fedhetero", config, cli)
     initial = base.module_factory().trainable_state_dict()
 
     federated = run("federated", base, initial, args.output_dir)

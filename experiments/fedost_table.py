@@ -20,8 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedlit.algorithms import fed_ost
-from fedlit.cli import _quiet_libraries, fit_parser
+from fedlit.cli import compose, fit_parser, quiet_libraries
 
 STAGES = ("full_zero_shot", "emulator_zero_shot", "emulator_tuned", "plug_in")
 
@@ -35,7 +34,7 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=100)
     parser.add_argument("--json", type=Path)
     args, options = parser.parse_known_args()
-    _quiet_libraries()
+    quiet_libraries()
     cli = fit_parser("fedost")
     reports = {}
     settings = [(r, 0) for r in args.ratios] + [(r, args.distill_steps) for r in args.distilled_ratios]
@@ -44,10 +43,8 @@ def main() -> None:
         config = cli.parse_args(["--config", args.config, "--offsite.emulator_ratio", str(ratio), "--progress", "false",
                                  "--distillation.steps", str(steps), "--loggers", "[]",
                                  "--output_dir", str(args.output_dir / f"ratio-{ratio:g}-distill-{steps}"), *options])
-        init = cli.instantiate(config)
-        kwargs = {k: init[k] for k in vars(config) if k not in ("trainer", "resume", "config")}
         began = time.perf_counter()
-        reports[name] = fed_ost(**kwargs, trainer_kwargs=vars(config.trainer)).fit()
+        reports[name] = compose("fedost", config, cli).fit()
         reports[name]["seconds"] = time.perf_counter() - began
         print(f"{name}: " + ", ".join(f"{s} {reports[name][s]['choice_accuracy']:.3f}" for s in STAGES), flush=True)
 

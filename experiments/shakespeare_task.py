@@ -26,8 +26,7 @@ from datasets import concatenate_datasets
 from rich.console import Console
 from rich.table import Table
 
-from fedlit.algorithms import fed_homo_llm
-from fedlit.cli import _quiet_libraries, fit_parser
+from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.client import Client
 from fedlit.data import GLOBAL, CausalLMDataModule
 from fedlit.loop import FederatedLoop
@@ -46,12 +45,14 @@ def global_scores(loop: FederatedLoop, server_round: int | None = None,
     return {metric: float(row[metric]) for metric in metrics if metric in row}
 
 
-def run(name: str, base: FederatedLoop, initial, output_dir: Path, **overrides) -> FederatedLoop:
-    """A loop sharing ``base``'s model, data and settings, started from the same initial adapter."""
-    settings = dict(clients=list(base.clients.values()), module_factory=base.module_factory, strategy=FedAvg(),
-                    rounds=base.rounds, output_dir=output_dir / name, trainer_kwargs=base.trainer_kwargs,
-                    global_val=base.global_val, seed=base.seed, progress=False, eval_every=base.eval_every)
-    loop = FederatedLoop(**{**settings, **overrides})
+def run(name: str, base: FederatedLoop, initial, output_dir: Path, clients: list[Client] | None = None,
+        **changes) -> FederatedLoop:
+    """A loop sharing ``base``'s model, data and settings (FedAvg unless ``changes`` say otherwise, any
+    :class:`~fedlit.federation.Federation` field), started from the same initial adapter."""
+    federation = base.federation.replace(**{"strategy": FedAvg(), "output_dir": str(output_dir / name),
+                                            "progress": False, **changes})
+    loop = FederatedLoop(clients or list(base.clients.values()), base.module_factory, federation,
+                         global_val=base.global_val)
     base.module_factory().load_trainable_state_dict(initial)
     began = time.perf_counter()
     loop.fit()
@@ -67,14 +68,12 @@ def main() -> None:
     parser.add_argument("--fedadam-lr", type=float, default=3e-3)
     parser.add_argument("--json", type=Path)
     args, fit_options = parser.parse_known_args()
-    _quiet_libraries()
+    quiet_libraries()
 
     cli = fit_parser()
     config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),
                              "--progress", "false", "--loggers", "[]", *fit_options])
-    init = cli.instantiate(config)
-    kwargs = {k: init[k] for k in vars(config) if k not in ("trainer", "resume", "config")}
-    base = fed_homo_llm(**kwargs, trainer_kwargs=vars(config.trainer))
+    base = compose("fit", config, cli)
     initial = base.module_factory().trainable_state_dict()
     steps = base.trainer_kwargs["max_steps"]
 
@@ -93,7 +92,7 @@ def main() -> None:
         base.global_val.val_dataset, base.global_val.collate.pad_token_id, base.global_val.batch_size,
     )
     central = run("centralised", base, initial, args.output_dir, clients=[Client("union", union)],
-                  trainer_kwargs={**base.trainer_kwargs, "max_steps": steps * len(base.clients)})
+                  trainer={**base.federation.trainer, "max_steps": steps * len(base.clients)})
     results[f"centralised (union of data, {steps * len(base.clients)} steps per round)"] = global_scores(central)
 
     table = Table(title=f"Which play? {len(base.global_val.val_dataset)} held-out lines "

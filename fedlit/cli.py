@@ -14,6 +14,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import yaml
@@ -22,6 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_ost
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
+from fedlit.federation import FEDERATION_KEYS, Federation
 from fedlit.loop import NothingTrained, RunInterrupted
 from fedlit.run_dir import check_fresh, lock_output_dir
 
@@ -31,7 +33,7 @@ from fedlit.run_dir import check_fresh, lock_output_dir
 EXIT_ERROR, EXIT_NOTHING_TRAINED = 1, 3
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Per-client Trainers would otherwise print hardware banners and tips once per client per round."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -63,11 +65,14 @@ def fit_parser(command: str = "fit") -> ArgumentParser:
     algorithm, description, peft_default = ALGORITHMS[command]
     parser = ArgumentParser(description=description[0].upper() + description[1:] + ".")
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
-    parser.add_function_arguments(algorithm, skip={"trainer_kwargs"}, fail_untyped=True)
+    parser.add_function_arguments(algorithm, skip={"federation"}, fail_untyped=True)
+    # the Federation's fields are top-level keys (rounds:, strategy:, ...); its Trainer options are `trainer:`
+    parser.add_class_arguments(Federation, nested_key=None, skip={"trainer"}, fail_untyped=True, sub_configs=True)
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip={"callbacks"},
                                sub_configs=True)
     parser.set_defaults({f"trainer.{key}": value for key, value in CLIENT_TRAINER_DEFAULTS.items()})
-    parser.set_defaults({"peft": peft_default, "strategy": {"class_path": "fedlit.strategies.FedAvg"}})
+    parser.set_defaults({"peft": peft_default, "strategy": {"class_path": "fedlit.strategies.FedAvg"},
+                         "output_dir": f"outputs/{'fedlit' if command == 'fit' else command}"})
     parser.add_argument("--resume", type=bool, default=False,
                         help="continue from the newest checkpoint in output_dir")
     parser.add_argument("--debug", type=bool, default=False,
@@ -85,16 +90,23 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def compose(command: str, config: Namespace, parser: ArgumentParser | None = None) -> Any:
+    """The run a parsed config describes (a FederatedLoop, or FedOST's wrapper): its algorithm's own keys, plus a
+    :class:`~fedlit.federation.Federation` from the top-level shared keys and ``trainer:``."""
+    init = (parser or fit_parser(command)).instantiate(config)
+    federation = Federation(**{key: init[key] for key in FEDERATION_KEYS if key != "trainer"},
+                            trainer=dict(vars(config.trainer)))
+    own = {key: init[key] for key in vars(config)
+           if key not in (*FEDERATION_KEYS, "resume", "config", "debug", "__path__")}
+    return ALGORITHMS[command][0](**own, federation=federation)
+
+
 def run_fit(command: str, config: Namespace, parser: ArgumentParser) -> None:
     output_dir = Path(config.output_dir)
     lock_output_dir(output_dir)  # before anything is written: a second run into it fails at once
     if not config.resume:
         check_fresh(output_dir)
-    init = parser.instantiate(config)
-    trainer_kwargs = {key: value for key, value in vars(config.trainer).items()}
-    kwargs = {key: init[key] for key in vars(config) if key not in ("trainer", "resume", "config", "debug")}
-    run = ALGORITHMS[command][0](**kwargs, trainer_kwargs=trainer_kwargs)
-    run.fit(resume=config.resume)
+    compose(command, config, parser).fit(resume=config.resume)
     print(f"done: metrics in {output_dir / 'metrics.csv'}, adapter in {output_dir / 'adapter'}")
 
 
@@ -152,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _check_config_files(argv)
     parser = build_parser()
     config = parser.parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     if config.subcommand == "prepare":
         run_prepare()
         return

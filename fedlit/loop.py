@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import CSVLogger
 
 from fedlit.checkpoint import (
     CheckpointError,
@@ -33,20 +33,18 @@ from fedlit.checkpoint import (
 from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ModuleFactory, client_seed
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
-from fedlit.faults import FaultPolicy, deadline, update_problem
+from fedlit.faults import deadline, update_problem
+from fedlit.federation import Federation
 from fedlit.io import atomic_directory, atomic_write_bytes
 from fedlit.payload import Payload, Update, flatten, to_bytes, unflatten
 from fedlit.privacy import (
-    ClientDPConfig,
     ClientPrivacyAccountant,
-    ExampleDPConfig,
     gaussian_noise,
     subsampled_gaussian_epsilon,
 )
 from fedlit.progress import RoundProgress
 from fedlit.run_dir import LOOP_OUTPUTS, check_fresh, lock_output_dir, unlock_output_dir
-from fedlit.secure import RoundAbandoned, SecureAggregationConfig, SecureRound
-from fedlit.strategies import Strategy
+from fedlit.secure import RoundAbandoned, SecureRound
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +96,10 @@ def validate(module: L.LightningModule, parties: Mapping[str, CausalLMDataModule
     return results
 
 
-def check_federation(clients: Sequence[Client], strategy: Strategy, rounds: int, eval_every: int, faults: FaultPolicy,
-                     secure_aggregation: SecureAggregationConfig | None, privacy: ClientDPConfig | None) -> None:
+def check_federation(clients: Sequence[Client], federation: Federation) -> None:
     """Refuse settings that could never train, before any model work: each error names the key and value."""
+    strategy, faults = federation.strategy, federation.faults
+    secure_aggregation, privacy = federation.secure_aggregation, federation.privacy
     ids = [c.client_id for c in clients]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -109,10 +108,9 @@ def check_federation(clients: Sequence[Client], strategy: Strategy, rounds: int,
         raise ValueError("the federation has no clients (data.clients / data.num_clients)")
     if GLOBAL in ids:
         raise ValueError(f"'{GLOBAL}' is reserved for the server's held-out split; rename that client")
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    for key in ("rounds", "eval_every"):
+        if getattr(federation, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(federation, key)}")
     try:
         per_round = strategy.sample_size(len(ids))
     except ValueError as error:
@@ -168,35 +166,23 @@ def _interrupt_on_signals(current_round: Callable[[], int], checkpoint_dir: Path
 class FederatedLoop:
     """Coordinates one ``lightning.Trainer`` per sampled client, round by round.
 
-    Round 0 evaluates the initial global adapter; rounds 1..``rounds`` train. After every round the
+    Round 0 evaluates the initial global adapter; rounds 1..``federation.rounds`` train. After every round the
     global adapter, the strategy state, the metric history and RNG states are checkpointed atomically
     under ``output_dir/checkpoints``, so ``fit(resume=True)`` continues bit-identically.
 
     Args:
-        clients: the federation; ids must be unique.
+        clients: the federation's members; ids must be unique.
         module_factory: builds a client's LightningModule; all of them share one frozen base model.
-        strategy: client sampling and aggregation.
-        rounds: number of training rounds.
-        output_dir: ``metrics.csv``, ``adapter/`` and ``checkpoints/`` go here.
-        trainer_kwargs: ``lightning.Trainer`` options for every client fit (max_steps, precision, ...).
+        federation: strategy, rounds, output_dir, loggers, seed, secure aggregation, faults, privacy, client
+            Trainer options, ... (see :class:`~fedlit.federation.Federation`). Under ``secure_aggregation`` the
+            server learns only the example-weighted mean update, which the strategy's ``step`` turns into the
+            new global adapter; under ``privacy`` (DP-FedAvg) updates are clipped, noised as a sum (by the
+            server, or in shares by the clients under masking), divided by a fixed denominator, and (epsilon,
+            delta) is a ``server``/``privacy`` row every round, the run stopping before ``target_epsilon`` is
+            passed; under ``example_privacy`` each client's train row carries its own DP-SGD epsilon so far.
         global_val: the server's held-out split, evaluated every round as client ``global``.
-        loggers: Lightning loggers that receive every round's metrics (step = round).
-        seed: seeds every client fit through (seed, round, client id).
-        progress: show a Rich progress display.
-        eval_every: evaluate after every ``eval_every``-th round (and always after round 0 and the last);
-            evaluation of large models or many clients can cost more than a round of training.
-        secure_aggregation: mask every client's update (SecAgg/SecAgg+): the server learns only the
-            example-weighted mean update, which the strategy's ``step`` turns into the new global adapter.
         server_step: server-side training after each aggregation (see :class:`ServerStep`); it runs with
             the same evaluation schedule and its state is checkpointed with the round.
-        faults: deadline, minimum number of good updates and update norm bound; an excluded client's row
-            says why in ``excluded``, a skipped round leaves the global adapter as it was.
-        privacy: client-level DP (DP-FedAvg): clipped updates, Gaussian noise on their sum (added by the
-            server, or shared out among the clients under secure aggregation), a fixed denominator, and
-            (epsilon, delta) in a ``server``/``privacy`` row every round; the run stops before a round that
-            would pass ``target_epsilon``.
-        example_privacy: DP-SGD inside every client (opacus per-example gradients, random-subset batches); each
-            client's train row carries its own example-level epsilon so far.
         fingerprint: the run's setup by part (model, data, peft, ...): every checkpoint records a hash of each,
             and a resume with a different setup is refused, naming the part.
         report: writes the run's data report (partition.csv/png) once, on a fresh start, after the output
@@ -207,43 +193,35 @@ class FederatedLoop:
         self,
         clients: Sequence[Client],
         module_factory: ModuleFactory,
-        strategy: Strategy,
-        rounds: int,
-        output_dir: str | Path,
-        trainer_kwargs: dict[str, Any] | None = None,
+        federation: Federation,
         global_val: CausalLMDataModule | None = None,
-        loggers: Sequence[Logger] = (),
-        seed: int = 0,
-        progress: bool = True,
-        eval_every: int = 1,
-        secure_aggregation: SecureAggregationConfig | None = None,
         server_step: ServerStep | None = None,
-        faults: FaultPolicy | None = None,
-        privacy: ClientDPConfig | None = None,
-        example_privacy: ExampleDPConfig | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         report: Callable[[], None] | None = None,
     ) -> None:
-        check_federation(clients, strategy, rounds, eval_every, faults or FaultPolicy(), secure_aggregation, privacy)
+        check_federation(clients, federation)
+        self.federation = federation
         self.clients = {c.client_id: c for c in clients}
         self.module_factory = module_factory
-        self.strategy = strategy
-        self.rounds = rounds
-        self.output_dir = Path(output_dir)
-        self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.strategy = federation.strategy
+        self.rounds = federation.rounds
+        self.output_dir = Path(federation.output_dir)
+        self.trainer_kwargs = {**federation.trainer,
+                               "callbacks": [*federation.trainer.get("callbacks", []), *federation.client_callbacks]}
         self.global_val = global_val
-        self.loggers = list(loggers)
-        self.seed = seed
-        self.progress = progress
-        self.eval_every = eval_every
-        self.secure_aggregation = secure_aggregation
+        self.loggers = (list(federation.loggers) if federation.loggers is not None
+                        else [CSVLogger(save_dir=str(self.output_dir), name="logs", version="")])
+        self.seed = federation.seed
+        self.progress = federation.progress
+        self.eval_every = federation.eval_every
+        self.secure_aggregation = federation.secure_aggregation
         self.server_step = server_step
-        self.faults = faults or FaultPolicy()
-        self.privacy = privacy
-        self.accountant = ClientPrivacyAccountant(privacy, strategy, len(clients)) if privacy is not None else None
+        self.faults = federation.faults
+        self.privacy = privacy = federation.privacy
+        self.accountant = ClientPrivacyAccountant(privacy, self.strategy, len(clients)) if privacy else None
         if privacy is not None and self.faults.max_update_norm is None:  # a client that did not clip is a fault
             self.faults = dataclasses.replace(self.faults, max_update_norm=privacy.clip_norm * (1 + 1e-5))
-        self.example_privacy = example_privacy
+        self.example_privacy = federation.example_privacy
         self.example_steps: dict[str, int] = {}  # DP-SGD steps each client has taken so far
         self.fingerprint = config_fingerprint(dict(fingerprint or {}))
         self.report = report

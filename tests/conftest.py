@@ -87,7 +87,7 @@ def make_loop(tiny_model_dir: Path, plays_jsonl: Path, tmp_path: Path):
             "trainer_kwargs": {"max_steps": 4, "accelerator": "cpu"},
         }
         kwargs.update(overrides)
-        return fed_homo_llm(**kwargs)
+        return fed_homo_llm(**with_federation(kwargs))
 
     return build
 
@@ -113,3 +113,15 @@ def write_cli_config(directory: Path, model_dir: Path, data_file: Path, **overri
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def with_federation(kwargs: dict) -> dict:
+    """Algorithm keyword arguments with the Federation's keys (and ``trainer_kwargs``, its ``trainer``) gathered
+    into one ``federation``, so tests can override any of them by name."""
+    from fedlit.federation import FEDERATION_KEYS, Federation
+
+    kwargs = dict(kwargs)
+    shared = {key: kwargs.pop(key) for key in list(kwargs) if key in FEDERATION_KEYS}
+    if "trainer_kwargs" in kwargs:
+        shared["trainer"] = kwargs.pop("trainer_kwargs")
+    return {**kwargs, "federation": Federation(**shared)}

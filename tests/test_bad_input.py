@@ -29,6 +29,7 @@ from fedlit.checkpoint import (
 )
 from fedlit.cli import main
 from fedlit.data import DataConfig
+from fedlit.federation import Federation
 from fedlit.io import atomic_directory
 from fedlit.lightning_modules import OptimizerConfig
 from fedlit.models import ModelConfig
@@ -316,7 +317,7 @@ def test_11_a_teacher_with_another_tokenizer_of_the_same_size_is_refused(tiny_mo
         fed_hetero_llm(teachers=teachers, mentee=ModelConfig(str(tiny_model_dir)),
                        data=DataConfig(source=str(plays_jsonl), num_clients=3, val_examples_per_client=4,
                                        global_val_examples=6, max_length=32),
-                       output_dir=tmp_path / "hetero", loggers=[], progress=False)
+                       federation=Federation(output_dir=str(tmp_path / "hetero"), loggers=[], progress=False))
 
 
 # 12. Secure aggregation over fewer than 3 clients is refused unless allowed; a capped neighbour count warns.

@@ -7,6 +7,7 @@ import pytest
 
 from fedlit.algorithms import fed_homo_llm
 from fedlit.data import DataConfig
+from fedlit.federation import Federation
 from fedlit.lightning_modules import OptimizerConfig
 from fedlit.models import DEFAULT_MODEL, ModelConfig, load_base_model, prepare_default_model
 from fedlit.strategies import FedAvg
@@ -24,12 +25,8 @@ def test_default_model_prepares_loads_and_learns_shakespeare(tmp_path):
         data=DataConfig(clients=["hamlet", "macbeth"], train_examples_per_client=32, val_examples_per_client=8,
                         global_val_examples=16, max_length=48),
         optimizer=OptimizerConfig(lr=1e-3),
-        strategy=FedAvg(clients_per_round=2),
-        rounds=1,
-        output_dir=tmp_path,
-        loggers=[],
-        progress=False,
-        trainer_kwargs={"max_steps": 3, "accelerator": "cpu"},
+        federation=Federation(strategy=FedAvg(clients_per_round=2), rounds=1, output_dir=str(tmp_path), loggers=[],
+                              progress=False, trainer={"max_steps": 3, "accelerator": "cpu"}),
     )
     loop.fit()
     with open(tmp_path / "metrics.csv") as f:

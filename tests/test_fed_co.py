@@ -4,6 +4,7 @@ import csv
 
 import pytest
 import torch
+from conftest import with_federation
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -49,7 +50,7 @@ def build(llm_dir, tiny_model_dir, plays_jsonl, output_dir, **overrides):
         optimizer=OptimizerConfig(lr=1e-2), rounds=2, output_dir=output_dir, loggers=[], progress=False,
         trainer_kwargs={"max_steps": 2, "accelerator": "cpu"},
     )
-    return fed_co_llm(**{**kwargs, **overrides})
+    return fed_co_llm(**with_federation({**kwargs, **overrides}))
 
 
 def test_mutual_distillation_loss_is_each_sides_ce_kd_mix_summed():

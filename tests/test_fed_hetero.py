@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import with_federation
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from fedlit.algorithms import fed_hetero_llm
@@ -34,7 +35,7 @@ def build(four_block_dir, tiny_model_dir, plays_jsonl, tmp_path, **overrides):
         optimizer=OptimizerConfig(lr=1e-2), rounds=1, output_dir=tmp_path / "hetero", loggers=[], progress=False,
         trainer_kwargs={"max_steps": 3, "accelerator": "cpu"},
     )
-    return fed_hetero_llm(**{**kwargs, **overrides})
+    return fed_hetero_llm(**with_federation({**kwargs, **overrides}))
 
 
 def test_each_client_distils_from_its_own_teacher_and_only_the_mentee_adapter_travels(

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import with_federation
 from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -100,7 +101,7 @@ def run_fed_ost(model_dir, data_file, tmp_path, **overrides):
         offsite=OffsiteConfig(1, 1, 0.5), optimizer=OptimizerConfig(lr=1e-2), rounds=2, output_dir=tmp_path / "ost",
         loggers=[], progress=False, trainer_kwargs={"max_steps": 3, "accelerator": "cpu"},
     )
-    return fed_ost(**{**kwargs, **overrides})
+    return fed_ost(**with_federation({**kwargs, **overrides}))
 
 
 def test_clients_hold_no_dropped_block(deep_model_dir, plays_jsonl, tmp_path):

@@ -164,9 +164,9 @@ def test_reserved_and_duplicate_client_ids_rejected(make_loop):
     from fedlit import Client, FederatedLoop
 
     with pytest.raises(ValueError, match="duplicate client ids: \\['alpha'\\]"):
-        FederatedLoop(clients + clients[:1], loop.module_factory, FedAvg(), 1, loop.output_dir)
+        FederatedLoop(clients + clients[:1], loop.module_factory, loop.federation)
     with pytest.raises(ValueError, match="'global' is reserved"):
-        FederatedLoop([Client("global", clients[0].datamodule)], loop.module_factory, FedAvg(), 1, loop.output_dir)
+        FederatedLoop([Client("global", clients[0].datamodule)], loop.module_factory, loop.federation)
 
 
 def test_client_rejects_a_global_adapter_that_does_not_match(make_loop):

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from datasets import Dataset
-from jsonargparse.typing import PositiveInt
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -25,7 +22,7 @@ from fedlit.callbacks.emulator_construction import write_client_package
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
 from fedlit.data.public import public_blocks, public_dataloader
-from fedlit.faults import FaultPolicy
+from fedlit.federation import Federation
 from fedlit.io import atomic_directory
 from fedlit.lightning_modules import (
     CausalLMModule,
@@ -41,9 +38,6 @@ from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer
 from fedlit.loop import FederatedLoop, server_trainer, validate
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload
-from fedlit.privacy import ClientDPConfig, ExampleDPConfig
-from fedlit.secure import SecureAggregationConfig
-from fedlit.strategies import Strategy
 
 
 def distil(llm: CausalLMModule, slm: CausalLMModule, config: DistillationConfig, loss: DistillationLossConfig,
@@ -122,19 +116,7 @@ def fed_co_llm(
     llm_peft: PeftConfig | None = None,
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
-    strategy: Strategy | None = None,
-    rounds: PositiveInt = 3,
-    eval_every: PositiveInt = 1,
-    output_dir: str | Path = "outputs/fedco",
-    loggers: Sequence[Logger] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    client_callbacks: Sequence[Callback] = (),
-    secure_aggregation: SecureAggregationConfig | None = None,
-    faults: FaultPolicy = FaultPolicy(),  # noqa: B008
-    privacy: ClientDPConfig | None = None,
-    example_privacy: ExampleDPConfig | None = None,
-    trainer_kwargs: dict[str, Any] | None = None,
+    federation: Federation | None = None,
 ) -> FederatedLoop:
     """Compose a FedCoLLM run.
 
@@ -148,12 +130,12 @@ def fed_co_llm(
         loss: the CE/KL mix and temperature of every distillation.
         peft: the SLM's adapter, the one clients federate (default: LoRA r=8 on q_proj and v_proj).
         llm_peft: the LLM's adapter (default: as ``peft``).
-        data, optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
-        secure_aggregation, faults, privacy, example_privacy, trainer_kwargs: as for
-        :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores the global SLM adapter on every party and the
-        LLM on the server's held-out split (rows ``model: llm``).
-        output_dir: also gets ``client_slm/`` and the final ``llm_adapter/``.
+        data, optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores
+        the global SLM adapter on every party and the LLM on the server's held-out split (rows ``model: llm``);
+        ``federation.output_dir`` also gets ``client_slm/`` and the final ``llm_adapter/``.
     """
+    federation = federation or Federation()
+    seed, trainer_kwargs = federation.seed, federation.trainer
     tokenizer = load_tokenizer(slm)
     federated = build_federated_data(data, tokenizer)
     llm_base, slm_base = load_base_model(llm), load_base_model(slm)
@@ -162,9 +144,8 @@ def fed_co_llm(
         check_shared_vocabulary(slm_base, llm_base, names=("SLM", "LLM"))
     except ValueError as error:
         raise ValueError(f"FedCoLLM: slm '{slm.name_or_path}', llm '{llm.name_or_path}': {error}") from None
-    trainer_kwargs = dict(trainer_kwargs or {})
     slm_base = client_slm(llm_base, slm_base, slm_init, loss, tokenizer, trainer_kwargs,
-                          Path(output_dir) / "client_slm", seed)
+                          Path(federation.output_dir) / "client_slm", seed)
     peft = peft or LoraConfig(**DEFAULT_LORA)  # peft fills in a config's base model: each model gets its own copy
     slm_model = build_peft_model(slm_base, copy.deepcopy(peft), seed=seed)
     llm_model = build_peft_model(llm_base, copy.deepcopy(llm_peft or peft), seed=seed)
@@ -174,9 +155,7 @@ def fed_co_llm(
     server_step = CoTuningServer(PeftModule(llm_model, optimizer, evaluation, tokenizer), slm_factory, server, loss,
                                  tokenizer, held_out, trainer_kwargs)
     return federated_loop(
-        federated, slm_factory, strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir,
-        loggers=loggers, seed=seed, progress=progress, client_callbacks=client_callbacks,
-        secure_aggregation=secure_aggregation, faults=faults, privacy=privacy, example_privacy=example_privacy,
+        federated, slm_factory, federation,
         fingerprint={"llm": llm, "slm": slm, "slm_init": slm_init, "data": data, "peft": peft, "llm_peft": llm_peft},
-        trainer_kwargs=trainer_kwargs, server_step=server_step,
+        server_step=server_step,
     )

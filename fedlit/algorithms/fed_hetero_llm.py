@@ -4,19 +4,14 @@ from its own LLM while tuning the mentee's PEFT adapter, and only that adapter i
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from jsonargparse.typing import PositiveInt
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
 
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.algorithms.federation import federated_loop
 from fedlit.data.federated import DataConfig, build_federated_data
-from fedlit.faults import FaultPolicy
+from fedlit.federation import Federation
 from fedlit.lightning_modules import (
     DistillationLossConfig,
     EvaluationConfig,
@@ -28,9 +23,6 @@ from fedlit.lightning_modules import (
 from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer, check_shared_vocabulary
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
-from fedlit.privacy import ClientDPConfig, ExampleDPConfig
-from fedlit.secure import SecureAggregationConfig
-from fedlit.strategies import Strategy
 
 
 def fed_hetero_llm(
@@ -41,19 +33,7 @@ def fed_hetero_llm(
     loss: DistillationLossConfig = DistillationLossConfig(),  # noqa: B008
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
-    strategy: Strategy | None = None,
-    rounds: PositiveInt = 3,
-    eval_every: PositiveInt = 1,
-    output_dir: str | Path = "outputs/fedhetero",
-    loggers: Sequence[Logger] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    client_callbacks: Sequence[Callback] = (),
-    secure_aggregation: SecureAggregationConfig | None = None,
-    faults: FaultPolicy = FaultPolicy(),  # noqa: B008
-    privacy: ClientDPConfig | None = None,
-    example_privacy: ExampleDPConfig | None = None,
-    trainer_kwargs: dict[str, Any] | None = None,
+    federation: Federation | None = None,
 ) -> FederatedLoop:
     """Compose a FedHeteroLLM run.
 
@@ -62,17 +42,18 @@ def fed_hetero_llm(
         mentee: the common small model every client trains an adapter of (default: the default model cut to
             8 blocks by layer drop).
         loss: the CE/KL mix and temperature of the distillation.
-        data, peft, optimizer, evaluation, strategy, rounds, eval_every, output_dir, loggers, seed, progress,
-        client_callbacks, secure_aggregation, faults, privacy, example_privacy, trainer_kwargs: as for
-        :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores the global mentee adapter.
+        data, peft, optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`; evaluation
+        scores the global mentee adapter.
     """
+    federation = federation or Federation()
     tokenizer = load_tokenizer(mentee)
     federated = build_federated_data(data, tokenizer)
     missing, unknown = sorted(set(federated.clients) - set(teachers)), sorted(set(teachers) - set(federated.clients))
     if missing or unknown:
         raise ValueError(f"teachers: no model for clients {missing}, models for unknown clients {unknown} "
                          f"(clients: {sorted(federated.clients)})")
-    student = build_peft_model(load_base_model(mentee), peft or LoraConfig(**DEFAULT_LORA), seed=seed)
+    student = build_peft_model(load_base_model(mentee), peft or LoraConfig(**DEFAULT_LORA),
+                               seed=federation.seed)
     loaded: dict[str, Any] = {}  # clients naming the same teacher share one copy
     factories = {}
     for client_id, teacher_config in teachers.items():
@@ -89,9 +70,6 @@ def fed_hetero_llm(
                                                  evaluation, tokenizer)
     return federated_loop(
         federated, functools.partial(PeftModule, student, optimizer, evaluation, tokenizer),
-        strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
-        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
-        privacy=privacy, example_privacy=example_privacy,
-        fingerprint={"teachers": teachers, "mentee": mentee, "data": data, "peft": peft},
-        trainer_kwargs=trainer_kwargs, client_factories=factories,
+        federation, fingerprint={"teachers": teachers, "mentee": mentee, "data": data, "peft": peft},
+        client_factories=factories,
     )

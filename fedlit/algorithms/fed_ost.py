@@ -8,14 +8,10 @@ import dataclasses
 import functools
 import json
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from jsonargparse.typing import PositiveInt
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
 from peft import LoraConfig, PeftConfig
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -25,7 +21,7 @@ from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
 from fedlit.data.public import public_blocks, public_dataloader
-from fedlit.faults import FaultPolicy
+from fedlit.federation import Federation
 from fedlit.io import atomic_directory, atomic_write_bytes
 from fedlit.lightning_modules import CausalLMModule, EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.lightning_modules.emulator_distillation import EmulatorDistillation
@@ -41,9 +37,6 @@ from fedlit.models.offsite import (
     plug_in,
 )
 from fedlit.payload import Payload, to_bytes
-from fedlit.privacy import ClientDPConfig, ExampleDPConfig
-from fedlit.secure import SecureAggregationConfig
-from fedlit.strategies import Strategy
 
 
 def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, offsite: OffsiteConfig,
@@ -145,19 +138,7 @@ def fed_ost(
     peft: PeftConfig | None = None,
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
-    strategy: Strategy | None = None,
-    rounds: PositiveInt = 3,
-    eval_every: PositiveInt = 1,
-    output_dir: str | Path = "outputs/fedost",
-    loggers: Sequence[Logger] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    client_callbacks: Sequence[Callback] = (),
-    secure_aggregation: SecureAggregationConfig | None = None,
-    faults: FaultPolicy = FaultPolicy(),  # noqa: B008
-    privacy: ClientDPConfig | None = None,
-    example_privacy: ExampleDPConfig | None = None,
-    trainer_kwargs: dict[str, Any] | None = None,
+    federation: Federation | None = None,
 ) -> FedOST:
     """Compose a FedOST run.
 
@@ -167,25 +148,23 @@ def fed_ost(
         offsite: adapter blocks (front/back) and the emulator's share of the middle blocks.
         distillation: optional server-side distillation of the emulator on public data (``steps > 0``).
         peft: ``None`` tunes the adapter blocks fully (as in the paper); a ``LoraConfig`` puts LoRA on them.
-        optimizer, evaluation, strategy, rounds, eval_every, loggers, seed, progress, client_callbacks,
-        secure_aggregation, faults, privacy, example_privacy,
-        trainer_kwargs: as for :func:`fedlit.algorithms.fed_homo_llm`.
-        output_dir: also gets ``client_package/`` (all a client receives), ``plugged_in/`` and ``offsite.json``.
+        optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`;
+            ``federation.output_dir`` also gets ``client_package/`` (all a client receives), ``plugged_in/`` and
+            ``offsite.json``.
     """
+    federation = federation or Federation()
+    seed = federation.seed
     tokenizer = load_tokenizer(model)
     federated = build_federated_data(data, tokenizer)
     full = load_base_model(model)
-    package = Path(output_dir) / "client_package"
+    package = Path(federation.output_dir) / "client_package"
     plan = client_package(full, tokenizer, offsite, distillation, package, seed)
     emulator = AutoModelForCausalLM.from_pretrained(package, dtype=full.dtype)  # the clients' only model
     client_model = trainable_adapters(emulator, plan, offsite, peft, seed)
     module = PeftModule if peft is not None else CausalLMModule
     loop = federated_loop(
         federated, functools.partial(module, client_model, optimizer, evaluation, tokenizer),
-        strategy=strategy, rounds=rounds, eval_every=eval_every, output_dir=output_dir, loggers=loggers, seed=seed,
-        progress=progress, client_callbacks=client_callbacks, secure_aggregation=secure_aggregation, faults=faults,
-        privacy=privacy, example_privacy=example_privacy,
+        federation,
         fingerprint={"model": model, "data": data, "offsite": offsite, "distillation": distillation, "peft": peft},
-        trainer_kwargs=trainer_kwargs,
     )
     return FedOST(loop, full, tokenizer, plan, offsite, peft, evaluation, federated.global_val)

@@ -1,0 +1,61 @@
+"""Federation: the settings every algorithm shares, in one object. Each algorithm entry point takes one plus its
+own keys (model, data, adapter, ...); in YAML its fields stay top-level keys (``rounds:``, ``strategy:``, ...)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonargparse.typing import PositiveInt
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+
+from fedlit.faults import FaultPolicy
+from fedlit.privacy import ClientDPConfig, ExampleDPConfig
+from fedlit.secure import SecureAggregationConfig
+from fedlit.strategies import FedAvg, Strategy
+
+
+@dataclass
+class Federation:
+    """How the federation runs, whatever the algorithm.
+
+    Args:
+        strategy: client sampling and aggregation (default: FedAvg over all clients).
+        rounds: federated rounds.
+        eval_every: evaluate after every n-th round (round 0 and the last are always evaluated).
+        output_dir: metrics.csv, adapter/, checkpoints/ and logs/ (locked for the run; never another run's).
+        loggers: Lightning loggers for round metrics (default: a CSVLogger under ``output_dir/logs``).
+        seed: seeds the adapter initialisation, client sampling and every client fit.
+        progress: Rich progress over rounds and clients.
+        client_callbacks: extra Lightning callbacks for every client fit (e.g. ``fedlit.callbacks.FedProx``).
+        secure_aggregation: mask client updates so the server learns only their weighted mean
+            (``fedlit.secure``); ``None`` sends adapters in the clear.
+        faults: what happens to clients that raise, stall or send bad updates (``fedlit.faults.FaultPolicy``).
+        privacy: client-level differential privacy, DP-FedAvg (``fedlit.privacy.ClientDPConfig``).
+        example_privacy: example-level differential privacy, DP-SGD in every client
+            (``fedlit.privacy.ExampleDPConfig``).
+        trainer: ``lightning.Trainer`` options for every client fit (the CLI's ``trainer:`` group).
+    """
+
+    strategy: Strategy = field(default_factory=FedAvg)
+    rounds: PositiveInt = 3
+    eval_every: PositiveInt = 1
+    output_dir: str = "outputs/fedlit"
+    loggers: list[Logger] | None = None
+    seed: int = 0
+    progress: bool = True
+    client_callbacks: list[Callback] = field(default_factory=list)
+    secure_aggregation: SecureAggregationConfig | None = None
+    faults: FaultPolicy = field(default_factory=FaultPolicy)
+    privacy: ClientDPConfig | None = None
+    example_privacy: ExampleDPConfig | None = None
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Federation:
+        """A copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
+
+
+FEDERATION_KEYS = tuple(f.name for f in dataclasses.fields(Federation))
