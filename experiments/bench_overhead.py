@@ -27,7 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedlit.algorithms import fed_homo_llm
-from fedlit.client import CLIENT_TRAINER_DEFAULTS, client_seed
+from fedlit.client import CLIENT_TRAINER_DEFAULTS
+from fedlit.seeds import client_seed
 from fedlit.data import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import OptimizerConfig

@@ -1,22 +1,24 @@
-"""A simulated client: its id, its data, and one plain ``lightning.Trainer`` fit per round."""
+"""A client: its id, its data, one plain ``lightning.Trainer`` fit per round with named client mods, and the app
+that answers the server's messages wherever the client runs."""
 
 from __future__ import annotations
 
-import dataclasses
-import zlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import numpy as np
+from lightning.pytorch.callbacks import Callback
 
+from fedlit.backends.base import FitIns, FitRes
 from fedlit.callbacks import AdapterExtraction, ExampleLevelDP, MaskedAggregation, UpdateClipping
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
-from fedlit.payload import Payload, Update, from_bytes, to_bytes
-from fedlit.privacy.example_dp import ExampleDPConfig
+from fedlit.payload import Payload, from_bytes, to_bytes
+from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import encode
+from fedlit.secure.party import SecAggParty
 from fedlit.secure.protocol import SecAggClient
 
 ModuleFactory = Callable[[], CausalLMModule]
@@ -33,9 +35,9 @@ CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def client_seed(seed: int, server_round: int, client_id: str) -> int:
-    """A seed that depends only on (seed, round, client), so any round can be replayed or resumed exactly."""
-    return int(np.random.SeedSequence([seed, server_round, zlib.crc32(client_id.encode())]).generate_state(1)[0])
+# The client mods, in the order they act when a fit ends (each reads what the one before it left):
+# DP-SGD accounting, update clipping (client-level DP), adapter extraction, masking (secure aggregation).
+CLIENT_MODS = ("dp_sgd", "clipping", "extraction", "masking")
 
 
 @dataclass
@@ -47,43 +49,56 @@ class Client:
     datamodule: CausalLMDataModule
     module_factory: ModuleFactory | None = None
 
-    def fit(
-        self,
-        global_wire: bytes,
-        module_factory: ModuleFactory,
-        trainer_kwargs: dict[str, Any],
-        seed: int,
-        masker: SecAggClient | None = None,
-        clip_norm: float | None = None,
-        noise_std: float = 0.0,
-        example_dp: ExampleDPConfig | None = None,
-    ) -> tuple[bytes, Update]:
-        """Train from the global adapter (safetensors bytes in); return the update as bytes and as tensors.
+    def mods(self, ins: FitIns, global_payload: Payload, masker: SecAggClient | None) -> dict[str, Callback | None]:
+        """The fit's client mods by name, in :data:`CLIENT_MODS` order (``None``: not used this fit)."""
+        clipping = ins.clip_norm is not None
+        return {
+            "dp_sgd": ExampleLevelDP(ins.example_dp, self.datamodule.batch_size, ins.seed) if ins.example_dp else None,
+            "clipping": (UpdateClipping(self.client_id, global_payload, ins.clip_norm, ins.noise_std, ins.seed)
+                         if clipping else None),
+            "extraction": AdapterExtraction(self.client_id, global_payload),
+            "masking": MaskedAggregation(masker, global_payload, unweighted=clipping) if masker is not None else None,
+        }
 
-        With a ``masker`` (secure aggregation) the bytes are the encoded masked input and the returned update
-        carries only the client's metrics: neither its tensors nor its example count leave it unmasked.
-        With ``clip_norm`` (client-level DP) the update is clipped to that L2 norm, plus the client's own
-        noise of std ``noise_std``, and a masked update is unweighted. With ``example_dp`` the local training
-        is DP-SGD on random-subset batches; the update's metrics then count its ``dp_sgd_steps``.
+    def fit(self, ins: FitIns, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
+            masker: SecAggClient | None = None) -> FitRes:
+        """Train from the global adapter in ``ins`` with one plain ``Trainer.fit``; return the update as bytes.
+
+        With a ``masker`` (secure aggregation) the bytes are the encoded masked input and neither the tensors nor
+        the example count leave unmasked. With ``ins.clip_norm`` (client-level DP) the update is clipped to that
+        L2 norm, plus the client's own noise of std ``ins.noise_std``, and a masked update is unweighted. With
+        ``ins.example_dp`` the local training is DP-SGD on random-subset batches; the metrics then count its
+        ``dp_sgd_steps``.
         """
-        L.seed_everything(seed, workers=True, verbose=False)
-        global_payload = from_bytes(global_wire)
-        extraction = AdapterExtraction(self.client_id, global_payload)
-        clipping = (UpdateClipping(self.client_id, global_payload, clip_norm, noise_std, seed)
-                    if clip_norm is not None else None)
-        masking = (MaskedAggregation(masker, global_payload, unweighted=clipping is not None)
-                   if masker is not None else None)
+        L.seed_everything(ins.seed, workers=True, verbose=False)
+        mods = self.mods(ins, from_bytes(ins.global_wire), masker)
+        self.datamodule.random_subsets = mods["dp_sgd"] is not None
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
-        dp_sgd = ExampleLevelDP(example_dp, self.datamodule.batch_size, seed) if example_dp is not None else None
-        self.datamodule.random_subsets = dp_sgd is not None
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []),
-                               *filter(None, (dp_sgd, clipping, extraction, masking))]
-        trainer = L.Trainer(**kwargs)
-        trainer.fit((self.module_factory or module_factory)(), datamodule=self.datamodule)
-        assert extraction.update is not None, "AdapterExtraction did not run: fit ended early"
-        if dp_sgd is not None:
-            extraction.update.metrics["dp_sgd_steps"] = dp_sgd.steps
-        if masking is not None:
-            return encode(masking.masked), dataclasses.replace(extraction.update, payload=Payload(), num_examples=0)
-        wire = to_bytes(extraction.update.payload)
-        return wire, dataclasses.replace(extraction.update, payload=from_bytes(wire))
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *filter(None, mods.values())]
+        L.Trainer(**kwargs).fit((self.module_factory or module_factory)(), datamodule=self.datamodule)
+        update = mods["extraction"].update
+        assert update is not None, "AdapterExtraction did not run: fit ended early"
+        if mods["dp_sgd"] is not None:
+            update.metrics["dp_sgd_steps"] = mods["dp_sgd"].steps
+            update.metrics["dp_sgd_epsilon"] = mods["dp_sgd"].epsilon(len(self.datamodule.train_dataset),
+                                                                      ins.example_dp_steps)
+        if mods["masking"] is not None:
+            return FitRes(encode(mods["masking"].masked), 0, update.metrics)
+        return FitRes(to_bytes(update.payload), update.num_examples, update.metrics)
+
+
+class ClientApp(SecAggParty):
+    """A client's side of the federation, wherever it runs: it answers the server's messages, a fit and the
+    secure-aggregation stages, and keeps its protocol state (keys, seeds, shares) to itself."""
+
+    def __init__(self, client: Client, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
+                 secure_config: SecureAggregationConfig | None = None) -> None:
+        super().__init__(client.client_id, secure_config)
+        self.client, self.module_factory, self.trainer_kwargs = client, module_factory, trainer_kwargs
+
+    def fit(self, ins: FitIns) -> FitRes:
+        began = time.perf_counter()
+        result = self.client.fit(ins, self.module_factory, self.trainer_kwargs,
+                                 masker=self._state() if ins.masked else None)
+        result.seconds = round(time.perf_counter() - began, 3)
+        return result

@@ -11,10 +11,13 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
+from fedlit.backends import Backend, LocalBackend
 from fedlit.faults import FaultPolicy
 from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.secure import SecureAggregationConfig
-from fedlit.strategies import FedAvg, Strategy
+from fedlit.secure.workflow import SecureAggregationWorkflow
+from fedlit.strategies import DPFedAvg, FedAvg, Strategy
+from fedlit.workflow import PlainWorkflow, Workflow
 
 
 @dataclass
@@ -25,6 +28,9 @@ class Federation:
         strategy: client sampling and aggregation (default: FedAvg over all clients).
         rounds: federated rounds.
         eval_every: evaluate after every n-th round (round 0 and the last are always evaluated).
+        eval_clients: evaluate a seeded sample of this many clients' held-out splits (plus the global split)
+            each time; ``None``: every client. With hundreds of clients, evaluating all would cost more than
+            the round.
         output_dir: metrics.csv, adapter/, checkpoints/ and logs/ (locked for the run; never another run's).
         loggers: Lightning loggers for round metrics (default: a CSVLogger under ``output_dir/logs``).
         seed: seeds the adapter initialisation, client sampling and every client fit.
@@ -37,11 +43,14 @@ class Federation:
         example_privacy: example-level differential privacy, DP-SGD in every client
             (``fedlit.privacy.ExampleDPConfig``).
         trainer: ``lightning.Trainer`` options for every client fit (the CLI's ``trainer:`` group).
+        backend: where clients run (:mod:`fedlit.backends`): in this process one after another
+            (``LocalBackend``, the default), or elsewhere; it never changes what they compute.
     """
 
     strategy: Strategy = field(default_factory=FedAvg)
     rounds: PositiveInt = 3
     eval_every: PositiveInt = 1
+    eval_clients: PositiveInt | None = None
     output_dir: str = "outputs/fedlit"
     loggers: list[Logger] | None = None
     seed: int = 0
@@ -52,6 +61,26 @@ class Federation:
     privacy: ClientDPConfig | None = None
     example_privacy: ExampleDPConfig | None = None
     trainer: dict[str, Any] = field(default_factory=dict)
+    backend: Backend = field(default_factory=LocalBackend)
+
+    def server_strategy(self, num_clients: int) -> Strategy:
+        """The strategy as the server runs it over ``num_clients``: wrapped in client-level DP under ``privacy``."""
+        if self.privacy is None:
+            return self.strategy
+        return DPFedAvg(self.strategy, self.privacy, num_clients, self.faults.min_clients)
+
+    def workflow(self) -> Workflow:
+        """How a round's fits travel: masked under ``secure_aggregation``, else in the clear."""
+        if self.secure_aggregation is None:
+            return PlainWorkflow()
+        return SecureAggregationWorkflow(self.secure_aggregation, self.seed)
+
+    def effective_faults(self) -> FaultPolicy:
+        """The fault policy; under client-level DP an update longer than the clip norm (a client that did not
+        clip) is a fault unless a bound is set."""
+        if self.privacy is None or self.faults.max_update_norm is not None:
+            return self.faults
+        return dataclasses.replace(self.faults, max_update_norm=self.privacy.clip_norm * (1 + 1e-5))
 
     def replace(self, **changes: Any) -> Federation:
         """A copy with ``changes``."""

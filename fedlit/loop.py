@@ -5,13 +5,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +18,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import CSVLogger
 
+from fedlit.backends import ClientFailure, FitIns, FitRes
 from fedlit.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -30,21 +29,16 @@ from fedlit.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ModuleFactory, client_seed
+from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ClientApp, ModuleFactory
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
-from fedlit.faults import deadline, update_problem
 from fedlit.federation import Federation
 from fedlit.io import atomic_directory, atomic_write_bytes
-from fedlit.payload import Payload, Update, flatten, to_bytes, unflatten
-from fedlit.privacy import (
-    ClientPrivacyAccountant,
-    gaussian_noise,
-    subsampled_gaussian_epsilon,
-)
+from fedlit.payload import Payload, Update, to_bytes
 from fedlit.progress import RoundProgress
 from fedlit.run_dir import LOOP_OUTPUTS, check_fresh, lock_output_dir, unlock_output_dir
-from fedlit.secure import RoundAbandoned, SecureRound
+from fedlit.seeds import client_seed
+from fedlit.workflow import Excluded, RoundSkipped
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +197,8 @@ class FederatedLoop:
         self.federation = federation
         self.clients = {c.client_id: c for c in clients}
         self.module_factory = module_factory
-        self.strategy = federation.strategy
+        self.strategy = federation.server_strategy(len(clients))  # wrapped in client-level DP when asked
+        self.workflow = federation.workflow()  # in the clear, or secure aggregation
         self.rounds = federation.rounds
         self.output_dir = Path(federation.output_dir)
         self.trainer_kwargs = {**federation.trainer,
@@ -214,13 +209,9 @@ class FederatedLoop:
         self.seed = federation.seed
         self.progress = federation.progress
         self.eval_every = federation.eval_every
-        self.secure_aggregation = federation.secure_aggregation
+        self.backend = federation.backend
         self.server_step = server_step
-        self.faults = federation.faults
-        self.privacy = privacy = federation.privacy
-        self.accountant = ClientPrivacyAccountant(privacy, self.strategy, len(clients)) if privacy else None
-        if privacy is not None and self.faults.max_update_norm is None:  # a client that did not clip is a fault
-            self.faults = dataclasses.replace(self.faults, max_update_norm=privacy.clip_norm * (1 + 1e-5))
+        self.faults = federation.effective_faults()
         self.example_privacy = federation.example_privacy
         self.example_steps: dict[str, int] = {}  # DP-SGD steps each client has taken so far
         self.fingerprint = config_fingerprint(dict(fingerprint or {}))
@@ -230,6 +221,11 @@ class FederatedLoop:
         self.current_round = 0
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
+
+    @property
+    def accountant(self):  # noqa: ANN201 - the DP wrapper's accountant, when the run is under client-level DP
+        """The client-level DP accountant (``None`` without ``privacy``)."""
+        return getattr(self.strategy, "accountant", None)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -257,6 +253,18 @@ class FederatedLoop:
         return payload
 
     def _fit(self, resume: bool) -> Payload:
+        self.backend.start(self.client_app, self.faults.timeout_s)
+        try:
+            return self._rounds(resume)
+        finally:
+            self.backend.close()
+
+    def client_app(self, client_id: str) -> ClientApp:
+        """The app that answers for ``client_id`` (built where the backend runs it)."""
+        return ClientApp(self.clients[client_id], self.module_factory, self.trainer_kwargs,
+                         self.federation.secure_aggregation)
+
+    def _rounds(self, resume: bool) -> Payload:
         module = self.module_factory()
         start = self._resume(module) if resume else None
         if start is None:
@@ -271,7 +279,7 @@ class FederatedLoop:
         with RoundProgress(self.rounds, start, self.progress) as bar:
             for server_round in range(start, self.rounds + 1):
                 self.current_round = server_round
-                self.stopped = self._privacy_exhausted(server_round)
+                self.stopped = self.strategy.stop_reason(server_round)
                 if self.stopped:
                     log.warning(self.stopped)
                     break
@@ -297,54 +305,30 @@ class FederatedLoop:
             return "no round ran"
         return "; ".join(f"{reason} (x{count})" for reason, count in reasons.most_common(5))
 
-    def _privacy_exhausted(self, server_round: int) -> str | None:
-        """Why the run must stop before ``server_round`` (its target epsilon would be passed), else None."""
-        if self.accountant is None or self.privacy.target_epsilon is None:
-            return None
-        epsilon = self.accountant.epsilon(server_round)
-        if epsilon <= self.privacy.target_epsilon:
-            return None
-        return (f"privacy budget: stopping before round {server_round}, which would take epsilon to {epsilon:.3f} "
-                f"(target {self.privacy.target_epsilon:g}, delta {self.privacy.delta:g}); the global adapter "
-                f"after round {server_round - 1} is the result")
-
     def _run_round(self, module: L.LightningModule, server_round: int, bar: RoundProgress) -> None:
         sampled = self.strategy.configure_round(server_round, list(self.clients), self.seed)
         bar.start_round(server_round, len(sampled))
         global_wire = to_bytes(self.global_payload)
-        secure, too_small = None, None
-        if self.secure_aggregation is not None and sampled:
-            try:  # Poisson sampling can draw fewer than 3
-                self.secure_aggregation.check_round_size(len(sampled))
-            except ValueError as error:
-                sampled, too_small = [], str(error)
-        if self.secure_aggregation is not None and sampled:
-            secure = SecureRound(self.secure_aggregation, server_round, sampled,
-                                 sum(t.numel() for t in self.global_payload.values()), self.seed)
-            sampled = secure.exchange_keys()
-        updates, stats = [], {}
-        for client_id in sampled:
-            bar.client_started(client_id)
-            update, stats[client_id] = self._fit_client(client_id, server_round, global_wire, secure)
-            if update is not None:
-                updates.append(update)
-            bar.client_done()
-        for client_id, values in stats.items():
-            self._record(server_round, {"client": client_id, "split": "train", **values})
-        if too_small:
-            self._skip(server_round, too_small)
-        elif len(updates) < self.faults.min_clients:
-            self._skip(server_round, f"{len(updates)} of {len(sampled)} sampled clients sent a usable update "
-                                     f"(min_clients {self.faults.min_clients})")
+        plan = self.strategy.fit_plan(self.workflow.masked)
+        requests = {cid: self._fit_ins(cid, server_round, global_wire, plan) for cid in sampled}
+        stats: dict[str, dict[str, Any]] = {}
+        try:
+            replies = self.workflow.fit(self.backend, server_round, requests, self.global_payload, bar.client_done)
+            updates = []
+            for client_id, reply in replies.items():
+                update, stats[client_id] = self._accept(client_id, reply, server_round, len(global_wire))
+                updates += [update] if update is not None else []
+            if len(updates) < self.faults.min_clients:
+                raise RoundSkipped(f"{len(updates)} of {len(replies)} sampled clients sent a usable update "
+                                   f"(min_clients {self.faults.min_clients})")
+            self.global_payload = self.workflow.aggregate(self.strategy, self.global_payload, updates)
+            self.trained_rounds.append(server_round)
+        except RoundSkipped as why:
+            self._skip(server_round, str(why), stats)
         else:
-            try:
-                self.global_payload = self._aggregate(updates, secure, server_round)
-                self.trained_rounds.append(server_round)
-            except RoundAbandoned as error:
-                self._skip(server_round, f"secure aggregation abandoned the round: {error}")
-        if self.accountant is not None:
-            self._record(server_round, {"client": "server", "split": "privacy",
-                                        "epsilon": self.accountant.epsilon(server_round)})
+            self._record_clients(server_round, stats)
+        for row in self.strategy.round_rows(server_round):
+            self._record(server_round, row)
         if self.server_step is not None:
             self.global_payload, rows = self.server_step(self.global_payload, server_round,
                                                          client_seed(self.seed, server_round, "server"))
@@ -360,85 +344,52 @@ class FederatedLoop:
         self._end_round(server_round)
         bar.round_done(summary)
 
-    def _fit_client(self, client_id: str, server_round: int, global_wire: bytes,
-                    secure: SecureRound | None) -> tuple[Update | None, dict[str, Any]]:
-        """One client's fit under the fault policy: its update (None when excluded) and its train row."""
-        began = time.perf_counter()
-        seed = client_seed(self.seed, server_round, client_id)
-        dp = self.privacy
-        wire, update, problem = b"", None, None
-        try:
-            with deadline(self.faults.timeout_s, client_id):
-                wire, update = self.clients[client_id].fit(
-                    global_wire, self.module_factory, self.trainer_kwargs, seed,
-                    masker=secure.clients[client_id] if secure else None,
-                    clip_norm=dp.clip_norm if dp else None,
-                    noise_std=self._noise_share() if dp and secure else 0.0,
-                    example_dp=self.example_privacy,
-                )
-            if secure:
-                secure.submit(client_id, wire)  # the server checks the masked input's form
-            else:
-                problem = update_problem(self.global_payload, update.payload, self.faults.max_update_norm)
-        except Exception as error:  # noqa: BLE001 - any client failure excludes that client, never the round
-            problem = f"{type(error).__name__}: {error}"
-        values = {"bytes_received": len(global_wire), "bytes_sent": len(wire),
-                  "seconds": round(time.perf_counter() - began, 3)}
-        if update is not None and self.example_privacy is not None:  # spent even if the update is then refused
-            values["epsilon"] = self._example_epsilon(client_id, int(update.metrics["dp_sgd_steps"]))
+    def _fit_ins(self, client_id: str, server_round: int, global_wire: bytes, plan: dict[str, Any]) -> FitIns:
+        """What ``client_id`` gets for its fit this round: the global adapter, its seed and the strategy's plan."""
+        return FitIns(global_wire, client_seed(self.seed, server_round, client_id), example_dp=self.example_privacy,
+                      example_dp_steps=self.example_steps.get(client_id, 0), **plan)
+
+    def _accept(self, client_id: str, reply: FitRes | ClientFailure, server_round: int,
+                bytes_received: int) -> tuple[Update | None, dict[str, Any]]:
+        """One client's reply under the fault policy: its update (None when excluded) and its train row."""
+        values: dict[str, Any] = {"bytes_received": bytes_received, "bytes_sent": 0, "seconds": reply.seconds}
+        update, problem = None, getattr(reply, "reason", None)
+        if isinstance(reply, FitRes):
+            values["bytes_sent"] = len(reply.wire)
+            if "dp_sgd_steps" in reply.metrics:  # spent even if the update is then refused
+                steps = int(reply.metrics["dp_sgd_steps"])
+                self.example_steps[client_id] = self.example_steps.get(client_id, 0) + steps
+                values["epsilon"] = reply.metrics["dp_sgd_epsilon"]
+            try:
+                update = self.workflow.accept(client_id, reply, self.global_payload, self.faults.max_update_norm)
+            except Excluded as error:
+                problem = str(error)
+            except Exception as error:  # noqa: BLE001 - a malformed reply excludes that client, never the round
+                problem = f"{type(error).__name__}: {error}"
         if problem is not None:
             log.warning("round %d: client '%s' excluded: %s", server_round, client_id, problem)
             return None, {**values, "excluded": problem}
         values["loss"] = update.metrics.get("train_loss_epoch", float("nan"))
-        if secure:
-            values["bytes_sent"] = secure.bytes_sent[client_id]  # the whole protocol's traffic
-            values["bytes_received"] += secure.bytes_received[client_id]
-        else:  # both masked under secure aggregation
-            values["num_examples"] = update.num_examples
-            values["update_norm"] = float(np.linalg.norm(flatten(update.payload) - flatten(self.global_payload)))
-        return update, values
+        return update, {**values, **self.workflow.row(client_id, update, self.global_payload)}
 
-    def _example_epsilon(self, client_id: str, steps: int) -> float:
-        """The client's example-level epsilon after all its DP-SGD steps so far, these ``steps`` included."""
-        self.example_steps[client_id] = self.example_steps.get(client_id, 0) + steps
-        datamodule = self.clients[client_id].datamodule
-        cfg = self.example_privacy
-        return subsampled_gaussian_epsilon(len(datamodule.train_dataset), datamodule.batch_size, cfg.noise_multiplier,
-                                           self.example_steps[client_id], cfg.delta, poisson=False)
+    def _record_clients(self, server_round: int, stats: Mapping[str, dict[str, Any]]) -> None:
+        for client_id, values in stats.items():
+            self._record(server_round, {"client": client_id, "split": "train", **values})
 
-    def _noise_share(self) -> float:
-        """Each client's noise std under secure aggregation: with at least ``min_clients`` shares in the sum,
-        its noise std is at least noise_multiplier * clip_norm."""
-        return self.privacy.noise_multiplier * self.privacy.clip_norm / np.sqrt(self.faults.min_clients)
-
-    def _aggregate(self, updates: list[Update], secure: SecureRound | None, server_round: int) -> Payload:
-        """The new global adapter from the accepted updates (or their masked sum)."""
-        if secure:
-            summed, total = secure.finish()
-            if self.privacy is None:
-                return self.strategy.step(self.global_payload, self._mean_from(summed / total))
-            return self.strategy.step(self.global_payload, self._mean_from(summed / self.accountant.expected_clients))
-        if self.privacy is None:
-            return self.strategy.aggregate(self.global_payload, updates)
-        start = flatten(self.global_payload)
-        noise = gaussian_noise(len(start), self.privacy.noise_multiplier * self.privacy.clip_norm,
-                               client_seed(self.seed, server_round, "dp-noise"))
-        summed = sum(flatten(u.payload) - start for u in updates) + noise
-        return self.strategy.step(self.global_payload, self._mean_from(summed / self.accountant.expected_clients))
-
-    def _skip(self, server_round: int, reason: str) -> None:
+    def _skip(self, server_round: int, reason: str, stats: Mapping[str, dict[str, Any]]) -> None:
+        self._record_clients(server_round, stats)
         log.warning("round %d skipped, global adapter unchanged: %s", server_round, reason)
         self._record(server_round, {"client": "server", "split": "round", "excluded": f"round skipped: {reason}"})
 
-    def _mean_from(self, mean_update: np.ndarray) -> Payload:
-        """The global adapter moved by a flat mean update: the "average adapter" a strategy steps to."""
-        return unflatten(flatten(self.global_payload) + mean_update, self.global_payload)
-
     def _evaluate(self, module: L.LightningModule, server_round: int) -> dict[str, float]:
-        """Validate the global adapter on every client's held-out split and the global one; record the rows
-        and return each party's loss."""
+        """Validate the global adapter on the clients' held-out splits (all, or a seeded sample of
+        ``eval_clients``) and the global one; record the rows and return each party's loss."""
         module.load_trainable_state_dict(self.global_payload, who="the global adapter")
-        parties = {cid: c.datamodule for cid, c in self.clients.items()}
+        ids, sample = list(self.clients), self.federation.eval_clients
+        if sample is not None and sample < len(ids):
+            drawn = np.random.default_rng([self.seed, server_round, 1]).choice(len(ids), size=sample, replace=False)
+            ids = [ids[i] for i in sorted(drawn.tolist())]
+        parties = {cid: self.clients[cid].datamodule for cid in ids}
         if self.global_val is not None:
             parties[GLOBAL] = self.global_val
         results = validate(module, parties, self.trainer_kwargs)

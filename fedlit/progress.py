@@ -26,11 +26,8 @@ class RoundProgress:
     def start_round(self, server_round: int, num_clients: int) -> None:
         self.progress.reset(self.clients, total=num_clients, description=f"round {server_round} clients")
 
-    def client_started(self, client_id: str) -> None:
-        self.progress.update(self.clients, status=f"training {client_id}")
-
-    def client_done(self) -> None:
-        self.progress.advance(self.clients)
+    def client_done(self, client_id: str) -> None:
+        self.progress.update(self.clients, advance=1, status=f"{client_id} done")
 
     def round_done(self, status: str) -> None:
         self.progress.update(self.clients, status="")

@@ -35,7 +35,7 @@ from fedlit.lightning_modules import OptimizerConfig
 from fedlit.models import ModelConfig
 from fedlit.run_dir import OutputDirError, check_fresh
 from fedlit.secure import SecureAggregationConfig
-from fedlit.strategies import FedAvg
+from fedlit.strategies import DPFedAvg, FedAvg
 
 
 @pytest.fixture
@@ -378,7 +378,7 @@ def test_14_errors_are_one_named_line(config_file, tmp_path, tiny_model_dir, cap
 def test_15_accountant_is_exact_and_offers_prv(caplog):
     from opacus.accountants import RDPAccountant
 
-    from fedlit.privacy import ClientDPConfig, ClientPrivacyAccountant, subsampled_gaussian_epsilon
+    from fedlit.privacy import ClientDPConfig, subsampled_gaussian_epsilon
 
     with caplog.at_level(logging.WARNING):
         rdp = subsampled_gaussian_epsilon(100, 10, 1.0, 50, 1e-5, poisson=True)
@@ -391,6 +391,6 @@ def test_15_accountant_is_exact_and_offers_prv(caplog):
     assert rdp == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
     assert 0.6 * rdp < prv < 0.95 * rdp and fixed > 0
     with pytest.raises(ValueError, match="privacy.accountant prv needs strategy.sampling: poisson"):
-        ClientPrivacyAccountant(ClientDPConfig(accountant="prv"), FedAvg(clients_per_round=2), 10)
-    poisson = ClientPrivacyAccountant(ClientDPConfig(accountant="prv"), FedAvg(2, sampling="poisson"), 10)
+        DPFedAvg(FedAvg(clients_per_round=2), ClientDPConfig(accountant="prv"), 10)
+    poisson = DPFedAvg(FedAvg(2, sampling="poisson"), ClientDPConfig(accountant="prv"), 10).accountant
     assert poisson.epsilon(3) > 0

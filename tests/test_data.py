@@ -172,3 +172,26 @@ def test_save_to_disk_directory_and_offline_hub_name(tmp_path):
     assert load_records(str(tmp_path / "saved"))[0] == {"play": "a", "character": "B", "text": "hi"}
     with pytest.raises(FileNotFoundError, match="'nobody/no-such-dataset' is not a local file or directory"):
         load_records("nobody/no-such-dataset")
+
+
+def test_leaf_split_one_client_per_role_of_a_play(tmp_path, tokenizer, caplog):
+    """Clients by (play, character): a SERVANT of two plays is two clients; roles with fewer than
+    min_examples_per_client records are dropped with a count; num_clients null keeps every other role."""
+    import logging
+
+    path = tmp_path / "roles.jsonl"
+    rows = [{"play": play, "character": role, "text": f"{role} of {play} speaks, turn {i}."}
+            for play, role, n in (("hamlet", "HAMLET", 12), ("hamlet", "SERVANT", 10), ("macbeth", "SERVANT", 9),
+                                  ("macbeth", "PORTER", 3)) for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    leaf = config(path, client_column=["play", "character"], num_clients=None, min_examples_per_client=5,
+                  val_examples_per_client=2, global_val_examples=3, label_column="play")
+    with caplog.at_level(logging.WARNING, logger="fedlit.data.federated"):
+        data = build_federated_data(leaf, tokenizer)
+    assert sorted(data.clients) == ["hamlet:HAMLET", "hamlet:SERVANT", "macbeth:SERVANT"]
+    assert "dropped 1 of 4 clients with fewer than 5 records" in caplog.text
+    sizes = {cid: len(m.train_dataset) + len(m.val_dataset) + 1 for cid, m in data.clients.items()}
+    assert sizes == {"hamlet:HAMLET": 12, "hamlet:SERVANT": 10, "macbeth:SERVANT": 9}  # 1 each to the global split
+    assert data.label_names == ["hamlet", "macbeth"] and data.label_counts.tolist() == [[12, 0], [10, 0], [0, 9]]
+    with pytest.raises(ValueError, match="the iid partition needs a number of clients"):
+        config(path, partition="iid", num_clients=None)

@@ -18,7 +18,7 @@ from fedlit.client import Client
 from fedlit.data import DataConfig
 from fedlit.faults import FaultPolicy
 from fedlit.loop import NothingTrained
-from fedlit.payload import Update, to_bytes
+from fedlit.payload import Update, from_bytes, to_bytes
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg, FedAvgNormBound, FedMedian, FedTrimmedMean
 
@@ -43,15 +43,14 @@ def corrupt(payload, fault):
 class FaultyClient(Client):
     fault: str = ""
 
-    def fit(self, global_wire, *args, **kwargs):
+    def fit(self, ins, *args, **kwargs):
         if self.fault == "raise":
             raise RuntimeError("disk full")
         if self.fault == "hang":
             time.sleep(30)
-        wire, update = super().fit(global_wire, *args, **kwargs)
-        bad = corrupt(update.payload, self.fault)
-        update.payload = bad
-        return to_bytes(bad), update
+        result = super().fit(ins, *args, **kwargs)
+        result.wire = to_bytes(corrupt(from_bytes(result.wire), self.fault))
+        return result
 
 
 FAULTS = {"raise": "RuntimeError: disk full", "hang": "ClientTimeout: client 'client-002' did not finish within 2 s",

@@ -94,10 +94,10 @@ def test_only_the_slm_adapter_travels_and_both_adapters_evolve(llm_dir, tiny_mod
     client_type = type(next(iter(loop.clients.values())))
     original_fit, sent = client_type.fit, []
 
-    def spy(client, global_wire, *args, **kwargs):
-        wire, update = original_fit(client, global_wire, *args, **kwargs)
-        sent.extend([from_bytes(global_wire), from_bytes(wire)])
-        return wire, update
+    def spy(client, ins, *args, **kwargs):
+        result = original_fit(client, ins, *args, **kwargs)
+        sent.extend([from_bytes(ins.global_wire), from_bytes(result.wire)])
+        return result
 
     monkeypatch.setattr(client_type, "fit", spy)
     final = loop.fit()

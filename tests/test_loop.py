@@ -8,11 +8,12 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
+from fedlit.backends import FitIns
 from fedlit.data import GLOBAL
-from fedlit.loop import FederatedLoop
 from fedlit.payload import to_bytes
 from fedlit.run_dir import OutputDirError
 from fedlit.strategies import FedAdam, FedAvg, weighted_average
+from fedlit.workflow import PlainWorkflow
 
 
 def read_metrics(output_dir):
@@ -127,17 +128,19 @@ def test_resume_after_round_two_is_bit_identical(make_loop, tmp_path, strategy):
 def test_crash_mid_round_resumes_identically(make_loop, tmp_path, monkeypatch):
     """The server dies in round 2 after its clients trained (a client's own failure only excludes that client)."""
     reference = make_loop(rounds=3, output_dir=tmp_path / "reference").fit()
-    original = FederatedLoop._aggregate
+    original = PlainWorkflow.aggregate
 
-    def crash_in_round_two(self, updates, secure, server_round):
-        if server_round == 2:
+    def crash_in_round_two(self, strategy, global_payload, updates):
+        if len(crash_in_round_two.calls) == 1:
             raise RuntimeError("simulated crash")
-        return original(self, updates, secure, server_round)
+        crash_in_round_two.calls.append(1)
+        return original(self, strategy, global_payload, updates)
 
-    monkeypatch.setattr(FederatedLoop, "_aggregate", crash_in_round_two)
+    crash_in_round_two.calls = []
+    monkeypatch.setattr(PlainWorkflow, "aggregate", crash_in_round_two)
     with pytest.raises(RuntimeError, match="simulated crash"):
         make_loop(rounds=3, output_dir=tmp_path / "crashed").fit()
-    monkeypatch.setattr(FederatedLoop, "_aggregate", original)
+    monkeypatch.setattr(PlainWorkflow, "aggregate", original)
     assert sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir()) == [
         "round-0000.ckpt", "round-0001.ckpt"]
     resumed = make_loop(rounds=3, output_dir=tmp_path / "crashed").fit(resume=True)
@@ -176,7 +179,7 @@ def test_client_rejects_a_global_adapter_that_does_not_match(make_loop):
     payload[name] = torch.zeros(3, 3)
     client = loop.clients["beta"]
     with pytest.raises(ValueError, match=rf"adapter mismatch for client 'beta': shape mismatch {name}"):
-        client.fit(to_bytes(payload), loop.module_factory, {"max_steps": 1, "accelerator": "cpu"}, seed=0)
+        client.fit(FitIns(to_bytes(payload), seed=0), loop.module_factory, {"max_steps": 1, "accelerator": "cpu"})
 
 
 def test_client_trains_adapter_in_train_mode(make_loop):
@@ -191,6 +194,22 @@ def test_client_trains_adapter_in_train_mode(make_loop):
     loop.module_factory().eval()
     client = loop.clients["alpha"]
     payload = loop.module_factory().trainable_state_dict()
-    client.fit(to_bytes(payload), loop.module_factory, {"max_steps": 2, "accelerator": "cpu", "callbacks": [Spy()]},
-               seed=0)
+    client.fit(FitIns(to_bytes(payload), seed=0), loop.module_factory,
+               {"max_steps": 2, "accelerator": "cpu", "callbacks": [Spy()]})
     assert seen == [True, True]
+
+
+def test_eval_clients_evaluates_a_seeded_sample_plus_the_global_split(make_loop, tmp_path):
+    def evaluated(loop):
+        rows = [r for r in loop.history if r["split"] == "val"]
+        return {r["round"]: sorted(row["client"] for row in rows if row["round"] == r["round"]) for r in rows}
+
+    first = make_loop(rounds=3, eval_clients=2, output_dir=tmp_path / "a")
+    first.fit()
+    seen = evaluated(first)
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert all(len(clients) == 3 and GLOBAL in clients for clients in seen.values())  # 2 clients + global
+    assert len({tuple(c) for c in seen.values()}) > 1  # a fresh sample per evaluation
+    again = make_loop(rounds=3, eval_clients=2, output_dir=tmp_path / "b")
+    again.fit()
+    assert evaluated(again) == seen

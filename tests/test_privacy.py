@@ -54,10 +54,10 @@ def test_every_client_update_is_clipped(make_loop, monkeypatch):
     seen = []
     original = Client.fit
 
-    def spy(self, global_wire, *args, **kwargs):
-        wire, update = original(self, global_wire, *args, **kwargs)
-        seen.append(float(np.linalg.norm(flatten(from_bytes(wire)) - flatten(from_bytes(global_wire)))))
-        return wire, update
+    def spy(self, ins, *args, **kwargs):
+        result = original(self, ins, *args, **kwargs)
+        seen.append(float(np.linalg.norm(flatten(from_bytes(result.wire)) - flatten(from_bytes(ins.global_wire)))))
+        return result
 
     monkeypatch.setattr(Client, "fit", spy)
     loop = make_loop(rounds=2, privacy=ClientDPConfig(noise_multiplier=0.0, clip_norm=clip),

@@ -103,7 +103,7 @@ def test_masked_vector_bits_look_uniform():
     length = 100_000
     secure = SecureRound(config, 1, ["a", "b", "c"], length)
     secure.exchange_keys()
-    vector = secure.clients["a"].mask(np.zeros(length), 1).vector  # all-zero input: only the masks show
+    vector = secure.clients["a"].secagg.mask(np.zeros(length), 1).vector  # all-zero input: only the masks show
     bits = np.unpackbits(vector.view(np.uint8)).reshape(-1, 64)
     ones = bits.sum(axis=0)
     sigma = math.sqrt(length) / 2
@@ -149,7 +149,7 @@ def test_server_never_holds_an_individual_unmasked_update():
                                        updates[client][1] * updates[client][0], atol=1e-3), client
 
     for client_id in secure.exchange_keys():
-        secure.submit(client_id, encode(secure.clients[client_id].mask(*updates[client_id])))
+        secure.submit(client_id, encode(secure.clients[client_id].secagg.mask(*updates[client_id])))
         server_sees_no_individual_input()
         assert len(arrays_reachable(secure.server)) == 1  # only the running sum
     total, _ = secure.finish()
@@ -164,7 +164,7 @@ def stage3():
     updates = client_updates(4)
     secure = SecureRound(config, 1, list(updates), LENGTH)
     secure.exchange_keys()
-    masked = {c: secure.clients[c].mask(*updates[c]) for c in updates}
+    masked = {c: secure.clients[c].secagg.mask(*updates[c]) for c in updates}
     secure.submit("c00", encode(masked["c00"]))
     return secure, masked, updates
 
@@ -190,7 +190,7 @@ def test_share_that_does_not_reconstruct_is_named(stage3):
     for c in ("c01", "c02", "c03"):
         secure.submit(c, encode(masked[c]))
     request = secure.server.unmask_request()
-    responses = [secure.clients[c].unmask(request) for c in request.survivors]
+    responses = [secure.clients[c].secagg.unmask(request) for c in request.survivors]
     x, share = responses[1].self_mask_shares["c00"]
     forged = dict(responses[1].self_mask_shares, c00=[x, bytes(len(share) - 1) + b"\x01"])
     responses[1] = dataclasses.replace(responses[1], self_mask_shares=forged)
@@ -201,15 +201,17 @@ def test_share_that_does_not_reconstruct_is_named(stage3):
 def test_tampered_share_ciphertext_fails_authentication():
     config = SecureAggregationConfig()
     secure = SecureRound(config, 1, ["a", "b", "c"], LENGTH)
-    adverts = [secure.clients[c].advertise() for c in "abc"]
+    for party in secure.clients.values():
+        party.secagg_setup(encode(secure.server.setup))
+    adverts = [secure.clients[c].secagg.advertise() for c in "abc"]
     keys_for = secure.server.receive_keys(adverts)
-    shares = [secure.clients[c].share(keys_for[c]) for c in "abc"]
+    shares = [secure.clients[c].secagg.share(keys_for[c]) for c in "abc"]
     forwarded = secure.server.receive_shares(shares)
     bundle = forwarded["b"].shares[0]
     flipped = bytes([bundle.ciphertext[0] ^ 1]) + bundle.ciphertext[1:]
     bad = dataclasses.replace(forwarded["b"], shares=[dataclasses.replace(bundle, ciphertext=flipped)])
     with pytest.raises(ValueError, match=f"the shares from '{bundle.sender}' failed authentication"):
-        secure.clients["b"].receive_shares(bad)
+        secure.clients["b"].secagg.receive_shares(bad)
 
 
 def test_client_never_reveals_both_secrets_of_a_neighbour(stage3):
@@ -219,10 +221,11 @@ def test_client_never_reveals_both_secrets_of_a_neighbour(stage3):
     request = secure.server.unmask_request()
     both = dataclasses.replace(request, dropped=["c00"])
     with pytest.raises(ProtocolError, match="listed as survivors and dropped"):
-        secure.clients["c01"].unmask(both)
-    secure.clients["c01"].unmask(request)
+        secure.clients["c01"].secagg.unmask(both)
+    secure.clients["c01"].secagg.unmask(request)
     with pytest.raises(ProtocolError, match="already answered"):
-        secure.clients["c01"].unmask(dataclasses.replace(request, survivors=["c01", "c02", "c03"], dropped=["c00"]))
+        secure.clients["c01"].secagg.unmask(
+            dataclasses.replace(request, survivors=["c01", "c02", "c03"], dropped=["c00"]))
 
 
 def test_response_with_unrequested_share_is_rejected(stage3):
@@ -230,7 +233,7 @@ def test_response_with_unrequested_share_is_rejected(stage3):
     for c in ("c01", "c02", "c03"):
         secure.submit(c, encode(masked[c]))
     request = secure.server.unmask_request()
-    response = secure.clients["c01"].unmask(request)
+    response = secure.clients["c01"].secagg.unmask(request)
     x, share = response.self_mask_shares["c00"]
     sneaky = UnmaskResponse("c01", 1, response.self_mask_shares, {"c00": [x, share]})
     with pytest.raises(ProtocolError, match="sent a share of 'c00' it was not asked for"):

@@ -35,6 +35,9 @@ Now, fair Hippolyta, our nuptial hour
 
 SCENE II. A room of state.
 
+Act II.
+Scene I. An act heading with a full stop, as in Timon of Athens, is no speaker.
+
 This line follows a scene heading and belongs to no one.
 
 End of the Project Gutenberg EBook of Hamlet

@@ -10,6 +10,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
 from fedlit.lightning_modules.causal_lm import CausalLMModule
+from fedlit.privacy.client_dp import subsampled_gaussian_epsilon
 from fedlit.privacy.example_dp import ExampleDPConfig
 
 
@@ -39,6 +40,12 @@ class ExampleLevelDP(Callback):
                         generator=generator)
             for optimizer in trainer.optimizers
         ]
+
+    def epsilon(self, num_examples: int, earlier_steps: int) -> float:
+        """The client's example-level epsilon after ``earlier_steps`` plus this fit's steps of DP-SGD on
+        random-subset batches of its ``num_examples`` (accounted where the data is: on the client)."""
+        return subsampled_gaussian_epsilon(num_examples, self.batch_size, self.config.noise_multiplier,
+                                           earlier_steps + self.steps, self.config.delta, poisson=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         self.steps = trainer.global_step

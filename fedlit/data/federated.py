@@ -32,10 +32,12 @@ class DataConfig:
         keep: only records whose column values are listed, e.g. ``{play: [hamlet, macbeth]}``.
         partition: ``natural`` (one client per value of ``client_column``), ``iid``, ``dirichlet``,
             ``shards`` or ``quantity_skew`` (see :mod:`fedlit.data.partition`).
-        client_column: the column of the natural split.
+        client_column: the column of the natural split, or several: ``[play, character]`` makes one client per
+            role of a play (LEAF's Shakespeare split), named ``hamlet:HAMLET``.
         clients: natural split only: the values of ``client_column`` that become clients; None takes the
             ``num_clients`` largest.
-        num_clients: how many clients (natural split: when ``clients`` is None).
+        num_clients: how many clients (natural split, when ``clients`` is None: the largest; ``None``: all).
+        min_examples_per_client: natural split: clients with fewer records are dropped, with a printed count.
         label_column: the label for ``dirichlet`` and ``shards`` and for the per-client label histogram
             (default: ``client_column``).
         alpha: Dirichlet concentration for ``dirichlet`` (label skew) and ``quantity_skew`` (size skew).
@@ -61,9 +63,10 @@ class DataConfig:
     source: str = BUILTIN_SOURCE
     keep: dict[str, list[str]] | None = None
     partition: Literal["natural", "iid", "dirichlet", "shards", "quantity_skew"] = "natural"
-    client_column: str = "play"
+    client_column: str | list[str] = "play"
     clients: list[str] | None = None
-    num_clients: int = 4
+    num_clients: int | None = 4
+    min_examples_per_client: int = 1
     label_column: str | None = None
     alpha: float = 0.5
     shards_per_client: int = 2
@@ -84,10 +87,13 @@ class DataConfig:
         checks = {"max_length": (self.max_length, 2), "batch_size": (self.batch_size, 1),
                   "num_clients": (self.num_clients, 1), "val_examples_per_client": (self.val_examples_per_client, 1),
                   "global_val_examples": (self.global_val_examples, 1),
-                  "train_examples_per_client": (self.train_examples_per_client, 1)}
+                  "train_examples_per_client": (self.train_examples_per_client, 1),
+                  "min_examples_per_client": (self.min_examples_per_client, 1)}
         for key, (value, least) in checks.items():
             if value is not None and value < least:
                 raise ValueError(f"data.{key} must be >= {least}, got {value}")
+        if self.num_clients is None and self.partition != "natural":
+            raise ValueError(f"data.num_clients: the {self.partition} partition needs a number of clients")
         if self.clients is not None:
             if not self.clients:
                 raise ValueError("data.clients is empty: list the clients, or null to take the num_clients largest")
@@ -151,8 +157,8 @@ def drop_empty_records(records: Dataset, config: DataConfig) -> Dataset:
     empty = [i for i in range(len(records)) if any(_is_empty(column[i]) for column in values)]
     if not empty:
         return records
-    owners = records[config.client_column] if config.client_column in records.column_names else None
-    counts = collections.Counter(str(owners[i]) if owners else "all" for i in empty)
+    owners = client_keys(records, config) if set(_names(config.client_column)) <= set(records.column_names) else None
+    counts = collections.Counter(str(owners[i]) if owners is not None else "all" for i in empty)
     detail = ", ".join(f"{client}: {n}" for client, n in sorted(counts.items()))
     message = f"{len(empty)} records of {config.source} have an empty or null {'/'.join(columns)} ({detail})"
     if config.empty_records == "error":
@@ -168,13 +174,31 @@ def _column_name(records: Dataset, name: str, key: str, source: str) -> str:
     return name
 
 
-def _column(records: Dataset, name: str, key: str, source: str) -> np.ndarray:
-    return np.asarray(records[_column_name(records, name, key, source)], dtype=str)
+def _names(columns: str | list[str]) -> list[str]:
+    return [columns] if isinstance(columns, str) else list(columns)
+
+
+def _column(records: Dataset, name: str | list[str], key: str, source: str) -> np.ndarray:
+    """A column's values as strings; several columns' values joined by ':' (``hamlet:HAMLET``)."""
+    values = [records[_column_name(records, n, key, source)] for n in _names(name)]
+    return np.asarray([":".join(map(str, row)) for row in zip(*values, strict=True)], dtype=str)
+
+
+def client_keys(records: Dataset, config: DataConfig) -> np.ndarray:
+    """Each record's natural-split client id (the value of ``client_column``, or its columns' joined)."""
+    return _column(records, config.client_column, "client_column", config.source)
 
 
 def _natural_clients(records: Dataset, config: DataConfig) -> dict[str, np.ndarray]:
-    parts = partition.natural(_column(records, config.client_column, "client_column", config.source))
+    parts = partition.natural(client_keys(records, config))
+    small = [c for c in parts if len(parts[c]) < config.min_examples_per_client]
+    if small and config.clients is None:
+        log.warning("data: dropped %d of %d clients with fewer than %d records (min_examples_per_client)",
+                    len(small), len(parts), config.min_examples_per_client)
+        parts = {c: rows for c, rows in parts.items() if len(rows) >= config.min_examples_per_client}
     if config.clients is None:
+        if config.num_clients is None:
+            return parts
         if config.num_clients > len(parts):
             raise ValueError(f"data.num_clients is {config.num_clients} but {config.source} has only {len(parts)} "
                              f"values of {config.client_column}: {sorted(parts)[:10]}")
@@ -238,8 +262,8 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
         global_parts.append(tokens.select(range(n_val, n_held)))
     global_val = concatenate_datasets(global_parts).select(range(config.global_val_examples))
     label_name = config.label_column or config.client_column
-    if label_name in records.column_names:
-        names, counts = partition.label_histogram(parts, records[label_name])
+    if set(_names(label_name)) <= set(records.column_names):
+        names, counts = partition.label_histogram(parts, _column(records, label_name, "label_column", config.source))
     else:  # unlabelled data: the histogram is just each client's size
         names, counts = ["records"], np.array([[len(rows)] for rows in parts.values()])
     return FederatedData(

@@ -88,11 +88,11 @@ def parse_turns(text: str) -> list[tuple[str, str]]:
         if not lines:
             continue
         heading = _SPEAKER.match(lines[0])
-        if heading and len(lines) > 1:
+        if _ACT_OR_SCENE.match(lines[0]):  # before speakers: "Act I." (Timon of Athens) looks like a name
+            current = None
+        elif heading and len(lines) > 1:
             current = [(heading["name"] or heading["upper"]).upper(), *lines[1:]]
             turns.append(current)
-        elif _ACT_OR_SCENE.match(lines[0]):
-            current = None
         elif current is not None:
             current.extend(lines)
     return [(turn[0], "\n".join(turn[1:])) for turn in turns]

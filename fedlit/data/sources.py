@@ -16,7 +16,7 @@ _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parq
 
 def shakespeare_turns_file() -> Path:
     """The parsed corpus as parquet, written once: a file-backed dataset lets ``datasets`` cache tokenisation."""
-    path = shakespeare_dir() / "turns.parquet"
+    path = shakespeare_dir() / "turns-v2.parquet"  # v2: act headings are no speakers
     if not path.is_file():
         buffer = io.BytesIO()
         load_shakespeare(prepare_shakespeare()).to_parquet(buffer)

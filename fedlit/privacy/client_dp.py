@@ -15,8 +15,6 @@ import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as opacus_rdp
 
-from fedlit.strategies import Strategy
-
 
 @dataclass
 class ClientDPConfig:
@@ -93,16 +91,20 @@ def subsampled_gaussian_epsilon(population: int, sample_size: int, noise_multipl
 
 
 class ClientPrivacyAccountant:
-    """(epsilon, delta) of DP-FedAvg after any number of rounds (see :func:`subsampled_gaussian_epsilon`)."""
+    """(epsilon, delta) of DP-FedAvg after any number of rounds (see :func:`subsampled_gaussian_epsilon`).
 
-    def __init__(self, config: ClientDPConfig, strategy: Strategy, num_clients: int) -> None:
-        self.config = config
-        self.poisson = strategy.sampling == "poisson"
-        self.num_clients = num_clients
-        self.sample_size = strategy.sample_size(num_clients)
-        if config.accountant != "rdp" and not self.poisson:
+    Args:
+        config: the DP settings.
+        num_clients: the federation's size.
+        sample_size: clients per round (the expected count under Poisson sampling).
+        poisson: clients are Poisson-sampled (else a fixed-size sample without replacement).
+    """
+
+    def __init__(self, config: ClientDPConfig, num_clients: int, sample_size: int, poisson: bool) -> None:
+        if config.accountant != "rdp" and not poisson:
             raise ValueError(f"privacy.accountant {config.accountant} needs strategy.sampling: poisson "
                              "(fixed-size client sampling is accounted with rdp)")
+        self.config, self.num_clients, self.sample_size, self.poisson = config, num_clients, sample_size, poisson
 
     @property
     def expected_clients(self) -> float:

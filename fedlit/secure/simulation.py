@@ -1,7 +1,8 @@
-"""One secure-aggregation round with every client in this process, messages passed as bytes.
+"""One secure-aggregation round, driven from the server's side; messages pass as bytes through a transport.
 
-What crosses between parties is exactly the encoded messages, so byte counts are real and the same
-round could run with clients elsewhere. Dropouts can be injected per stage to exercise recovery.
+The transport carries a protocol stage's request bytes to each client's :class:`SecAggParty` and returns its
+reply bytes (or a failure): in-process parties by default, or a backend's clients, wherever they run. Byte
+counts are real. Dropouts can be injected per stage to exercise recovery.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 
+from fedlit.backends.base import ClientFailure
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import MaskedInput, decode, encode
-from fedlit.secure.protocol import ProtocolError, SecAggClient, SecAggServer
+from fedlit.secure.party import SecAggParty
+from fedlit.secure.protocol import ProtocolError, SecAggServer
 
 STAGES = ("advertise", "share", "masked_input", "unmask")
+Transport = Callable[[str, Mapping[str, bytes]], Mapping[str, "bytes | ClientFailure"]]
 
 
 class SecureRound:
-    """Drive :class:`SecAggServer` and one :class:`SecAggClient` per participant through a round.
+    """Drive :class:`SecAggServer` and the participants' :class:`SecAggParty` endpoints through a round.
 
     Args:
         config: the protocol settings.
@@ -29,65 +33,75 @@ class SecureRound:
         seed: seeds the (public) neighbour graph.
         dropouts: stage name -> clients that vanish before sending that stage's message
             (``advertise``, ``share``, ``masked_input``, ``unmask``).
+        transport: ``(party method, {client: request bytes}) -> {client: reply bytes or ClientFailure}``;
+            ``None``: one in-process :class:`SecAggParty` per participant (:attr:`clients`). A client that
+            fails at a stage is a dropout.
     """
 
     def __init__(self, config: SecureAggregationConfig, server_round: int, participants: list[str],
-                 vector_length: int, seed: int = 0, dropouts: Mapping[str, Collection[str]] | None = None) -> None:
+                 vector_length: int, seed: int = 0, dropouts: Mapping[str, Collection[str]] | None = None,
+                 transport: Transport | None = None) -> None:
         unknown = set(dropouts or {}) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown dropout stages {sorted(unknown)}; stages are {STAGES}")
         self.server = SecAggServer(config, server_round, participants, vector_length + 1, seed)
-        setup = decode(encode(self.server.setup))
-        self.clients = {c: SecAggClient(c, config, setup) for c in participants}
+        self.clients = {c: SecAggParty(c, config) for c in participants} if transport is None else {}
+        self.transport = transport or self._in_process
         self.dropouts = {stage: set((dropouts or {}).get(stage, ())) for stage in STAGES}
         self.bytes_sent: Counter[str] = Counter()
-        self.bytes_received: Counter[str] = Counter({c: len(encode(setup)) for c in participants})
+        self.bytes_received: Counter[str] = Counter()
+        self.failures: dict[str, str] = {}  # client -> why it dropped out (a failure, not an injected dropout)
         self.alive = set(participants)
 
-    def _carry(self, messages: Mapping[str, object], counter: Counter[str]) -> dict[str, object]:
-        """Each live client's message as its bytes (encoded unless already bytes), counted in ``counter``,
-        decoded on the other side."""
-        carried = {}
-        for client_id, message in messages.items():
-            if client_id in self.alive:
-                wire = message if isinstance(message, bytes) else encode(message)
-                counter[client_id] += len(wire)
-                carried[client_id] = decode(wire)
-        return carried
+    def _in_process(self, method: str, requests: Mapping[str, bytes]) -> dict[str, bytes]:
+        return {c: getattr(self.clients[c], method)(message) for c, message in requests.items()}
 
-    def _send(self, stage: str, messages: Mapping[str, object]) -> list:
-        """Client -> server: the messages of the clients still alive at ``stage``."""
-        self.alive -= self.dropouts[stage]
-        return list(self._carry(messages, self.bytes_sent).values())
-
-    def _deliver(self, messages: Mapping[str, object]) -> dict[str, object]:
-        """Server -> live clients."""
-        return self._carry(messages, self.bytes_received)
+    def _exchange(self, stage: str | None, method: str, requests: Mapping[str, bytes]) -> dict[str, object]:
+        """Server -> each live client's request; their decoded replies. A client that fails, or that drops out
+        at ``stage``, is no longer alive."""
+        live = {c: message for c, message in requests.items() if c in self.alive}
+        for client_id, message in live.items():
+            self.bytes_received[client_id] += len(message)
+        replies = {}
+        for client_id, reply in self.transport(method, live).items():
+            if isinstance(reply, ClientFailure):
+                self.failures[client_id] = reply.reason
+                self.alive.discard(client_id)
+            elif stage is not None and client_id in self.dropouts[stage]:
+                self.alive.discard(client_id)
+            else:
+                self.bytes_sent[client_id] += len(reply)
+                replies[client_id] = decode(reply) if reply else None
+        return replies
 
     def exchange_keys(self) -> list[str]:
         """Stages 1 and 2; returns the clients that may now send masked inputs."""
-        adverts = self._send("advertise", {c: client.advertise() for c, client in self.clients.items()
-                                           if c in self.alive})
-        neighbour_keys = self._deliver(self.server.receive_keys(adverts))
-        shares = self._send("share", {c: self.clients[c].share(m) for c, m in neighbour_keys.items()})
-        for client_id, forwarded in self._deliver(self.server.receive_shares(shares)).items():
-            self.clients[client_id].receive_shares(forwarded)
+        setup = encode(self.server.setup)
+        adverts = self._exchange("advertise", "secagg_setup", {c: setup for c in sorted(self.alive)})
+        neighbour_keys = self.server.receive_keys(list(adverts.values()))
+        shares = self._exchange("share", "secagg_share", {c: encode(m) for c, m in neighbour_keys.items()})
+        forwarded = self.server.receive_shares(list(shares.values()))
+        self._exchange(None, "secagg_receive_shares", {c: encode(m) for c, m in forwarded.items()})
         return sorted(self.alive & self.server.sharers)
 
     def submit(self, client_id: str, wire: bytes) -> None:
         """Stage 3 for one client: its encoded :class:`MaskedInput` (dropped if it drops out here)."""
-        for message in self._send("masked_input", {client_id: wire}):
-            if not isinstance(message, MaskedInput):
-                raise ProtocolError(f"client '{client_id}' sent a {type(message).__name__}, not a MaskedInput")
-            self.server.receive_masked_input(message)
+        if client_id in self.dropouts["masked_input"] or client_id not in self.alive:
+            self.alive.discard(client_id)
+            return
+        self.bytes_sent[client_id] += len(wire)
+        message = decode(wire)
+        if not isinstance(message, MaskedInput):
+            raise ProtocolError(f"client '{client_id}' sent a {type(message).__name__}, not a MaskedInput")
+        self.server.receive_masked_input(message)
 
     def mask_and_submit(self, update_of: Callable[[str], tuple[np.ndarray, int]]) -> None:
-        """Stage 3 for every live client: ``update_of(client_id)`` gives its flat update and example count."""
+        """Stage 3 for every live in-process client: ``update_of(client_id)`` gives its flat update and count."""
         for client_id in self.exchange_keys():
-            self.submit(client_id, encode(self.clients[client_id].mask(*update_of(client_id))))
+            self.submit(client_id, encode(self.clients[client_id].secagg.mask(*update_of(client_id))))
 
     def finish(self) -> tuple[np.ndarray, float]:
         """Stage 4: the sum of survivors' weighted updates and of their example counts."""
-        request = self._deliver({c: self.server.unmask_request() for c in self.server.survivors})
-        responses = self._send("unmask", {c: self.clients[c].unmask(m) for c, m in request.items()})
-        return self.server.finish(responses)
+        request = encode(self.server.unmask_request())
+        responses = self._exchange("unmask", "secagg_unmask", {c: request for c in sorted(self.server.survivors)})
+        return self.server.finish(list(responses.values()))

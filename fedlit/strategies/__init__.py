@@ -1,12 +1,14 @@
 """Server aggregation strategies: orchestration in :class:`Strategy`, math in pure functions."""
 
 from fedlit.strategies.base import Strategy, weighted_average
+from fedlit.strategies.dp import DPFedAvg
 from fedlit.strategies.fedavg import FedAvg
 from fedlit.strategies.fedopt import FedAdagrad, FedAdam, FedAdaptive, FedAvgM, FedYogi, pseudo_gradient
 from fedlit.strategies.median import FedMedian
 from fedlit.strategies.robust import FedAvgNormBound, FedTrimmedMean
 
 __all__ = [
+    "DPFedAvg",
     "FedAdagrad",
     "FedAdam",
     "FedAdaptive",

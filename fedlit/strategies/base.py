@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedlit.payload import Payload, Update
+from fedlit.payload import Payload, Update, flatten, unflatten
 
 
 def weighted_average(payloads: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> Payload:
@@ -28,6 +28,12 @@ def weighted_average(payloads: Sequence[dict[str, torch.Tensor]], weights: Seque
             acc += payload[name].to(torch.float64) * (weight / total)
         averaged[name] = acc.to(first.dtype)
     return averaged
+
+
+def shifted(payload: Payload, vector: np.ndarray) -> Payload:
+    """``payload`` moved by a flat update (as :func:`~fedlit.payload.flatten` orders it): the "average adapter"
+    that a mean update leads to."""
+    return unflatten(flatten(payload) + vector, payload)
 
 
 class Strategy:
@@ -80,6 +86,24 @@ class Strategy:
         """The new global payload from the previous one and this round's client updates."""
         return self.step(global_payload, weighted_average([u.payload for u in updates],
                                                           [u.num_examples for u in updates]))
+
+    def aggregate_masked(self, global_payload: Payload, summed: np.ndarray, total: float) -> Payload:
+        """The new global payload from what secure aggregation reveals: the sum of the clients' weighted flat
+        updates and the sum of their weights."""
+        return self.step(global_payload, shifted(global_payload, summed / total))
+
+    def fit_plan(self, masked: bool) -> dict[str, Any]:
+        """Settings of every client's fit this strategy asks for (:class:`~fedlit.backends.FitIns` fields); a
+        wrapper such as client-level DP asks for clipping. ``masked``: updates travel masked."""
+        return {}
+
+    def stop_reason(self, server_round: int) -> str | None:
+        """Why the run must stop before ``server_round`` (a spent privacy budget), else ``None``."""
+        return None
+
+    def round_rows(self, server_round: int) -> list[dict[str, Any]]:
+        """Server rows for metrics.csv after ``server_round`` (a wrapper's epsilon, say)."""
+        return []
 
     def step(self, global_payload: Payload, average: Payload) -> Payload:
         """The new global payload from the previous one and the example-weighted mean of the client adapters."""

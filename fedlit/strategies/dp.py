@@ -1,0 +1,79 @@
+"""Client-level differential privacy as a wrapper around any mean-based strategy (DP-FedAvg, McMahan et al. 2018),
+after Flower's DP strategy wrappers: the wrapper asks every client to clip its update (and, when updates travel
+masked, to add its share of the noise), noises the sum, divides it by a fixed denominator, accounts epsilon
+after every round and says when the budget would be passed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fedlit.payload import Payload, Update, flatten
+from fedlit.privacy.client_dp import ClientDPConfig, ClientPrivacyAccountant, gaussian_noise
+from fedlit.seeds import client_seed
+from fedlit.strategies.base import Strategy, shifted
+
+
+class DPFedAvg(Strategy):
+    """``strategy`` under client-level DP.
+
+    Args:
+        strategy: samples the clients and steps from the noisy mean update (FedAvg, FedAdam, ...).
+        config: clip norm, noise multiplier, delta, target epsilon, accountant.
+        num_clients: the federation's size (the accountant's population).
+        min_clients: the fewest updates a round aggregates: under masking each client adds noise of std
+            sigma * C / sqrt(min_clients), so any aggregated sum carries at least the full noise.
+    """
+
+    def __init__(self, strategy: Strategy, config: ClientDPConfig, num_clients: int, min_clients: int = 1) -> None:
+        if strategy.needs_individual_updates:
+            raise ValueError(f"{type(strategy).__name__} needs each client's update, which client-level DP hides: "
+                             "use a strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
+        super().__init__(strategy.clients_per_round, strategy.sampling)
+        self.inner, self.config = strategy, config
+        self.accountant = ClientPrivacyAccountant(config, num_clients, strategy.sample_size(num_clients),
+                                                  poisson=strategy.sampling == "poisson")
+        self.noise_share = config.noise_multiplier * config.clip_norm / np.sqrt(min_clients)
+        self.noise_seed = 0
+
+    def configure_round(self, server_round: int, client_ids: Sequence[str], seed: int) -> list[str]:
+        self.noise_seed = client_seed(seed, server_round, "dp-noise")  # a resumed round draws the same noise
+        return self.inner.configure_round(server_round, client_ids, seed)
+
+    def fit_plan(self, masked: bool) -> dict[str, Any]:
+        return {"clip_norm": self.config.clip_norm, "noise_std": self.noise_share if masked else 0.0}
+
+    def aggregate(self, global_payload: Payload, updates: Sequence[Update]) -> Payload:
+        """Clipped updates in the clear: the server adds N(0, (sigma C)^2) to their sum."""
+        start = flatten(global_payload)
+        noise = gaussian_noise(len(start), self.config.noise_multiplier * self.config.clip_norm, self.noise_seed)
+        summed = sum(flatten(u.payload) - start for u in updates) + noise
+        return self.step(global_payload, shifted(global_payload, summed / self.accountant.expected_clients))
+
+    def aggregate_masked(self, global_payload: Payload, summed: np.ndarray, total: float) -> Payload:
+        """Unweighted, clipped, noised-in-shares updates: their sum over the fixed denominator."""
+        return self.step(global_payload, shifted(global_payload, summed / self.accountant.expected_clients))
+
+    def step(self, global_payload: Payload, average: Payload) -> Payload:
+        return self.inner.step(global_payload, average)
+
+    def stop_reason(self, server_round: int) -> str | None:
+        if self.config.target_epsilon is None:
+            return None
+        epsilon = self.accountant.epsilon(server_round)
+        if epsilon <= self.config.target_epsilon:
+            return None
+        return (f"privacy budget: stopping before round {server_round}, which would take epsilon to {epsilon:.3f} "
+                f"(target {self.config.target_epsilon:g}, delta {self.config.delta:g}); the global adapter "
+                f"after round {server_round - 1} is the result")
+
+    def round_rows(self, server_round: int) -> list[dict[str, Any]]:
+        return [{"client": "server", "split": "privacy", "epsilon": self.accountant.epsilon(server_round)}]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
