@@ -102,3 +102,17 @@ class ClientApp(SecAggParty):
                                  masker=self._state() if ins.masked else None)
         result.seconds = round(time.perf_counter() - began, 3)
         return result
+
+
+@dataclass
+class ClientApps:
+    """Builds any client's :class:`ClientApp`. Plain data and a module factory: a backend can ship it to its
+    workers once, and each worker then holds one frozen base model for every client it runs."""
+
+    clients: dict[str, Client]
+    module_factory: ModuleFactory
+    trainer_kwargs: dict[str, Any]
+    secure_config: SecureAggregationConfig | None = None
+
+    def __call__(self, client_id: str) -> ClientApp:
+        return ClientApp(self.clients[client_id], self.module_factory, self.trainer_kwargs, self.secure_config)

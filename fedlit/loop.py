@@ -29,7 +29,7 @@ from fedlit.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ClientApp, ModuleFactory
+from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ClientApps, ModuleFactory
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
 from fedlit.federation import Federation
@@ -253,16 +253,12 @@ class FederatedLoop:
         return payload
 
     def _fit(self, resume: bool) -> Payload:
-        self.backend.start(self.client_app, self.faults.timeout_s)
+        self.backend.start(ClientApps(self.clients, self.module_factory, self.trainer_kwargs,
+                                      self.federation.secure_aggregation), self.faults.timeout_s)
         try:
             return self._rounds(resume)
         finally:
             self.backend.close()
-
-    def client_app(self, client_id: str) -> ClientApp:
-        """The app that answers for ``client_id`` (built where the backend runs it)."""
-        return ClientApp(self.clients[client_id], self.module_factory, self.trainer_kwargs,
-                         self.federation.secure_aggregation)
 
     def _rounds(self, resume: bool) -> Payload:
         module = self.module_factory()

@@ -1,0 +1,172 @@
+"""RayBackend: clients run in parallel on a pool of Ray actors, each holding the frozen base model once.
+
+Only requests and replies cross process boundaries: the global adapter and the updates as bytes, protocol
+messages as bytes. A client's secure-aggregation state is created in the actor that runs its round setup, and
+its later stages (the masked fit, the unmask reply) go to that same actor, so its keys, seeds and shares never
+exist in the driver. A fit with no such state goes to whichever actor is free first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fedlit.backends.base import Backend, ClientAppFactory, ClientFailure, Reply
+
+log = logging.getLogger(__name__)
+
+
+class _Worker:
+    """One Ray actor: the client-app factory (and so the frozen base) once, apps built on demand."""
+
+    def __init__(self, app_factory: ClientAppFactory, torch_threads: int) -> None:
+        import torch
+
+        from fedlit.cli import quiet_libraries
+
+        torch.set_num_threads(torch_threads)
+        quiet_libraries()
+        self.app_factory = app_factory
+        self.apps: dict[str, Any] = {}
+
+    def call(self, method: str, client_id: str, request: Any) -> Reply | ClientFailure:
+        began = time.perf_counter()
+        try:
+            app = self.apps.get(client_id) or self.apps.setdefault(client_id, self.app_factory(client_id))
+            return getattr(app, method)(request)
+        except Exception as error:  # noqa: BLE001 - a client's failure is reported, the worker lives on
+            return ClientFailure(f"{type(error).__name__}: {error}", round(time.perf_counter() - began, 3))
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class RayBackend(Backend):
+    """A pool of ``num_workers`` Ray actors.
+
+    Args:
+        num_workers: actors, i.e. clients training at the same time.
+        cpus_per_worker: CPUs Ray reserves for each actor; also its torch thread count (so results match a
+            local run with that many threads bit for bit).
+        gpus_per_worker: GPUs per actor; a fraction (0.25) lets several actors share one GPU.
+        address: an existing Ray cluster to join (``auto`` or ``ray://host:port``); ``None`` starts a local one
+            sized for the pool.
+    """
+
+    def __init__(self, num_workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: float = 0,
+                 address: str | None = None) -> None:
+        if num_workers < 1 or cpus_per_worker < 1 or gpus_per_worker < 0:
+            raise ValueError(f"backend: need num_workers >= 1, cpus_per_worker >= 1 and gpus_per_worker >= 0, got "
+                             f"{num_workers}, {cpus_per_worker} and {gpus_per_worker}")
+        self.num_workers, self.cpus_per_worker = num_workers, cpus_per_worker
+        self.gpus_per_worker, self.address = gpus_per_worker, address
+        self.workers: list[Any] = []
+        self.placement: dict[str, int] = {}  # client -> the worker holding its protocol state this round
+
+    def start(self, app_factory: ClientAppFactory, timeout_s: float | None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("the Ray backend needs Ray: pip install 'fedlit[ray]'") from None
+        if not ray.is_initialized():
+            local = {} if self.address else {"num_cpus": self.num_workers * self.cpus_per_worker}
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, **local)
+        self.ray, self.timeout_s = ray, timeout_s
+        self.factory_ref = ray.put(app_factory)
+        self.actor_class = ray.remote(_Worker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
+                                                        max_concurrency=1)
+        self.workers = [self._new_worker() for _ in range(self.num_workers)]
+        self.placement = {}
+
+    def _new_worker(self) -> Any:
+        return self.actor_class.remote(self.factory_ref, self.cpus_per_worker)
+
+    def _replace(self, index: int) -> None:
+        """A worker that died or overran the deadline is killed and replaced; its clients' state is gone."""
+        self.ray.kill(self.workers[index], no_restart=True)
+        self.workers[index] = self._new_worker()
+        self.placement = {cid: w for cid, w in self.placement.items() if w != index}
+
+    def call(self, method: str, requests: Mapping[str, Any],
+             on_reply: Callable[[str], None] | None = None) -> dict[str, Reply | ClientFailure]:
+        pending = list(requests)
+        running: dict[Any, tuple[str, int, float]] = {}  # ref -> (client, worker, started)
+        replies: dict[str, Reply | ClientFailure] = {}
+        free = set(range(len(self.workers)))
+        while pending or running:
+            for client_id in list(pending):
+                index = self._worker_for(method, client_id, free)
+                if index is None:
+                    continue
+                pending.remove(client_id)
+                free.discard(index)
+                ref = self.workers[index].call.remote(method, client_id, requests[client_id])
+                running[ref] = (client_id, index, time.monotonic())
+            if not running:
+                continue
+            done, _ = self.ray.wait(list(running), num_returns=1, timeout=self._wait_timeout(running, method))
+            for ref in done:
+                client_id, index, began = running.pop(ref)
+                replies[client_id] = self._result(ref, client_id, index, began)
+                free.add(index)
+                if on_reply is not None:
+                    on_reply(client_id)
+            if not done:
+                self._expire(running, replies, free, on_reply)
+        return {client_id: replies[client_id] for client_id in requests}
+
+    def _worker_for(self, method: str, client_id: str, free: set[int]) -> int | None:
+        """The worker for this request: the one holding the client's round state, else any free one (a round
+        setup places the client there)."""
+        if method != "secagg_setup" and client_id in self.placement:
+            index = self.placement[client_id]
+            return index if index in free else None
+        if not free:
+            return None
+        index = min(free)
+        if method == "secagg_setup":
+            self.placement[client_id] = index
+        return index
+
+    def _wait_timeout(self, running: Mapping[Any, tuple[str, int, float]], method: str) -> float | None:
+        if self.timeout_s is None or method != "fit":
+            return None
+        oldest = min(started for _, _, started in running.values())
+        return max(0.0, oldest + self.timeout_s - time.monotonic())
+
+    def _result(self, ref: Any, client_id: str, index: int, began: float) -> Reply | ClientFailure:
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as error:  # the worker process died mid-call
+            log.warning("worker %d died running client '%s'; replacing it", index, client_id)
+            self._replace(index)
+            return ClientFailure(f"WorkerDied: the worker running client '{client_id}' died "
+                                 f"({type(error).__name__})", round(time.monotonic() - began, 3))
+
+    def _expire(self, running: dict[Any, tuple[str, int, float]], replies: dict[str, Reply | ClientFailure],
+                free: set[int], on_reply: Callable[[str], None] | None) -> None:
+        """Fits past the deadline: a failure each, their workers replaced."""
+        now = time.monotonic()
+        for ref, (client_id, index, began) in list(running.items()):
+            if now - began >= self.timeout_s:
+                running.pop(ref)
+                self._replace(index)
+                replies[client_id] = ClientFailure(f"ClientTimeout: client '{client_id}' did not finish within "
+                                                   f"{self.timeout_s:g} s", round(now - began, 3))
+                free.add(index)
+                if on_reply is not None:
+                    on_reply(client_id)
+
+    def worker_pids(self) -> list[int]:
+        """The workers' process ids (to check where state lives, or to kill one in a test)."""
+        return self.ray.get([worker.pid.remote() for worker in self.workers])
+
+    def close(self) -> None:
+        for worker in self.workers:
+            self.ray.kill(worker, no_restart=True)
+        self.workers = []

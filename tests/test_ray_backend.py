@@ -1,0 +1,118 @@
+"""RayBackend: the same results as LocalBackend, worker failures as client faults, secrets only in workers."""
+
+import csv
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("ray")
+
+import ray.cloudpickle  # noqa: E402
+
+from fedlit.backends import LocalBackend, RayBackend  # noqa: E402
+from fedlit.client import Client  # noqa: E402
+from fedlit.faults import FaultPolicy  # noqa: E402
+from fedlit.privacy import ClientDPConfig  # noqa: E402
+from fedlit.secure import SecureAggregationConfig  # noqa: E402
+from fedlit.secure.protocol import SecAggClient  # noqa: E402
+from fedlit.strategies import FedAdam, FedAvg  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests package
+
+SETTINGS = {  # fresh objects per run: a server optimiser keeps state
+    "fedavg": lambda: {"strategy": FedAvg(clients_per_round=3)},
+    "fedadam": lambda: {"strategy": FedAdam(clients_per_round=3, server_lr=0.05)},
+    "secure": lambda: {"strategy": FedAvg(clients_per_round=3),
+                       "secure_aggregation": SecureAggregationConfig(neighbours=2)},
+    "client-dp": lambda: {"strategy": FedAvg(clients_per_round=3),
+                          "privacy": ClientDPConfig(noise_multiplier=0.5, clip_norm=0.5)},
+}
+
+
+def rows(path):
+    with open(path / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.fixture
+def one_thread():
+    """The local run uses as many torch threads as each Ray worker (1): then results agree bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_local_and_ray_give_identical_runs(make_loop, tmp_path, one_thread, setting):
+    local = make_loop(rounds=2, output_dir=tmp_path / "local", backend=LocalBackend(), **SETTINGS[setting]()).fit()
+    remote = make_loop(rounds=2, output_dir=tmp_path / "ray", backend=RayBackend(num_workers=2),
+                       **SETTINGS[setting]()).fit()
+    assert local.keys() == remote.keys() and all(torch.equal(local[n], remote[n]) for n in local)
+    assert rows(tmp_path / "local") == rows(tmp_path / "ray")
+
+
+class DyingClient(Client):
+    """Its worker process dies in the middle of its fit (as an out-of-memory kill would)."""
+
+    def fit(self, ins, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_that_dies_mid_fit_excludes_its_client_and_the_run_goes_on(make_loop, tmp_path):
+    loop = make_loop(strategy=FedAvg(clients_per_round=3), rounds=2, backend=RayBackend(num_workers=2),
+                     faults=FaultPolicy(min_clients=2))
+    loop.clients["beta"] = DyingClient("beta", loop.clients["beta"].datamodule)
+    loop.fit()
+    train = [r for r in loop.history if r["split"] == "train"]
+    dead = [r for r in train if r["client"] == "beta"]
+    assert len(dead) == 2 and all("WorkerDied" in r["excluded"] for r in dead)
+    assert all("excluded" not in r for r in train if r["client"] != "beta")
+    assert loop.trained_rounds == [1, 2]
+
+
+def test_secure_aggregation_secrets_never_exist_in_the_driver(make_loop, tmp_path, one_thread):
+    config = SecureAggregationConfig(neighbours=2)
+    backend = RayBackend(num_workers=2)
+    remote = make_loop(strategy=FedAvg(clients_per_round=3), rounds=1, secure_aggregation=config,
+                       output_dir=tmp_path / "ray", backend=backend).fit()
+    gc.collect()
+    assert not [obj for obj in gc.get_objects() if isinstance(obj, SecAggClient)]  # no client state here
+    local = make_loop(strategy=FedAvg(clients_per_round=3), rounds=1, secure_aggregation=config,
+                      output_dir=tmp_path / "local", backend=LocalBackend()).fit()
+    assert all(torch.equal(local[n], remote[n]) for n in local)  # ... yet the masked sum came out right
+
+
+def test_resume_after_sigkill_of_the_driver_under_ray_is_identical(tmp_path, tiny_model_dir, plays_jsonl):
+    config = tmp_path / "ray.yaml"
+    config.write_text(yaml.safe_dump({"backend": {"class_path": "fedlit.backends.RayBackend",
+                                                  "init_args": {"num_workers": 2}}}))
+    args = [sys.executable, "-m", "fedlit.cli", "fit", "--config", str(config), "--model.name_or_path",
+            str(tiny_model_dir), "--data.source", str(plays_jsonl), "--data.num_clients", "3",
+            "--data.val_examples_per_client", "2", "--data.global_val_examples", "4", "--data.max_length", "32",
+            "--data.batch_size", "4", "--rounds", "3", "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
+            "--strategy.init_args.clients_per_round", "3", "--progress", "false", "--loggers", "[]"]
+    subprocess.run([*args, "--output_dir", str(tmp_path / "whole")], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*args, "--output_dir", str(killed)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    began = time.monotonic()
+    while not (killed / "checkpoints" / "round-0001.ckpt").exists():
+        assert time.monotonic() - began < 120 and process.poll() is None
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+    process.wait()
+    subprocess.run([*args, "--output_dir", str(killed), "--resume", "true"], check=True, capture_output=True)
+    from safetensors.torch import load_file
+
+    want = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    got = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert rows(tmp_path / "whole") == rows(killed)
