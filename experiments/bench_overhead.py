@@ -28,11 +28,11 @@ from rich.table import Table
 
 from fedlit.algorithms import fed_homo_llm
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
-from fedlit.seeds import client_seed
 from fedlit.data import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import OptimizerConfig
 from fedlit.models import ModelConfig
+from fedlit.seeds import client_seed
 from fedlit.strategies import FedAvg, weighted_average
 
 PLAYS = ["hamlet", "macbeth", "othello", "lear", "tempest", "julius_caesar", "twelfth_night",
