@@ -76,14 +76,12 @@ def test_missing_data_file_fails_before_training(config_file, tmp_path, capsys):
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl):
-    """Each config as shipped, pointed at the tiny model and data, runs one round and writes an adapter."""
+def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, plays_jsonl: Path) -> list[str]:
+    """The command line that runs a shipped config for one short round on the tiny model and the test plays."""
     settings = yaml.safe_load(config.read_text())
     answer_set = settings.get("evaluation", {}).get("choices")
     extra = ["--evaluation.choices", '[" alpha", " beta", " gamma"]'] if answer_set else []
-    command = ("fedost" if "offsite" in settings else "fedhetero" if "teachers" in settings
-               else "fedco" if "slm" in settings else "fit")
+    command = command_of(settings)
     if command == "fedost":  # the tiny model has 2 blocks: adapter = the last, emulator = the first
         extra += ["--offsite.front", "0", "--offsite.back", "1"]
     if command == "fedhetero":  # the tiny model as every teacher and as the (uncut) mentee
@@ -97,13 +95,27 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
                   "--slm_init", json.dumps(public), "--server", json.dumps(public)]
     else:
         extra += ["--model.name_or_path", str(tiny_model_dir)]
-    main([command, "--config", str(config), *extra,
-          "--data.source", str(plays_jsonl), "--data.keep", "null", "--data.clients", "null",
-          "--data.num_clients", "3",
-          "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
-          "--data.global_val_examples", "6", "--rounds", "1", "--trainer.max_steps", "2",
-          "--trainer.precision", "32-true", "--strategy.init_args.clients_per_round", "3",
-          "--output_dir", str(tmp_path / "run"), "--progress", "false"])
+    return [command, "--config", str(config), *extra,
+            "--data.source", str(plays_jsonl), "--data.keep", "null", "--data.clients", "null",
+            "--data.num_clients", "3",
+            "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
+            "--data.global_val_examples", "6", "--rounds", "1", "--trainer.max_steps", "2",
+            "--trainer.precision", "32-true", "--strategy.init_args.clients_per_round", "3",
+            "--output_dir", str(tmp_path / "run"), "--progress", "false"]
+
+
+def command_of(settings: dict) -> str:
+    return ("fedost" if "offsite" in settings else "fedhetero" if "teachers" in settings
+            else "fedco" if "slm" in settings else "fit")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl):
+    """Each config as shipped, pointed at the tiny model and data, runs one round and writes an adapter."""
+    settings = yaml.safe_load(config.read_text())
+    answer_set = settings.get("evaluation", {}).get("choices")
+    command = command_of(settings)
+    main(shipped_config_args(config, tmp_path, tiny_model_dir, plays_jsonl))
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     if command == "fedost":
         assert (tmp_path / "run" / "plugged_in" / "config.json").is_file()

@@ -116,3 +116,42 @@ def test_resume_after_sigkill_of_the_driver_under_ray_is_identical(tmp_path, tin
     got = load_file(killed / "adapter" / "adapter_model.safetensors")
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     assert rows(tmp_path / "whole") == rows(killed)
+
+
+class HangingClient(Client):
+    def fit(self, ins, *args, **kwargs):
+        time.sleep(60)
+
+
+def test_the_deadline_holds_on_ray_and_the_stuck_worker_is_replaced(make_loop, tmp_path):
+    loop = make_loop(strategy=FedAvg(clients_per_round=3), rounds=1, backend=RayBackend(num_workers=2),
+                     faults=FaultPolicy(timeout_s=8, min_clients=2))
+    loop.clients["gamma"] = HangingClient("gamma", loop.clients["gamma"].datamodule)
+    began = time.monotonic()
+    loop.fit()
+    assert time.monotonic() - began < 50
+    (stuck,) = [r for r in loop.history if r["split"] == "train" and r["client"] == "gamma"]
+    assert "ClientTimeout: client 'gamma' did not finish within 8 s" in stuck["excluded"]
+    assert loop.trained_rounds == [1]
+
+
+@pytest.mark.parametrize("config", ["fedhetero", "fedco", "fedost", "fedhomo_dp", "example_dp"])
+def test_every_algorithm_runs_on_ray(config, tmp_path, tiny_model_dir, plays_jsonl):
+    """Each algorithm's shipped config (tiny model, one round) on two Ray workers."""
+    from pathlib import Path
+
+    from test_cli import shipped_config_args
+
+    from fedlit.cli import main
+
+    name = "quickstart" if config == "example_dp" else config
+    args = shipped_config_args(Path(__file__).parent.parent / "configs" / f"{name}.yaml", tmp_path, tiny_model_dir,
+                               plays_jsonl)
+    extra = ["--example_privacy", '{"noise_multiplier": 0.5}'] if config == "example_dp" else []
+    main([*args, *extra, "--backend", '{"class_path": "fedlit.backends.RayBackend", "init_args": {"num_workers": 2}}'])
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        train = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    assert train and not any(r["excluded"] for r in train)
+    if config == "example_dp":
+        assert all(float(r["epsilon"]) > 0 for r in train)

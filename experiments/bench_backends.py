@@ -1,0 +1,161 @@
+"""Backends and federation size: what parallel clients buy, and what idle clients cost the server.
+
+1. The quickstart job widened to 8 clients (8 plays, all sampled each round): LocalBackend (one process, its
+   torch threads) vs RayBackend (2 workers x 1 CPU). Wall time, peak RSS summed over the whole process tree
+   (driver, Ray's own processes and workers, sampled every 0.2 s) and bytes moved (metrics.csv).
+   Target: Ray <= 0.85x Local's wall time for these fit-dominated rounds; tree RSS <= (workers + 1) x Local's.
+2. The LEAF federation (configs/leaf_shakespeare.yaml: one client per speaking role, 10 sampled per round,
+   evaluation of 10 sampled clients) at 100 and at all ~660 clients: the server's own seconds per round (wall
+   time of a round without evaluation minus its clients' fit time) and the driver's peak RSS.
+   Target: flat in the number of idle clients.
+
+Every configuration runs in a fresh process (``fedlit fit``), so memory figures do not mix.
+
+    python experiments/bench_backends.py [--rounds 2] [--leaf-rounds 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+PLAYS = "[hamlet, macbeth, romeo_and_juliet, tempest, othello, lear, julius_caesar, twelfth_night]"
+RAY = '{"class_path": "fedlit.backends.RayBackend", "init_args": {"num_workers": 2, "cpus_per_worker": 1}}'
+
+
+def measure(command: list[str]) -> dict[str, float]:
+    """Run ``command``; its wall time and the peak of the RSS summed over it and all its descendants."""
+    began = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak, driver_peak = 0, 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, driver_peak
+        root = psutil.Process(process.pid)
+        while not stop.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+                sizes = [p.memory_info().rss for p in tree if p.is_running()]
+                peak, driver_peak = max(peak, sum(sizes)), max(driver_peak, sizes[0])
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = process.communicate()
+    stop.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{err[-2000:]}")
+    return {"seconds": time.perf_counter() - began, "tree_rss_gib": peak / 2**30, "driver_rss_gib": driver_peak / 2**30}
+
+
+def metrics(output_dir: Path) -> list[dict[str, str]]:
+    with open(output_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def backends(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
+    results = {}
+    for name, extra in (("LocalBackend", []), ("RayBackend, 2 x 1 CPU", ["--backend", RAY])):
+        output_dir = workdir / name.split(",")[0]
+        command = [sys.executable, "-m", "fedlit.cli", "fit", "--config", "configs/quickstart.yaml",
+                   "--data.clients", PLAYS, "--strategy.init_args.clients_per_round", "8", "--rounds",
+                   str(args.rounds), "--eval_every", str(args.rounds), "--progress", "false",
+                   "--output_dir", str(output_dir), *extra]
+        result = measure(command)
+        rows = metrics(output_dir)
+        result["bytes_moved"] = sum(int(r["bytes_sent"] or 0) + int(r["bytes_received"] or 0) for r in rows
+                                    if r["split"] == "train")
+        result["final_global_loss"] = float([r for r in rows if r["client"] == "global"][-1]["loss"])
+        stamps = checkpoint_times(output_dir)
+        result["fit_round_seconds"] = stamps[1] - stamps[0]  # round 1: fits and aggregation, no evaluation
+        results[name] = result
+        print(name, result, flush=True)
+    return results
+
+
+def checkpoint_times(output_dir: Path) -> dict[int, float]:
+    """When each round's checkpoint was written: the end of that round."""
+    return {int(p.stem.split("-")[1]): p.stat().st_mtime for p in (output_dir / "checkpoints").glob("*.ckpt")}
+
+
+def server_seconds(output_dir: Path, rounds: int) -> float:
+    """Mean over rounds 2..rounds-1 (no evaluation) of the round's wall time minus its clients' fit time."""
+    stamps = checkpoint_times(output_dir)
+    rows = metrics(output_dir)
+    overheads = []
+    for server_round in range(2, rounds):
+        fits = sum(float(r["seconds"]) for r in rows if r["split"] == "train" and int(r["round"]) == server_round)
+        overheads.append(stamps[server_round] - stamps[server_round - 1] - fits)
+    return sum(overheads) / len(overheads)
+
+
+def leaf(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
+    results = {}
+    for clients in ("100", "null"):
+        output_dir = workdir / f"leaf-{clients}"
+        command = [sys.executable, "-m", "fedlit.cli", "fit", "--config", "configs/leaf_shakespeare.yaml",
+                   "--data.num_clients", clients, "--rounds", str(args.leaf_rounds), "--eval_every",
+                   str(args.leaf_rounds), "--trainer.max_steps", "1", "--progress", "false",
+                   "--output_dir", str(output_dir)]
+        result = measure(command)
+        with open(output_dir / "partition.csv") as f:
+            result["clients"] = sum(1 for _ in csv.DictReader(f))
+        result["server_seconds_per_round"] = server_seconds(output_dir, args.leaf_rounds)
+        results[f"LEAF, {result['clients']} clients"] = result
+        print(clients, result, flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--leaf-rounds", type=int, default=4)
+    parser.add_argument("--skip-backends", action="store_true")
+    parser.add_argument("--skip-leaf", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = {"backends": {} if args.skip_backends else backends(args, Path(tmp)),
+                  "leaf": {} if args.skip_leaf else leaf(args, Path(tmp))}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    console = Console(width=140)
+    if report["backends"]:
+        table = Table(title=f"quickstart x 8 clients per round, {args.rounds} rounds, 2 CPU cores")
+        for column in ("backend", "wall s", "vs Local", "fit round s", "vs Local", "tree RSS GiB", "bytes moved",
+                       "final global loss"):
+            table.add_column(column)
+        local = report["backends"]["LocalBackend"]
+        for name, r in report["backends"].items():
+            fit = r["fit_round_seconds"]
+            table.add_row(name, f"{r['seconds']:.0f}", f"{r['seconds'] / local['seconds']:.2f}x", f"{fit:.0f}",
+                          f"{fit / local['fit_round_seconds']:.2f}x", f"{r['tree_rss_gib']:.2f}",
+                          f"{r['bytes_moved']:,}", f"{r['final_global_loss']:.4f}")
+        console.print(table)
+    if not report["leaf"]:
+        return
+    table = Table(title="LEAF federation: the server's cost per round")
+    for column in ("federation", "server s per round", "driver RSS GiB", "wall s"):
+        table.add_column(column)
+    for name, r in report["leaf"].items():
+        table.add_row(name, f"{r['server_seconds_per_round']:.3f}", f"{r['driver_rss_gib']:.2f}", f"{r['seconds']:.0f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
