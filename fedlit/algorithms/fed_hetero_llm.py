@@ -4,9 +4,10 @@ from its own LLM while tuning the mentee's PEFT adapter, and only that adapter i
 from __future__ import annotations
 
 import functools
-from typing import Any
+from dataclasses import dataclass
 
-from peft import LoraConfig, PeftConfig
+from peft import LoraConfig, PeftConfig, PeftModel
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.algorithms.federation import federated_loop
@@ -23,6 +24,32 @@ from fedlit.lightning_modules import (
 from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer, check_shared_vocabulary
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.models.loading import resolve_model_path
+
+
+@functools.lru_cache(maxsize=4)
+def cached_teacher(name_or_path: str, dtype: str, keep_blocks: int | None) -> PreTrainedModel:
+    """A teacher loaded in the process that trains its client (a Ray worker, say) when first needed; the four
+    most recently used stay loaded, and clients naming the same teacher share one copy."""
+    return load_base_model(ModelConfig(name_or_path, dtype, keep_blocks))
+
+
+@dataclass
+class DistillingClient:
+    """A client's module factory: the shared mentee, distilled from the client's own teacher. It holds the
+    teacher's config, not its weights, so shipping it to a worker is cheap."""
+
+    student: PeftModel
+    teacher: ModelConfig
+    loss: DistillationLossConfig
+    optimizer: OptimizerConfig
+    evaluation: EvaluationConfig
+    tokenizer: PreTrainedTokenizerBase
+
+    def __call__(self) -> KnowledgeDistillationModule:
+        teacher = cached_teacher(self.teacher.name_or_path, self.teacher.dtype, self.teacher.keep_blocks)
+        return KnowledgeDistillationModule(self.student, teacher, self.loss, self.optimizer, self.evaluation,
+                                           self.tokenizer)
 
 
 def fed_hetero_llm(
@@ -54,20 +81,15 @@ def fed_hetero_llm(
                          f"(clients: {sorted(federated.clients)})")
     student = build_peft_model(load_base_model(mentee), peft or LoraConfig(**DEFAULT_LORA),
                                seed=federation.seed)
-    loaded: dict[str, Any] = {}  # clients naming the same teacher share one copy
     factories = {}
     for client_id, teacher_config in teachers.items():
-        key = repr(teacher_config)
-        if key not in loaded:
-            loaded[key] = load_base_model(teacher_config)
-            try:
-                check_same_tokenizer(tokenizer, load_tokenizer(teacher_config))
-                check_shared_vocabulary(student, loaded[key])
-            except ValueError as error:
-                raise ValueError(f"teacher of client '{client_id}' ({teacher_config.name_or_path}): {error}") from None
-        teacher = loaded[key]
-        factories[client_id] = functools.partial(KnowledgeDistillationModule, student, teacher, loss, optimizer,
-                                                 evaluation, tokenizer)
+        try:  # checked here from tokenizer and config; the weights load where the client trains
+            check_same_tokenizer(tokenizer, load_tokenizer(teacher_config))
+            vocabulary = AutoConfig.from_pretrained(resolve_model_path(teacher_config.name_or_path)).vocab_size
+            check_shared_vocabulary(student, vocabulary)
+        except ValueError as error:
+            raise ValueError(f"teacher of client '{client_id}' ({teacher_config.name_or_path}): {error}") from None
+        factories[client_id] = DistillingClient(student, teacher_config, loss, optimizer, evaluation, tokenizer)
     return federated_loop(
         federated, functools.partial(PeftModule, student, optimizer, evaluation, tokenizer),
         federation, fingerprint={"teachers": teachers, "mentee": mentee, "data": data, "peft": peft},

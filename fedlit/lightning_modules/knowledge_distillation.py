@@ -66,10 +66,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return (1 - config.kd_weight) * ce + config.kd_weight * kd, ce, kd
 
 
-def check_shared_vocabulary(student: PreTrainedModel, teacher: PreTrainedModel,
+def check_shared_vocabulary(student: PreTrainedModel | int, teacher: PreTrainedModel | int,
                             names: tuple[str, str] = ("student", "teacher")) -> None:
-    """Logit distillation compares distributions token by token: both models need the same vocabulary."""
-    (student_size, teacher_size) = (m.get_input_embeddings().num_embeddings for m in (student, teacher))
+    """Logit distillation compares distributions token by token: both models need the same vocabulary (models,
+    or their vocabulary sizes when a model is not loaded here)."""
+    (student_size, teacher_size) = (m if isinstance(m, int) else m.get_input_embeddings().num_embeddings
+                                    for m in (student, teacher))
     if student_size != teacher_size:
         raise ValueError(f"distillation needs {names[1]} and {names[0]} to share the tokenizer vocabulary; the "
                          f"{names[0]} has {student_size} token embeddings, the {names[1]} {teacher_size}")
