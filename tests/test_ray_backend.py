@@ -50,10 +50,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("setting", list(SETTINGS))
-def test_local_and_ray_give_identical_runs(make_loop, tmp_path, one_thread, setting):
+@pytest.mark.parametrize(("setting", "workers"), [(setting, 2) for setting in SETTINGS] + [("fedavg", 1)])
+def test_local_and_ray_give_identical_runs(make_loop, tmp_path, one_thread, setting, workers):
     local = make_loop(rounds=2, output_dir=tmp_path / "local", backend=LocalBackend(), **SETTINGS[setting]()).fit()
-    remote = make_loop(rounds=2, output_dir=tmp_path / "ray", backend=RayBackend(num_workers=2),
+    remote = make_loop(rounds=2, output_dir=tmp_path / "ray", backend=RayBackend(num_workers=workers),
                        **SETTINGS[setting]()).fit()
     assert local.keys() == remote.keys() and all(torch.equal(local[n], remote[n]) for n in local)
     assert rows(tmp_path / "local") == rows(tmp_path / "ray")
