@@ -25,7 +25,7 @@ from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.federation import FEDERATION_KEYS, Federation
 from fedlit.loop import NothingTrained, RunInterrupted
-from fedlit.run_dir import check_fresh, lock_output_dir
+from fedlit.run_dir import OutputDirError, check_fresh, lock_output_dir
 
 # Exit statuses: 0 the run trained what it was asked to; 1 an error, named in one line; 2 a command-line or
 # config error found while parsing; 3 nothing trained (every round skipped); 128 + signal number when
@@ -136,7 +136,8 @@ def _fail(error: BaseException, debug: bool) -> None:
     if isinstance(error, NothingTrained):
         print(f"fedlit: nothing was trained: {error}", file=sys.stderr)
         sys.exit(EXIT_NOTHING_TRAINED)
-    hint = "" if debug else " (--debug shows the traceback)"
+    named = isinstance(error, (ValueError, KeyError, OSError, ImportError, OutputDirError))  # bad input, named
+    hint = "" if debug or named else " (--debug shows the traceback)"
     print(f"fedlit: {_message(error)}{hint}", file=sys.stderr)
     sys.exit(EXIT_ERROR)
 
