@@ -223,7 +223,7 @@ class FederatedLoop:
         self.global_payload: Payload | None = None
 
     @property
-    def accountant(self):  # noqa: ANN201 - the DP wrapper's accountant, when the run is under client-level DP
+    def accountant(self) -> Any:
         """The client-level DP accountant (``None`` without ``privacy``)."""
         return getattr(self.strategy, "accountant", None)
 
