@@ -8,11 +8,13 @@ one after another (:class:`~fedlit.backends.LocalBackend`), on a pool of Ray act
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedlit.faults import deadline
 from fedlit.privacy.example_dp import ExampleDPConfig
 
 
@@ -61,6 +63,31 @@ class ClientFailure:
 
 Reply = Any  # a ClientApp method's return value (FitRes, or bytes for protocol messages)
 ClientAppFactory = Callable[[str], Any]  # client id -> its ClientApp
+
+
+class ClientHost:
+    """Where clients run (a process, a worker): builds each client's app on first use and keeps it, so its
+    protocol state lasts across a round's stages, and answers requests with the app's reply or, whatever went
+    wrong, a :class:`ClientFailure` (a client's failure is its own, never the round's or the host's).
+
+    Args:
+        app_factory: client id -> its ClientApp.
+        timeout_s: a fit past it is interrupted by SIGALRM (main thread of a Unix process); ``None``: no limit.
+    """
+
+    def __init__(self, app_factory: ClientAppFactory, timeout_s: float | None = None) -> None:
+        self.app_factory, self.timeout_s = app_factory, timeout_s
+        self.apps: dict[str, Any] = {}
+
+    def answer(self, method: str, client_id: str, request: Any) -> Reply | ClientFailure:
+        """``app.<method>(request)`` for ``client_id``."""
+        began = time.perf_counter()
+        try:
+            app = self.apps.get(client_id) or self.apps.setdefault(client_id, self.app_factory(client_id))
+            with deadline(self.timeout_s if method == "fit" else None, client_id):
+                return getattr(app, method)(request)
+        except Exception as error:  # noqa: BLE001 - any failure is that client's
+            return ClientFailure(f"{type(error).__name__}: {error}", round(time.perf_counter() - began, 3))
 
 
 class Backend(ABC):

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedlit.backends.base import Backend, ClientAppFactory, ClientFailure, Reply
+from fedlit.backends.base import Backend, ClientAppFactory, ClientFailure, ClientHost, Reply
 
 log = logging.getLogger(__name__)
 
 
 class _Worker:
-    """One Ray actor: the client-app factory (and so the frozen base) once, apps built on demand."""
+    """One Ray actor: the client-app factory (and so the frozen base) once, on a :class:`ClientHost` (the driver
+    enforces the deadline: it can replace a stuck worker)."""
 
     def __init__(self, app_factory: ClientAppFactory, torch_threads: int) -> None:
         import torch
@@ -28,16 +29,10 @@ class _Worker:
 
         torch.set_num_threads(torch_threads)
         quiet_libraries()
-        self.app_factory = app_factory
-        self.apps: dict[str, Any] = {}
+        self.host = ClientHost(app_factory)
 
     def call(self, method: str, client_id: str, request: Any) -> Reply | ClientFailure:
-        began = time.perf_counter()
-        try:
-            app = self.apps.get(client_id) or self.apps.setdefault(client_id, self.app_factory(client_id))
-            return getattr(app, method)(request)
-        except Exception as error:  # noqa: BLE001 - a client's failure is reported, the worker lives on
-            return ClientFailure(f"{type(error).__name__}: {error}", round(time.perf_counter() - began, 3))
+        return self.host.answer(method, client_id, request)
 
     def pid(self) -> int:
         import os
