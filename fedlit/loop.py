@@ -112,13 +112,13 @@ def check_federation(clients: Sequence[Client], federation: Federation) -> None:
     if faults.min_clients > per_round:
         raise ValueError(f"faults.min_clients is {faults.min_clients} but only {per_round} clients are sampled per "
                          "round (strategy.clients_per_round): no round could ever be aggregated")
-    for name, setting in (("secure aggregation", secure_aggregation), ("client-level DP", privacy)):
-        if setting is not None and strategy.needs_individual_updates:
-            raise ValueError(f"{type(strategy).__name__} needs each client's update, which {name} hides: use a "
-                             "strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
-    if secure_aggregation is not None:
+    if secure_aggregation is not None:  # (client-level DP refuses such a strategy when DPFedAvg wraps it)
+        if strategy.needs_individual_updates:
+            raise ValueError(f"{type(strategy).__name__} needs each client's update, which secure aggregation hides:"
+                             " use a strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
         weight = 1 if privacy is not None else max(len(c.datamodule.train_dataset) for c in clients)
         secure_aggregation.check_round_size(per_round)
+        secure_aggregation.warn_if_capped(per_round)
         secure_aggregation.check_ring(per_round, weight)
 
 
@@ -217,7 +217,6 @@ class FederatedLoop:
         self.fingerprint = config_fingerprint(dict(fingerprint or {}))
         self.report = report
         self.stopped: str | None = None
-        self.trained_rounds: list[int] = []  # rounds that produced a new global adapter
         self.current_round = 0
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
@@ -292,6 +291,13 @@ class FederatedLoop:
         """Training rounds that ran (trained or skipped) so far."""
         return len({row["round"] for row in self.history if row["round"] > 0})
 
+    @property
+    def trained_rounds(self) -> list[int]:
+        """Rounds that produced a new global adapter: every round that ran except the skipped ones (each a
+        ``server``/``round`` row)."""
+        skipped = {row["round"] for row in self.history if row["split"] == "round"}
+        return sorted({row["round"] for row in self.history if row["round"] > 0} - skipped)
+
     def _why_untrained(self) -> str:
         """A summary of why rounds were skipped and clients excluded: each distinct reason with its count."""
         reasons = collections.Counter(row["excluded"] for row in self.history if row.get("excluded"))
@@ -318,7 +324,6 @@ class FederatedLoop:
                 raise RoundSkipped(f"{len(updates)} of {len(replies)} sampled clients sent a usable update "
                                    f"(min_clients {self.faults.min_clients})")
             self.global_payload = self.workflow.aggregate(self.strategy, self.global_payload, updates)
-            self.trained_rounds.append(server_round)
         except RoundSkipped as why:
             self._skip(server_round, str(why), stats)
         else:
@@ -423,7 +428,6 @@ class FederatedLoop:
             "strategy": self.strategy.state_dict(),
             "server_step": self.server_step.state_dict() if self.server_step is not None else None,
             "example_steps": self.example_steps,
-            "trained_rounds": self.trained_rounds,
             "history": json.dumps(self.history),
             "rng": rng_state(),
         }, checkpoint_path(self.checkpoint_dir, server_round))
@@ -452,7 +456,6 @@ class FederatedLoop:
         if self.server_step is not None:
             self.server_step.load_state_dict(state["server_step"])
         self.history = json.loads(state["history"])
-        self.trained_rounds = list(state["trained_rounds"])
         self.example_steps = dict(state["example_steps"])
         set_rng_state(state["rng"])
         for row in self.history:  # loggers that start afresh (Lightning's CSVLogger does) get the whole record

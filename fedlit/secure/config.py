@@ -49,11 +49,14 @@ class SecureAggregationConfig:
             raise ValueError(f"secure_aggregation.threshold must be in (0, 1], got {self.threshold}")
 
     def check_round_size(self, num_clients: int) -> None:
-        """Refuse rounds of fewer than 3 clients unless allowed; warn when ``neighbours`` is capped."""
+        """Refuse rounds of fewer than 3 clients unless allowed."""
         if num_clients < 3 and not self.allow_fewer_than_three:
             raise ValueError(f"secure aggregation over {num_clients} client(s) per round hides nothing: each client "
                              "can compute the other's update from the mean; sample at least 3 "
                              "(strategy.clients_per_round) or set secure_aggregation.allow_fewer_than_three: true")
+
+    def warn_if_capped(self, num_clients: int) -> None:
+        """Say once, when a run is set up, that rounds of ``num_clients`` cannot have ``neighbours``."""
         if self.neighbours is not None and self.degree(num_clients) < self.neighbours:
             log.warning("secure_aggregation.neighbours %d: a round of %d clients has only %d others per client, "
                         "so every pair is masked (SecAgg)", self.neighbours, num_clients, num_clients - 1)
