@@ -82,11 +82,14 @@ def fed_hetero_llm(
     student = build_peft_model(load_base_model(mentee), peft or LoraConfig(**DEFAULT_LORA),
                                seed=federation.seed)
     factories = {}
+    checked = set()  # clients naming the same teacher: its files are read once
     for client_id, teacher_config in teachers.items():
         try:  # checked here from tokenizer and config; the weights load where the client trains
-            check_same_tokenizer(tokenizer, load_tokenizer(teacher_config))
-            vocabulary = AutoConfig.from_pretrained(resolve_model_path(teacher_config.name_or_path)).vocab_size
-            check_shared_vocabulary(student, vocabulary)
+            if repr(teacher_config) not in checked:
+                check_same_tokenizer(tokenizer, load_tokenizer(teacher_config))
+                vocabulary = AutoConfig.from_pretrained(resolve_model_path(teacher_config.name_or_path)).vocab_size
+                check_shared_vocabulary(student, vocabulary)
+                checked.add(repr(teacher_config))
         except ValueError as error:
             raise ValueError(f"teacher of client '{client_id}' ({teacher_config.name_or_path}): {error}") from None
         factories[client_id] = DistillingClient(student, teacher_config, loss, optimizer, evaluation, tokenizer)
