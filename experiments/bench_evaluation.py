@@ -18,8 +18,8 @@ from rich.table import Table
 from fedlit.algorithms import fed_homo_llm
 from fedlit.data import DataConfig
 from fedlit.federation import Federation
-from fedlit.loop import validate
 from fedlit.models import ModelConfig
+from fedlit.validation import validate
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from fedlit.backends.base import FitIns, FitRes
+from fedlit.backends.messages import FitIns, FitRes
 from fedlit.callbacks import AdapterExtraction, ExampleLevelDP, MaskedAggregation, UpdateClipping
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
@@ -20,19 +20,13 @@ from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import encode
 from fedlit.secure.party import SecAggParty
 from fedlit.secure.protocol import SecAggClient
+from fedlit.validation import QUIET_TRAINER, validate
 
 ModuleFactory = Callable[[], CausalLMModule]
 
 # Client Trainers are quiet, keep no checkpoints of their own, and do not validate while fitting:
 # the loop checkpoints rounds and evaluates every client on the global adapter itself.
-CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-    "limit_val_batches": 0,
-}
+CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {**QUIET_TRAINER, "limit_val_batches": 0}
 
 
 # The client mods, in the order they act when a fit ends (each reads what the one before it left):
@@ -102,6 +96,15 @@ class ClientApp(SecAggParty):
                                  masker=self._state() if ins.masked else None)
         result.seconds = round(time.perf_counter() - began, 3)
         return result
+
+    def evaluate(self, global_wire: bytes) -> dict[str, float]:
+        """The global adapter's metrics on this client's held-out split (and its size, ``num_examples``): the
+        evaluating module is the loop's, whatever module this client trains."""
+        module = self.module_factory()
+        module.load_trainable_state_dict(from_bytes(global_wire), who="the global adapter")
+        datamodule = self.client.datamodule
+        (metrics,) = validate(module, {self.client.client_id: datamodule}, self.trainer_kwargs).values()
+        return {**metrics, "num_examples": len(datamodule.val_dataset)}
 
 
 @dataclass

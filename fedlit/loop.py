@@ -29,7 +29,7 @@ from fedlit.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlit.client import CLIENT_TRAINER_DEFAULTS, Client, ClientApps, ModuleFactory
+from fedlit.client import Client, ClientApps, ModuleFactory
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
 from fedlit.federation import Federation
@@ -38,6 +38,7 @@ from fedlit.payload import Payload, Update, to_bytes
 from fedlit.progress import RoundProgress
 from fedlit.run_dir import LOOP_OUTPUTS, check_fresh, lock_output_dir, unlock_output_dir
 from fedlit.seeds import client_seed
+from fedlit.validation import validate
 from fedlit.workflow import Excluded, RoundSkipped
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["round", "client", "split", "model", "loss", "perplexity", "token_accuracy", "exact_match",
                   "choice_accuracy", "num_examples", "bytes_received", "bytes_sent", "seconds", "update_norm",
                   "epsilon", "excluded"]
-# Only these Trainer options carry over to the server's Trainers: where and in what precision the model runs.
-_EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
 
 
 class ServerStep(Protocol):
@@ -69,25 +68,6 @@ class ServerStep(Protocol):
 
     def save(self, directory: Path) -> None:
         """Export the server's own trained state at the end of the run (atomically)."""
-
-
-def server_trainer(trainer_kwargs: dict[str, Any], **overrides: Any) -> L.Trainer:
-    """A quiet Trainer for the server's own work, on the accelerator and in the precision of the clients'
-    ``trainer_kwargs``."""
-    placement = {key: trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in trainer_kwargs}
-    return L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, **placement, **overrides})
-
-
-def validate(module: L.LightningModule, parties: Mapping[str, CausalLMDataModule],
-             trainer_kwargs: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per party, the module's validation metrics on its held-out split (names without ``val_``), with one
-    :func:`server_trainer`."""
-    trainer = server_trainer(trainer_kwargs)
-    results = {}
-    for party, datamodule in parties.items():
-        (metrics,) = trainer.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
-        results[party] = {name.removeprefix("val_"): value for name, value in metrics.items()}
-    return results
 
 
 def check_federation(clients: Sequence[Client], federation: Federation) -> None:
@@ -390,13 +370,21 @@ class FederatedLoop:
         if sample is not None and sample < len(ids):
             drawn = np.random.default_rng([self.seed, server_round, 1]).choice(len(ids), size=sample, replace=False)
             ids = [ids[i] for i in sorted(drawn.tolist())]
-        parties = {cid: self.clients[cid].datamodule for cid in ids}
+        wire = to_bytes(self.global_payload)
+        replies = self.backend.call("evaluate", {cid: wire for cid in ids})
+        results = {}
+        for client_id in ids:  # each client evaluates its own split, where its data is
+            reply = replies[client_id]
+            if isinstance(reply, ClientFailure):
+                log.warning("round %d: client '%s' was not evaluated: %s", server_round, client_id, reply.reason)
+                self._record(server_round, {"client": client_id, "split": "val", "excluded": reply.reason})
+            else:
+                results[client_id] = reply
         if self.global_val is not None:
-            parties[GLOBAL] = self.global_val
-        results = validate(module, parties, self.trainer_kwargs)
+            (values,) = validate(module, {GLOBAL: self.global_val}, self.trainer_kwargs).values()
+            results[GLOBAL] = {**values, "num_examples": len(self.global_val.val_dataset)}
         for party, values in results.items():
-            self._record(server_round, {"client": party, "split": "val", **values,
-                                        "num_examples": len(parties[party].val_dataset)})
+            self._record(server_round, {"client": party, "split": "val", **values})
         for row in self.server_step.evaluate() if self.server_step is not None else ():
             self._record(server_round, row)
         return {party: values["loss"] for party, values in results.items()}

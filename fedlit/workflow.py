@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from fedlit.backends.base import Backend, ClientFailure, FitIns, FitRes
+from fedlit.backends.base import Backend
+from fedlit.backends.messages import ClientFailure, FitIns, FitRes
 from fedlit.faults import update_problem
 from fedlit.payload import Payload, Update, flatten, from_bytes
 from fedlit.strategies import Strategy

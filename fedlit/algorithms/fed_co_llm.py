@@ -20,7 +20,7 @@ from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.algorithms.federation import federated_loop
 from fedlit.callbacks.emulator_construction import write_client_package
 from fedlit.data.datamodule import CausalLMDataModule
-from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
+from fedlit.data.federated import GLOBAL, DataConfig
 from fedlit.data.public import public_blocks, public_dataloader
 from fedlit.federation import Federation
 from fedlit.io import atomic_directory
@@ -35,9 +35,10 @@ from fedlit.lightning_modules import (
     build_peft_model,
 )
 from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer, check_shared_vocabulary
-from fedlit.loop import FederatedLoop, server_trainer, validate
+from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload
+from fedlit.validation import server_trainer, validate
 
 
 def distil(llm: CausalLMModule, slm: CausalLMModule, config: DistillationConfig, loss: DistillationLossConfig,
@@ -137,7 +138,7 @@ def fed_co_llm(
     federation = federation or Federation()
     seed, trainer_kwargs = federation.seed, federation.trainer
     tokenizer = load_tokenizer(slm)
-    federated = build_federated_data(data, tokenizer)
+    federated = federation.backend.federated_data(data, tokenizer)
     llm_base, slm_base = load_base_model(llm), load_base_model(slm)
     try:
         check_same_tokenizer(tokenizer, load_tokenizer(llm), names=("SLM", "LLM"))

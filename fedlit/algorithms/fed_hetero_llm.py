@@ -11,7 +11,7 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.algorithms.federation import federated_loop
-from fedlit.data.federated import DataConfig, build_federated_data
+from fedlit.data.federated import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import (
     DistillationLossConfig,
@@ -65,7 +65,8 @@ def fed_hetero_llm(
     """Compose a FedHeteroLLM run.
 
     Args:
-        teachers: client id -> that client's own LLM (any size; it must share the mentee's vocabulary).
+        teachers: client id -> that client's own LLM (any size; it must share the mentee's vocabulary). In a
+            deployment each party names its own in its party config, and the server's is ignored.
         mentee: the common small model every client trains an adapter of (default: the default model cut to
             8 blocks by layer drop).
         loss: the CE/KL mix and temperature of the distillation.
@@ -74,11 +75,15 @@ def fed_hetero_llm(
     """
     federation = federation or Federation()
     tokenizer = load_tokenizer(mentee)
-    federated = build_federated_data(data, tokenizer)
-    missing, unknown = sorted(set(federated.clients) - set(teachers)), sorted(set(teachers) - set(federated.clients))
-    if missing or unknown:
-        raise ValueError(f"teachers: no model for clients {missing}, models for unknown clients {unknown} "
-                         f"(clients: {sorted(federated.clients)})")
+    federated = federation.backend.federated_data(data, tokenizer)
+    if federated.held_by_parties:  # a deployment: each party names and loads its own teacher
+        teachers = {}
+    else:
+        clients = set(federated.clients)
+        missing, unknown = sorted(clients - set(teachers)), sorted(set(teachers) - clients)
+        if missing or unknown:
+            raise ValueError(f"teachers: no model for clients {missing}, models for unknown clients {unknown} "
+                             f"(clients: {sorted(federated.clients)})")
     student = build_peft_model(load_base_model(mentee), peft or LoraConfig(**DEFAULT_LORA),
                                seed=federation.seed)
     factories = {}

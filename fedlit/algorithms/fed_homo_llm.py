@@ -7,7 +7,7 @@ import functools
 from peft import LoraConfig, PeftConfig
 
 from fedlit.algorithms.federation import federated_loop
-from fedlit.data.federated import DataConfig, build_federated_data
+from fedlit.data.federated import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.loop import FederatedLoop
@@ -39,7 +39,7 @@ def fed_homo_llm(
     federation = federation or Federation()
     peft = peft or LoraConfig(**DEFAULT_LORA)
     tokenizer = load_tokenizer(model)
-    federated = build_federated_data(data, tokenizer)
+    federated = federation.backend.federated_data(data, tokenizer)
     peft_model = build_peft_model(load_base_model(model), peft, seed=federation.seed)
     return federated_loop(
         federated, functools.partial(PeftModule, peft_model, optimizer, evaluation, tokenizer),

@@ -19,14 +19,14 @@ from fedlit.algorithms.federation import federated_loop
 from fedlit.callbacks.emulator_construction import EmulatorConstruction, write_client_package
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.data.datamodule import CausalLMDataModule
-from fedlit.data.federated import GLOBAL, DataConfig, build_federated_data
+from fedlit.data.federated import GLOBAL, DataConfig
 from fedlit.data.public import public_blocks, public_dataloader
 from fedlit.federation import Federation
 from fedlit.io import atomic_directory, atomic_write_bytes
 from fedlit.lightning_modules import CausalLMModule, EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.lightning_modules.emulator_distillation import EmulatorDistillation
 from fedlit.lightning_modules.knowledge_distillation import DistillationConfig
-from fedlit.loop import FederatedLoop, validate
+from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.models.offsite import (
     OffsiteConfig,
@@ -37,6 +37,7 @@ from fedlit.models.offsite import (
     plug_in,
 )
 from fedlit.payload import Payload, to_bytes
+from fedlit.validation import validate
 
 
 def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, offsite: OffsiteConfig,
@@ -155,7 +156,7 @@ def fed_ost(
     federation = federation or Federation()
     seed = federation.seed
     tokenizer = load_tokenizer(model)
-    federated = build_federated_data(data, tokenizer)
+    federated = federation.backend.federated_data(data, tokenizer)
     full = load_base_model(model)
     package = Path(federation.output_dir) / "client_package"
     plan = client_package(full, tokenizer, offsite, distillation, package, seed)

@@ -11,54 +11,15 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from fedlit.backends.messages import ClientFailure
 from fedlit.faults import deadline
-from fedlit.privacy.example_dp import ExampleDPConfig
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-@dataclass
-class FitIns:
-    """What the server sends one client for one fit: the global adapter (safetensors bytes) and its plan.
-
-    Args:
-        global_wire: the global adapter.
-        seed: seeds the client's fit (from seed, round and client id, so any backend computes the same).
-        clip_norm: client-level DP: clip the update to this L2 norm (``None``: no clipping).
-        noise_std: client-level DP under masking: the client's share of the noise.
-        example_dp: DP-SGD settings for the local training (``None``: plain training).
-        example_dp_steps: DP-SGD steps the client has taken in earlier rounds (its epsilon so far counts them).
-        masked: secure aggregation: send the update masked (the client's protocol state must be set up).
-    """
-
-    global_wire: bytes
-    seed: int
-    clip_norm: float | None = None
-    noise_std: float = 0.0
-    example_dp: ExampleDPConfig | None = None
-    example_dp_steps: int = 0
-    masked: bool = False
-
-
-@dataclass
-class FitRes:
-    """One client's answer to :class:`FitIns`: its update as bytes (safetensors, or an encoded masked input),
-    how many examples it trained on (0 when masked: the count travels inside the mask), its metrics and how
-    long its fit took."""
-
-    wire: bytes
-    num_examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-@dataclass
-class ClientFailure:
-    """A client that did not answer: it raised, ran past the deadline, or its worker died."""
-
-    reason: str
-    seconds: float = 0.0
+    from fedlit.data.federated import DataConfig, FederatedData
 
 
 Reply = Any  # a ClientApp method's return value (FitRes, or bytes for protocol messages)
@@ -108,6 +69,13 @@ class Backend(ABC):
              on_reply: Callable[[str], None] | None = None) -> dict[str, Reply | ClientFailure]:
         """``app.<method>(request)`` for every client id in ``requests``; ``on_reply(client_id)`` as each
         answers (progress)."""
+
+    def federated_data(self, config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> FederatedData:
+        """The federation's clients and held-out data as the server knows them: here, every client's data is
+        read in this process from ``config`` (a deployment backend asks its parties instead)."""
+        from fedlit.data.federated import build_federated_data
+
+        return build_federated_data(config, tokenizer)
 
     def close(self) -> None:  # noqa: B027 - optional: a backend without workers has nothing to release
         """Release workers (the loop calls it when a run ends)."""

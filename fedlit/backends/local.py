@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedlit.backends.base import Backend, ClientAppFactory, ClientFailure, ClientHost, Reply
+from fedlit.backends.base import Backend, ClientAppFactory, ClientHost, Reply
+from fedlit.backends.messages import ClientFailure
 
 
 class LocalBackend(Backend):

@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedlit.backends.base import Backend, ClientAppFactory, ClientFailure, ClientHost, Reply
+from fedlit.backends.base import Backend, ClientAppFactory, ClientHost, Reply
+from fedlit.backends.messages import ClientFailure
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import string
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -103,11 +104,34 @@ class DataConfig:
 
 
 @dataclass
+class PartyData:
+    """A client's data as a server that never sees it knows it (a deployment): the sizes of its splits, each
+    standing in as a range of that length where the loop counts records."""
+
+    train_size: int
+    val_size: int
+
+    @property
+    def train_dataset(self) -> range:
+        return range(self.train_size)
+
+    @property
+    def val_dataset(self) -> range:
+        return range(self.val_size)
+
+
+@dataclass
 class FederatedData:
-    clients: dict[str, CausalLMDataModule]
-    global_val: CausalLMDataModule
+    clients: dict[str, CausalLMDataModule | PartyData]
+    global_val: CausalLMDataModule | None
     label_names: list[str]
     label_counts: np.ndarray  # [client, label]: records each client holds, before the held-out splits
+
+    @property
+    def held_by_parties(self) -> bool:
+        """Whether the clients' data (and what else is theirs to name, such as their teachers) stays with the
+        parties of a deployment, the server knowing only sizes."""
+        return any(isinstance(data, PartyData) for data in self.clients.values())
 
 
 def _templates(config: DataConfig) -> dict[str, tuple[str, str]]:
@@ -240,10 +264,10 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
     records = drop_empty_records(records, config)
     parts = assign_clients(records, config)
     global_share = math.ceil(config.global_val_examples / len(parts))
-    rng = np.random.default_rng(config.seed)
     modules, global_parts = {}, []
     for client_id, client_rows in parts.items():
-        rows = rng.permutation(client_rows)
+        # seeded per client: a party that holds only its own records (a deployment) splits them the same way
+        rows = np.random.default_rng([config.seed, zlib.crc32(client_id.encode())]).permutation(client_rows)
         n_val, n_held = config.val_examples_per_client, config.val_examples_per_client + global_share
         n_train = len(rows) - n_held
         if config.train_examples_per_client is not None:

@@ -20,13 +20,17 @@ def new_private_key() -> X25519PrivateKey:
     return X25519PrivateKey.generate()
 
 
+def private_key(data: bytes) -> X25519PrivateKey:
+    return X25519PrivateKey.from_private_bytes(data)
+
+
 def private_bytes(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
 def public_bytes(key: X25519PrivateKey | bytes) -> bytes:
     if isinstance(key, bytes):
-        key = X25519PrivateKey.from_private_bytes(key)
+        key = private_key(key)
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
@@ -34,7 +38,7 @@ def derive(private: bytes | X25519PrivateKey, peer_public: bytes, purpose: str, 
            a: str, b: str) -> bytes:
     """A 32-byte key for ``purpose`` shared by clients ``a`` and ``b`` in ``server_round`` (order-free)."""
     if isinstance(private, bytes):
-        private = X25519PrivateKey.from_private_bytes(private)
+        private = private_key(private)
     shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
     low, high = sorted((a, b))
     info = f"fedlit-secagg|{purpose}|{server_round}|{low}|{high}".encode()

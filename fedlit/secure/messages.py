@@ -7,12 +7,12 @@ advertise public keys; 2 they share their secrets, encrypted to each neighbour, 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
+
+from fedlit.wire import pack, unpack
 
 
 @dataclass(frozen=True)
@@ -104,48 +104,11 @@ MESSAGES = {cls.__name__: cls for cls in (RoundSetup, AdvertiseKeys, NeighbourKe
                                           ForwardedShares, MaskedInput, UnmaskRequest, UnmaskResponse)}
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {"kind": type(value).__name__, **{f.name: _plain(getattr(value, f.name))
-                                                   for f in dataclasses.fields(value)}}
-    if isinstance(value, np.ndarray):
-        return {"kind": "ndarray", "dtype": value.dtype.str, "shape": list(value.shape), "data": value.tobytes()}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _typed(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    kind = value.get("kind")
-    if kind == "ndarray":
-        return np.frombuffer(value["data"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
-    fields = {k: _typed(v) for k, v in value.items() if k != "kind"}
-    if kind is None:
-        return fields
-    if kind not in MESSAGES:
-        raise ValueError(f"unknown secure-aggregation message kind {kind!r}")
-    cls = MESSAGES[kind]
-    expected = {f.name for f in dataclasses.fields(cls)}
-    if set(fields) != expected:
-        raise ValueError(f"malformed {kind}: fields {sorted(fields)}, expected {sorted(expected)}")
-    return cls(**fields)
-
-
 def encode(message: Any) -> bytes:
     """msgpack bytes of a message (arrays as raw bytes with dtype and shape)."""
-    return msgpack.packb(_plain(message), use_bin_type=True)
+    return pack(message)
 
 
 def decode(data: bytes) -> Any:
     """The message :func:`encode` wrote; anything else raises ValueError."""
-    try:
-        plain = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (msgpack.UnpackException, ValueError) as error:
-        raise ValueError(f"not a secure-aggregation message: {error}") from None
-    return _typed(plain)
+    return unpack(data, MESSAGES, "secure-aggregation message")

@@ -27,6 +27,8 @@ from fedlit.secure.messages import (
     ShareKeys,
     UnmaskRequest,
     UnmaskResponse,
+    decode,
+    encode,
 )
 
 
@@ -162,6 +164,27 @@ class SecAggClient:
             elif sender in dropped:
                 key_shares[sender] = [x, key_share]
         return UnmaskResponse(self.client_id, self.setup.server_round, seed_shares, key_shares)
+
+    def to_bytes(self) -> bytes:
+        """The whole state, private keys included, as plain msgpack bytes: for a party whose stages run in
+        separate processes (a Flower SuperNode starts one per message) to keep it on its own machine between
+        them. It must never leave the party."""
+        return encode({"client_id": self.client_id, "setup": self.setup, "seed": self.seed,
+                       "cipher_key": keys.private_bytes(self.cipher_key), "mask_key": keys.private_bytes(self.mask_key),
+                       "neighbour_keys": self.neighbour_keys, "received": self.received, "unmasked": self.unmasked})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, config: SecureAggregationConfig) -> SecAggClient:
+        """The state :meth:`to_bytes` wrote (plain data only: nothing in it can execute)."""
+        state = decode(data)
+        client = cls.__new__(cls)
+        client.client_id, client.config, client.setup = state["client_id"], config, state["setup"]
+        client.cipher_key = keys.private_key(state["cipher_key"])
+        client.mask_key = keys.private_key(state["mask_key"])
+        client.seed, client.unmasked = state["seed"], state["unmasked"]
+        client.neighbour_keys = dict(state["neighbour_keys"])
+        client.received = {sender: tuple(values) for sender, values in state["received"].items()}
+        return client
 
 
 class SecAggServer:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 
-from fedlit.backends.base import ClientFailure
+from fedlit.backends.messages import ClientFailure
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import MaskedInput, decode, encode
 from fedlit.secure.party import SecAggParty

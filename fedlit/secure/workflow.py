@@ -7,7 +7,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedlit.backends.base import Backend, ClientFailure, FitIns, FitRes
+from fedlit.backends.base import Backend
+from fedlit.backends.messages import ClientFailure, FitIns, FitRes
 from fedlit.payload import Payload, Update
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.protocol import RoundAbandoned
