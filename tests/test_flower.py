@@ -1,0 +1,154 @@
+"""Deployment on Flower: a real SuperLink and three SuperNodes as separate OS processes on localhost, each party
+with its own data file, over TLS with SuperNode authentication; the runs match LocalBackend's, survive a SuperNode
+killed mid-round and a server restart. The two fault tests take minutes each (Flower notices a dead SuperNode by
+its missed heartbeats; restarted SuperNodes back off): ``make test`` leaves them to ``make test-deployment``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("flwr")
+
+from conftest import PLAYS, play_records, with_federation  # noqa: E402
+from deployment import LocalDeployment  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+pytestmark = pytest.mark.deployment
+COMPARED = ["round", "client", "split", "loss", "perplexity", "token_accuracy", "num_examples", "bytes_received",
+            "bytes_sent", "excluded"]
+
+
+def server_config(directory: Path, model_dir: Path, name: str, **overrides) -> Path:
+    """The server's config: model, adapter, strategy, secure aggregation; no client's data path."""
+    config = {
+        "rounds": 2, "output_dir": str(directory / name), "progress": False,
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32},
+        "peft": {"class_path": "peft.LoraConfig", "init_args": {"r": 4, "lora_alpha": 8,
+                                                                "target_modules": ["q_proj", "v_proj"]}},
+        "optimizer": {"lr": 0.01},
+        "secure_aggregation": {},
+        "trainer": {"max_steps": 3, "accelerator": "cpu"},
+        **overrides,
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory):
+    """Each party's records in its own file, and its party-config naming it; the SuperLink and SuperNodes up."""
+    root = tmp_path_factory.mktemp("deployment")
+    records, parties = play_records(), {}
+    for play in PLAYS:
+        data = root / f"{play}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records if r["play"] == play))
+        # the local run below holds back 6 global held-out records, 2 per client: so does each party
+        parties[play] = root / f"{play}-party.yaml"
+        parties[play].write_text(yaml.safe_dump({"data": {"source": str(data), "num_clients": 1,
+                                                          "global_val_examples": 2}}))
+    deployment = LocalDeployment(root, parties).start()
+    yield deployment
+    deployment.stop()
+
+
+@pytest.fixture(scope="module")
+def local_reference(tiny_model_dir: Path, plays_jsonl: Path, deployment: LocalDeployment):
+    """The same run on LocalBackend, every client's data in this process."""
+    from peft import LoraConfig
+
+    from fedlit.algorithms import fed_homo_llm
+    from fedlit.data import DataConfig
+    from fedlit.lightning_modules import OptimizerConfig
+    from fedlit.models import ModelConfig
+    from fedlit.secure import SecureAggregationConfig
+
+    output_dir = deployment.root / "local"
+    fed_homo_llm(**with_federation({
+        "model": ModelConfig(str(tiny_model_dir)),
+        "data": DataConfig(source=str(plays_jsonl), num_clients=3, val_examples_per_client=4,
+                           global_val_examples=6, batch_size=4, max_length=32),
+        "peft": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        "optimizer": OptimizerConfig(lr=0.01),
+        "secure_aggregation": SecureAggregationConfig(),
+        "rounds": 2, "output_dir": output_dir, "loggers": [], "progress": False,
+        "trainer_kwargs": {"max_steps": 3, "accelerator": "cpu"},
+    })).fit()
+    return output_dir
+
+
+def rows(output_dir: Path) -> list[dict[str, str]]:
+    with open(output_dir / "metrics.csv") as f:
+        return [{k: row[k] for k in COMPARED} for row in csv.DictReader(f) if row["client"] != "global"]
+
+
+def adapter(output_dir: Path) -> dict:
+    return load_file(output_dir / "adapter" / "adapter_model.safetensors")
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    assert rows(run) == rows(reference)
+    got, want = adapter(run), adapter(reference)
+    assert got.keys() == want.keys()
+    assert all((got[k] == want[k]).all() for k in want)  # bit-identical: masking is exact in the ring
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.5)
+
+
+def test_deployment_with_secure_aggregation_matches_local_backend(deployment, local_reference, tiny_model_dir):
+    config = server_config(deployment.root, tiny_model_dir, "flower")
+    assert "jsonl" not in config.read_text()  # the server's config names no client's data
+    assert deployment.deploy(config).wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
+    assert_same_run(deployment.root / "flower", local_reference)
+    record = json.loads((deployment.root / "flower" / "deployment.json").read_text())
+    assert sorted(record["parties"]) == sorted(PLAYS)
+    assert record["client_secrets_in_server_process"] == 0  # audited after every request
+
+
+def test_a_supernode_with_an_unregistered_key_is_refused(deployment):
+    rogue = deployment.start_supernode("gamma", key="rogue")
+    assert rogue.wait(timeout=120) != 0
+    assert "Failed to activate SuperNode" in deployment.log("rogue")
+
+
+@pytest.mark.deployment_faults
+def test_server_restart_with_resume_finishes_like_an_uninterrupted_run(deployment, local_reference, tiny_model_dir):
+    config = server_config(deployment.root, tiny_model_dir, "restarted")
+    deployment.deploy(config)
+    checkpoint = deployment.root / "restarted" / "checkpoints" / "round-0001.ckpt"
+    wait_for(checkpoint.exists, 600, "no round-1 checkpoint")
+    deployment.kill("superlink")  # the server process (SuperLink with its ServerApp) dies mid-run
+    deployment.kill("deploy")
+    deployment.start_superlink()  # the SuperNodes reconnect by themselves
+    assert deployment.deploy(config, "--resume", "true").wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
+    assert_same_run(deployment.root / "restarted", local_reference)
+
+
+@pytest.mark.deployment_faults
+def test_a_supernode_killed_mid_round_is_a_dropout(deployment, tiny_model_dir):
+    config = server_config(deployment.root, tiny_model_dir, "dropout", rounds=1,
+                           faults={"timeout_s": 30})
+    run = deployment.deploy(config, "--reply_timeout_s", "30")
+    metrics = deployment.root / "dropout" / "metrics.csv"
+    wait_for(metrics.exists, 600, "round 0 never finished")  # round 0 evaluated: round 1 is starting
+    deployment.kill("gamma", signal.SIGKILL)
+    assert run.wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
+    trained = {row["client"]: row for row in rows(deployment.root / "dropout")
+               if row["round"] == "1" and row["split"] == "train"}
+    assert trained["gamma"]["excluded"], trained
+    assert not trained["alpha"]["excluded"] and not trained["beta"]["excluded"]
+    deployment.start_supernode("gamma")

@@ -1,0 +1,191 @@
+"""FlowerBackend and the party's ClientApp in one process, over a grid that routes each message to a party's
+handler: replies are matched to their requests, garbage, replays and silence become named client failures, an
+offline SuperNode fails at once and a restarted one is found again; a party keeps its secure-aggregation state in
+its own context."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.app import Context, Message, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fedlit.backends.messages import ClientFailure  # noqa: E402
+from fedlit.flower import party  # noqa: E402
+from fedlit.flower.backend import FlowerBackend  # noqa: E402
+from fedlit.flower.envelope import RECORD, read_reply, read_request, reply_content, request_content  # noqa: E402
+from fedlit.secure.config import SecureAggregationConfig  # noqa: E402
+from fedlit.secure.messages import RoundSetup, decode, encode  # noqa: E402
+from fedlit.secure.protocol import SecAggClient  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    for key, value in {"_run_id": 1, "_node_id": 0, "_task_id": 1}.items():
+        monkeypatch.setattr(TaskIdentity, key, value)
+
+
+class Grid:
+    """A grid whose nodes answer in-process: node id -> handler(message) -> reply or None (silence)."""
+
+    def __init__(self, handlers):
+        self.handlers, self.replies, self.ids = dict(handlers), {}, itertools.count()
+
+    def get_node_ids(self):
+        return list(self.handlers)
+
+    def push_messages(self, messages):
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = f"m{next(self.ids)}"
+            reply = self.handlers[message.metadata.dst_node_id](message)
+            if reply is not None:
+                self.replies[message.metadata.message_id] = reply
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in message_ids if i in self.replies]
+
+
+def describing(client_id, train_size=10):
+    """A party that answers ``describe`` and echoes anything else back as its reply."""
+
+    def handler(message):
+        request = read_request(message)
+        value = {"client_id": client_id, "train_size": train_size, "val_size": 4} \
+            if request.method == "describe" else request.payload
+        return Message(reply_content(request, client_id, value), reply_to=message)
+
+    return handler
+
+
+def backend_for(handlers, **kwargs) -> FlowerBackend:
+    backend = FlowerBackend(Grid(handlers), parties=len(handlers), wait_s=1, **kwargs)
+    backend.federated_data(None, None)
+    return backend
+
+
+def test_discovery_maps_clients_to_nodes_and_reports_only_sizes():
+    backend = FlowerBackend(Grid({7: describing("alpha", 12), 9: describing("beta", 5)}), parties=2, wait_s=1)
+    data = backend.federated_data(None, None)
+    assert backend.nodes == {"alpha": 7, "beta": 9}
+    assert {cid: len(d.train_dataset) for cid, d in data.clients.items()} == {"alpha": 12, "beta": 5}
+    assert data.global_val is None
+    assert backend.call("evaluate", {"alpha": b"x", "beta": b"y"}) == {"alpha": b"x", "beta": b"y"}
+
+
+def test_two_supernodes_naming_one_client_are_refused():
+    with pytest.raises(ValueError, match="both name client 'alpha'"):
+        backend_for({1: describing("alpha"), 2: describing("alpha")})
+
+
+def test_too_few_supernodes_is_a_named_timeout():
+    backend = FlowerBackend(Grid({1: describing("alpha")}), parties=3, wait_s=0.1)
+    with pytest.raises(TimeoutError, match="1 of 3 SuperNodes"):
+        backend.federated_data(None, None)
+
+
+def test_garbage_a_replay_and_silence_are_failures_of_the_named_client():
+    handlers = {1: describing("alpha"), 2: describing("beta"), 3: describing("gamma")}
+    backend = backend_for(handlers, reply_timeout_s=0.5)
+    earlier = {}
+
+    def replaying(message):  # answers with its reply to the first request it saw
+        earlier.setdefault("reply", describing("alpha")(message))
+        reply = earlier["reply"]
+        return Message(reply.content, reply_to=message)
+
+    def garbage(message):
+        request = read_request(message)
+        content = reply_content(request, "beta", b"")
+        content.config_records[RECORD]["payload"] = b"\xc1 not msgpack"
+        return Message(content, reply_to=message)
+
+    backend.grid.handlers.update({1: replaying, 2: garbage, 3: lambda message: None})
+    backend.call("evaluate", {"alpha": b"a"})  # the reply alpha will replay
+    replies = backend.call("evaluate", {"alpha": b"a", "beta": b"b", "gamma": b"c"})
+    assert all(isinstance(reply, ClientFailure) for reply in replies.values()), replies
+    assert "client 'alpha' sent a reply to another request" in replies["alpha"].reason
+    assert "client 'beta' sent garbage" in replies["beta"].reason
+    assert "no reply within 0.5 s" in replies["gamma"].reason
+
+
+def test_an_offline_supernode_fails_at_once_and_a_restarted_one_is_found_again():
+    grid_handlers = {1: describing("alpha"), 2: describing("beta")}
+    backend = backend_for(grid_handlers)
+    del backend.grid.handlers[2]  # beta's SuperNode went offline
+    replies = backend.call("evaluate", {"alpha": b"a", "beta": b"b"})
+    assert replies["alpha"] == b"a" and "SuperNode of client 'beta' is offline" in replies["beta"].reason
+    backend.grid.handlers[5] = describing("beta")  # restarted: a new node id
+    assert backend.call("evaluate", {"beta": b"b"}) == {"beta": b"b"}
+    assert backend.nodes["beta"] == 5
+
+
+def party_context(client_id: str | None, config: dict) -> Context:
+    import yaml
+
+    return Context(run_id=1, node_id=1, node_config={} if client_id is None else {"client-id": client_id},
+                   state=RecordDict(), run_config={"fedlit-command": "fit", "fedlit-config": yaml.safe_dump(config)})
+
+
+def ask(context: Context, method: str, payload, client_id: str = "alpha") -> object:
+    """The party's reply to one request, as the backend reads it."""
+    content, nonce = request_content(method, payload)
+    message = Message(content, dst_node_id=1, message_type="query", group_id=method)
+    message.metadata.__dict__["_message_id"] = "m"
+    return read_reply(party.answer(message, context), client_id, nonce)
+
+
+def test_the_party_keeps_its_secure_aggregation_state_in_its_own_context():
+    names = ["alpha", "beta", "gamma"]
+    setup = RoundSetup(1, names, {c: [o for o in names if o != c] for c in names}, 2, 5)
+    context = party_context("alpha", {"secure_aggregation": {}})
+    advert = decode(ask(context, "secagg_setup", encode(setup)))
+    state = SecAggClient.from_bytes(context.state.config_records["fedlit-secagg"]["state"],
+                                    SecureAggregationConfig())
+    assert advert == state.advertise()  # the stored state is the one that answered: keys, seed commitment
+    assert "not a secure-aggregation message" in ask(context, "secagg_share", b"\xc1").reason  # garbage in
+
+
+def test_the_party_refuses_unknown_methods_and_a_supernode_without_client_id():
+    assert "unknown request method '__init__'" in ask(party_context("alpha", {}), "__init__", b"").reason
+    assert "has no client-id" in ask(party_context(None, {}), "secagg_setup", b"", client_id="?").reason
+
+
+def test_fedhetero_each_party_names_its_own_teacher_and_the_server_none(tiny_model_dir, tmp_path):
+    import json
+
+    import yaml
+    from conftest import play_records
+
+    from fedlit.algorithms import fed_hetero_llm
+    from fedlit.algorithms.fed_hetero_llm import DistillingClient
+    from fedlit.cli import fit_parser
+    from fedlit.federation import Federation
+    from fedlit.models import ModelConfig
+
+    backend = FlowerBackend(Grid({1: describing("alpha"), 2: describing("beta")}), parties=2, wait_s=1)
+    server = fed_hetero_llm(teachers={}, mentee=ModelConfig(str(tiny_model_dir), keep_blocks=None),
+                            federation=Federation(backend=backend, output_dir=str(tmp_path / "run"), loggers=[],
+                                                  progress=False))
+    assert sorted(server.clients) == ["alpha", "beta"]
+    assert all(client.module_factory is None for client in server.clients.values())  # no teacher on the server
+
+    data = tmp_path / "alpha.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in play_records() if r["play"] == "alpha"))
+    party_config = {"teachers": {"alpha": {"name_or_path": str(tiny_model_dir)}},
+                    "mentee": {"name_or_path": str(tiny_model_dir), "keep_blocks": None},
+                    "data": {"source": str(data), "num_clients": 1, "val_examples_per_client": 4,
+                             "global_val_examples": 2, "max_length": 32},
+                    "trainer": {"max_steps": 1, "accelerator": "cpu"}}
+    parser = fit_parser("fedhetero")
+    text = parser.dump(parser.parse_object(party_config), skip_none=False, skip_check=True)
+    client = party._client_app("alpha", "fedhetero", text).client
+    assert isinstance(client.module_factory, DistillingClient)
+    assert client.module_factory.teacher.name_or_path == str(tiny_model_dir)
+    assert yaml.safe_load(text)["teachers"]["alpha"]["name_or_path"] == str(tiny_model_dir)
