@@ -11,15 +11,23 @@ the clients dropping after key exchange (their pair masks must then be recompute
 - bytes per client: everything the client sends in the protocol, and the ratio to plain FedAvg, which
   sends the float32 adapter once.
 
+- ``--flower``: fedlit's SecAgg+ against Flower's own (``SecAggPlusWorkflow`` on the server, ``secaggplus_mod``
+  on the clients) on the same update size, clients and neighbours, no dropouts, in one process: each side's
+  messages as Flower record dicts (their serialized size is the bytes on the wire), CPU seconds of the client
+  code (mean per client, masking included) and of the server code (everything else).
+
     python experiments/bench_secagg.py [--clients 10 50 100] [--params 1000000] [--json out.json]
+    python experiments/bench_secagg.py --flower [--clients 10 20] [--params 1000000] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -74,6 +82,158 @@ def secure_round(n: int, params: int, config: SecureAggregationConfig, drop: flo
             "server_unmask_s": unmask, "bytes_sent_per_client": float(np.mean(sent))}
 
 
+def _record_bytes(content) -> int:
+    from flwr.common.serde import recorddict_to_proto
+
+    return len(recorddict_to_proto(content).SerializeToString())
+
+
+def fedlit_over_flower_records(n: int, params: int, neighbours: int, bits: int) -> dict[str, float]:
+    """fedlit's SecAgg+ round, each request and reply wrapped as the Flower backend sends it."""
+    from fedlit.backends.messages import FitIns, FitRes
+    from fedlit.flower.envelope import request_content
+    from fedlit.secure.party import SecAggParty
+
+    config = SecureAggregationConfig(bits=bits, scale=2.0**24 if bits > 32 else 2.0**12, clip=1.0,
+                                     neighbours=neighbours)
+    ids = [f"client-{i:03d}" for i in range(n)]
+    parties = {c: SecAggParty(c, config) for c in ids}
+    client_cpu, sent, received = Counter(), Counter(), Counter()
+
+    def transport(method: str, requests: dict[str, bytes]) -> dict[str, bytes]:
+        replies = {}
+        for client_id, message in requests.items():
+            received[client_id] += _record_bytes(request_content(method, message)[0])
+            began = time.process_time()
+            replies[client_id] = getattr(parties[client_id], method)(message)
+            client_cpu[client_id] += time.process_time() - began
+            sent[client_id] += _record_bytes(request_content(method, replies[client_id])[0])
+        return replies
+
+    rng = np.random.default_rng(0)
+    updates = {c: rng.normal(scale=0.01, size=params) for c in ids}
+    fit_request = _record_bytes(request_content("fit", FitIns(to_bytes({"w": torch.zeros(params)}), 0,
+                                                              masked=True))[0])  # the global adapter, float32
+    began = time.process_time()
+    secure = SecureRound(config, 1, ids, params, transport=transport)
+    for client_id in secure.exchange_keys():
+        start = time.process_time()
+        wire = encode(parties[client_id].secagg.mask(updates[client_id], 100))
+        client_cpu[client_id] += time.process_time() - start
+        received[client_id] += fit_request
+        sent[client_id] += _record_bytes(request_content("fit", FitRes(wire, 0))[0])
+        secure.submit(client_id, wire)
+    secure.finish()
+    total = time.process_time() - began
+    return {"client_cpu_s": sum(client_cpu.values()) / n, "server_cpu_s": total - sum(client_cpu.values()),
+            "bytes_sent_per_client": sum(sent.values()) / n, "bytes_received_per_client": sum(received.values()) / n}
+
+
+def flower_secaggplus(n: int, params: int, neighbours: int) -> dict[str, float]:
+    """Flower's SecAgg+: ``SecAggPlusWorkflow`` in a one-round ``DefaultWorkflow`` over an in-process grid whose
+    nodes run a ``ClientApp`` with ``secaggplus_mod``."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import ndarrays_to_parameters
+    from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg as FlowerFedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.serverapp.grid import Grid
+    from flwr.supercore.run import Run
+    from flwr.supercore.task_identity import TaskIdentity
+
+    rng = np.random.default_rng(0)
+    updates = {node: rng.normal(scale=0.01, size=params).astype(np.float32) for node in range(1, n + 1)}
+
+    class Client(NumPyClient):
+        def __init__(self, node: int) -> None:
+            self.node = node
+
+        def fit(self, parameters, config):
+            return [updates[self.node]], 100, {}
+
+    app = ClientApp(client_fn=lambda context: Client(context.node_id).to_client(), mods=[secaggplus_mod])
+    client_cpu, sent, received = Counter(), Counter(), Counter()
+
+    class InProcessGrid(Grid):
+        def __init__(self) -> None:
+            self.contexts = {node: Context(1, node, {}, RecordDict(), {}) for node in updates}
+            self.replies, self.count = {}, 0
+            self._run = Run.create_empty(1)
+
+        def set_run(self, run_id: int) -> None:
+            pass
+
+        @property
+        def run(self):
+            return self._run
+
+        def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+            return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+
+        def get_node_ids(self):
+            return list(updates)
+
+        def push_messages(self, messages):
+            ids = []
+            for message in messages:
+                node = message.metadata.dst_node_id
+                self.count += 1
+                # the node gets its own copy, as over a network (the workflow shares one content among messages)
+                message = Message(recorddict_from_proto(recorddict_to_proto(message.content)), dst_node_id=node,
+                                  message_type=message.metadata.message_type, group_id=message.metadata.group_id)
+                message.metadata.__dict__["_message_id"] = f"m{self.count}"
+                received[node] += _record_bytes(message.content)
+                began = time.process_time()
+                reply = app(message, self.contexts[node])
+                client_cpu[node] += time.process_time() - began
+                sent[node] += _record_bytes(reply.content) if reply.has_content() else 0
+                self.replies[message.metadata.message_id] = reply
+                ids.append(message.metadata.message_id)
+            return ids
+
+        def pull_messages(self, message_ids):
+            return [self.replies.pop(i) for i in message_ids if i in self.replies]
+
+        def send_and_receive(self, messages, *, timeout=None):
+            return self.pull_messages(self.push_messages(messages))
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # its per-stage debug lines
+    strategy = FlowerFedAvg(initial_parameters=ndarrays_to_parameters([np.zeros(params, dtype=np.float32)]),
+                            fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n)
+    grid = InProcessGrid()
+    context = LegacyContext(Context(1, 0, {}, RecordDict(), {}), config=ServerConfig(num_rounds=1), strategy=strategy)
+    began = time.process_time()
+    DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=neighbours + 1, reconstruction_threshold=0.5))(
+        grid, context)
+    total = time.process_time() - began
+    return {"client_cpu_s": sum(client_cpu.values()) / n, "server_cpu_s": total - sum(client_cpu.values()),
+            "bytes_sent_per_client": sum(sent.values()) / n, "bytes_received_per_client": sum(received.values()) / n}
+
+
+def compare_with_flower(clients: list[int], params: int, neighbours: int, console: Console) -> list[dict]:
+    table = Table(title=f"SecAgg+ in one round, {params:,}-parameter update, {neighbours} neighbours, no dropouts")
+    for column in ("clients", "implementation", "ring", "client CPU s", "server CPU s", "MB sent / client",
+                   "MB received / client"):
+        table.add_column(column, justify="right")
+    rows = []
+    for n in clients:
+        k = min(neighbours, n - 1)
+        for name, ring, measure, extra in (("fedlit", "2^64", fedlit_over_flower_records, (64,)),
+                                           ("fedlit", "2^32", fedlit_over_flower_records, (32,)),
+                                           ("Flower SecAggPlusWorkflow", "2^32", flower_secaggplus, ())):
+            result = {"clients": n, "implementation": name, "ring": ring, **measure(n, params, k, *extra)}
+            rows.append(result)
+            table.add_row(str(n), name, ring, f"{result['client_cpu_s']:.3f}", f"{result['server_cpu_s']:.3f}",
+                          f"{result['bytes_sent_per_client'] / 1e6:.2f}",
+                          f"{result['bytes_received_per_client'] / 1e6:.2f}")
+    console.print(table)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
@@ -83,8 +243,15 @@ def main() -> None:
     parser.add_argument("--scale", type=float, help="fixed-point scale (default 2^24, or 2^12 up to 32 bits)")
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--json")
+    parser.add_argument("--flower", action="store_true", help="compare with Flower's SecAggPlusWorkflow")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.flower:
+        rows = compare_with_flower(args.clients, args.params, args.neighbours, Console(width=140))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows}, f, indent=2)
+        return
 
     speed = keystream_gb_per_s(args.params, args.bits)
     console = Console(width=140)
