@@ -30,9 +30,9 @@ prepare: setup
 run: prepare
 	$(BIN)/fedlit fit --config $(CONFIG) --output_dir $(OUTPUT_DIR) $(ARGS)
 
-# the deployment fault tests (a SuperNode or the server killed) take minutes each: `make test-deployment`
+# the longer deployment runs (a SuperNode or the server killed, FedHeteroLLM) take minutes each: `make test-deployment`
 test: prepare
-	$(BIN)/python -m pytest -m "not deployment_faults" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not deployment_long" $(PYTEST_ARGS)
 
 test-deployment: prepare
 	$(BIN)/python -m pytest -m deployment $(PYTEST_ARGS)

@@ -122,7 +122,7 @@ def _raised_by_jsonargparse(error: BaseException) -> bool:
     return frame is not None and "jsonargparse" in frame.tb_frame.f_code.co_filename
 
 
-def _message(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
     """One line naming the problem, without the wrapping jsonargparse adds around errors raised while it
     instantiates a config (and the ``Given value`` dump it appends)."""
     while error.__cause__ is not None and _raised_by_jsonargparse(error):
@@ -143,7 +143,7 @@ def _fail(error: BaseException, debug: bool) -> None:
         sys.exit(EXIT_NOTHING_TRAINED)
     named = isinstance(error, (ValueError, KeyError, OSError, ImportError, OutputDirError))  # bad input, named
     hint = "" if debug or named else " (--debug shows the traceback)"
-    print(f"fedlit: {_message(error)}{hint}", file=sys.stderr)
+    print(f"fedlit: {error_line(error)}{hint}", file=sys.stderr)
     sys.exit(EXIT_ERROR)
 
 

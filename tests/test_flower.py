@@ -1,14 +1,18 @@
 """Deployment on Flower: a real SuperLink and three SuperNodes as separate OS processes on localhost, each party
-with its own data file, over TLS with SuperNode authentication; the runs match LocalBackend's, survive a SuperNode
-killed mid-round and a server restart. The two fault tests take minutes each (Flower notices a dead SuperNode by
-its missed heartbeats; restarted SuperNodes back off): ``make test`` leaves them to ``make test-deployment``."""
+with its own data file, over TLS with SuperNode authentication; the runs match LocalBackend's (FedHomoLLM with
+secure aggregation, FedHeteroLLM, FedOST, FedCoLLM), survive a SuperNode killed mid-round and a server restart.
+The tests marked ``deployment_long`` take minutes each (Flower notices a dead SuperNode by its missed
+heartbeats, restarted SuperNodes back off, every run starts its ClientApp processes afresh): ``make test``
+leaves them to ``make test-deployment``."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,13 +94,9 @@ def rows(output_dir: Path) -> list[dict[str, str]]:
         return [{k: row[k] for k in COMPARED} for row in csv.DictReader(f) if row["client"] != "global"]
 
 
-def adapter(output_dir: Path) -> dict:
-    return load_file(output_dir / "adapter" / "adapter_model.safetensors")
-
-
-def assert_same_run(run: Path, reference: Path) -> None:
+def assert_same_run(run: Path, reference: Path, adapter_file: str = "adapter/adapter_model.safetensors") -> None:
     assert rows(run) == rows(reference)
-    got, want = adapter(run), adapter(reference)
+    got, want = load_file(run / adapter_file), load_file(reference / adapter_file)
     assert got.keys() == want.keys()
     assert all((got[k] == want[k]).all() for k in want)  # bit-identical: masking is exact in the ring
 
@@ -125,7 +125,7 @@ def test_a_supernode_with_an_unregistered_key_is_refused(deployment):
     assert "Failed to activate SuperNode" in deployment.log("rogue")
 
 
-@pytest.mark.deployment_faults
+@pytest.mark.deployment_long
 def test_server_restart_with_resume_finishes_like_an_uninterrupted_run(deployment, local_reference, tiny_model_dir):
     config = server_config(deployment.root, tiny_model_dir, "restarted")
     deployment.deploy(config)
@@ -138,7 +138,7 @@ def test_server_restart_with_resume_finishes_like_an_uninterrupted_run(deploymen
     assert_same_run(deployment.root / "restarted", local_reference)
 
 
-@pytest.mark.deployment_faults
+@pytest.mark.deployment_long
 def test_a_supernode_killed_mid_round_is_a_dropout(deployment, tiny_model_dir):
     config = server_config(deployment.root, tiny_model_dir, "dropout", rounds=1,
                            faults={"timeout_s": 30})
@@ -152,3 +152,82 @@ def test_a_supernode_killed_mid_round_is_a_dropout(deployment, tiny_model_dir):
     assert trained["gamma"]["excluded"], trained
     assert not trained["alpha"]["excluded"] and not trained["beta"]["excluded"]
     deployment.start_supernode("gamma")
+
+
+def deploy_and_compare(deployment, command: str, name: str, plays_jsonl: Path, own: dict,
+                       local_own: dict | None = None,
+                       adapter_files: tuple[str, ...] = ("adapter/adapter_model.safetensors",)) -> None:
+    """One round of ``command`` with the algorithm's keys ``own``: across the parties, and on LocalBackend over
+    every client's data (with ``local_own`` on top); the same rows and adapters, bit for bit."""
+    from fedlit.cli import compose, fit_parser
+
+    common = {"rounds": 1, "progress": False, "optimizer": {"lr": 0.01},
+              "trainer": {"max_steps": 3, "accelerator": "cpu"}, **own}
+    data = {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32}
+    parser = fit_parser(command)
+    reference = deployment.root / f"{name}-local"
+    compose(command, parser.parse_object({
+        **common, **(local_own or {}), "output_dir": str(reference), "loggers": [],
+        "data": {**data, "source": str(plays_jsonl), "num_clients": 3, "global_val_examples": 6}}), parser).fit()
+    config = deployment.root / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({**common, "output_dir": str(deployment.root / name), "data": data}))
+    assert deployment.deploy(config, "--command", command).wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
+    for adapter_file in adapter_files:
+        assert_same_run(deployment.root / name, reference, adapter_file)
+
+
+@contextlib.contextmanager
+def parties_adding(deployment, keys_of) -> Iterator[None]:
+    """Each party's config with ``keys_of(client_id)`` added, for the duration."""
+    originals = {play: path.read_text() for play, path in deployment.parties.items()}
+    try:
+        for play, path in deployment.parties.items():
+            path.write_text(yaml.safe_dump({**yaml.safe_load(originals[play]), **keys_of(play)}))
+        yield
+    finally:
+        for play, path in deployment.parties.items():
+            path.write_text(originals[play])
+
+
+@pytest.mark.deployment_long
+def test_fedhetero_across_parties_each_naming_its_own_teacher(deployment, tiny_model_dir, plays_jsonl):
+    teacher = {"name_or_path": str(tiny_model_dir)}
+    with parties_adding(deployment, lambda play: {"teachers": {play: teacher}}):  # the server names none
+        deploy_and_compare(deployment, "fedhetero", "hetero", plays_jsonl,
+                           {"teachers": {}, "mentee": {"name_or_path": str(tiny_model_dir), "keep_blocks": None}},
+                           local_own={"teachers": {play: teacher for play in PLAYS}})
+
+
+@pytest.mark.deployment_long
+def test_fedost_across_parties_sends_the_emulator_not_the_full_model(deployment, tiny_model_dir, plays_jsonl):
+    from test_fedost import deep_model
+    from transformers import AutoTokenizer
+
+    owner = deployment.root / "owner-model"  # six blocks; the emulator keeps four
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    deep_model("llama", len(tokenizer), tokenizer.eos_token_id).save_pretrained(owner)
+    tokenizer.save_pretrained(owner)
+    deploy_and_compare(deployment, "fedost", "ost", plays_jsonl,
+                       {"model": {"name_or_path": str(owner)},
+                        "offsite": {"front": 1, "back": 1, "emulator_ratio": 0.5}},
+                       adapter_files=("plugged_in/model.safetensors",))
+    assert "client package" in deployment.log("deploy")  # offered by digest, sent once
+
+
+@pytest.mark.deployment_long
+def test_fedco_across_parties_sends_the_distilled_slm_and_keeps_the_llm(deployment, tiny_model_dir, plays_jsonl):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    llm = deployment.root / "server-llm"  # a wider, deeper sibling of the tiny model: the server's own
+    config = LlamaConfig.from_pretrained(tiny_model_dir)
+    config.num_hidden_layers, config.hidden_size, config.intermediate_size = 4, 48, 96
+    torch.manual_seed(5)
+    LlamaForCausalLM(config).save_pretrained(llm)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(llm)
+    public = {"steps": 2, "lr": 0.01, "source": str(plays_jsonl), "max_length": 32, "batch_size": 4}
+    deploy_and_compare(deployment, "fedco", "co", plays_jsonl,
+                       {"llm": {"name_or_path": str(llm)},
+                        "slm": {"name_or_path": str(tiny_model_dir), "keep_blocks": None},
+                        "slm_init": public, "server": public},
+                       adapter_files=("adapter/adapter_model.safetensors", "llm_adapter/adapter_model.safetensors"))

@@ -6,18 +6,26 @@ its own context."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
+import torch
+import yaml
 
 pytest.importorskip("flwr")
 
+from conftest import play_records  # noqa: E402
 from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedlit.backends.messages import ClientFailure  # noqa: E402
+from fedlit.callbacks.emulator_construction import write_client_package  # noqa: E402
+from fedlit.cli import fit_parser  # noqa: E402
 from fedlit.flower import party  # noqa: E402
 from fedlit.flower.backend import FlowerBackend  # noqa: E402
 from fedlit.flower.envelope import RECORD, read_reply, read_request, reply_content, request_content  # noqa: E402
+from fedlit.flower.package import package_digest, package_files, store_package  # noqa: E402
+from fedlit.models import ModelConfig, load_base_model, load_tokenizer  # noqa: E402
 from fedlit.secure.config import SecureAggregationConfig  # noqa: E402
 from fedlit.secure.messages import RoundSetup, decode, encode  # noqa: E402
 from fedlit.secure.protocol import SecAggClient  # noqa: E402
@@ -127,7 +135,6 @@ def test_an_offline_supernode_fails_at_once_and_a_restarted_one_is_found_again()
 
 
 def party_context(client_id: str | None, config: dict) -> Context:
-    import yaml
 
     return Context(run_id=1, node_id=1, node_config={} if client_id is None else {"client-id": client_id},
                    state=RecordDict(), run_config={"fedlit-command": "fit", "fedlit-config": yaml.safe_dump(config)})
@@ -157,17 +164,28 @@ def test_the_party_refuses_unknown_methods_and_a_supernode_without_client_id():
     assert "has no client-id" in ask(party_context(None, {}), "secagg_setup", b"", client_id="?").reason
 
 
+def alpha_party_config(command: str, directory, **keys) -> str:
+    """The merged config a party holding the alpha play's records builds its client from (as the run's config
+    dumps it), with its ``keys``."""
+    data = directory / "alpha.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in play_records() if r["play"] == "alpha"))
+    config = {"data": {"source": str(data), "num_clients": 1, "val_examples_per_client": 4, "global_val_examples": 2,
+                       "max_length": 32},
+              "trainer": {"max_steps": 1, "accelerator": "cpu"}, **keys}
+    parser = fit_parser(command)
+    return parser.dump(parser.parse_object(config), skip_none=False, skip_check=True)
+
+
+def received(directory, cache):
+    """The package written in ``directory``, as a party stores it on arrival."""
+    files = package_files(directory)
+    return store_package(files, package_digest(files), cache)
+
+
 def test_fedhetero_each_party_names_its_own_teacher_and_the_server_none(tiny_model_dir, tmp_path):
-    import json
-
-    import yaml
-    from conftest import play_records
-
     from fedlit.algorithms import fed_hetero_llm
     from fedlit.algorithms.fed_hetero_llm import DistillingClient
-    from fedlit.cli import fit_parser
     from fedlit.federation import Federation
-    from fedlit.models import ModelConfig
 
     backend = FlowerBackend(Grid({1: describing("alpha"), 2: describing("beta")}), parties=2, wait_s=1)
     server = fed_hetero_llm(teachers={}, mentee=ModelConfig(str(tiny_model_dir), keep_blocks=None),
@@ -176,16 +194,128 @@ def test_fedhetero_each_party_names_its_own_teacher_and_the_server_none(tiny_mod
     assert sorted(server.clients) == ["alpha", "beta"]
     assert all(client.module_factory is None for client in server.clients.values())  # no teacher on the server
 
-    data = tmp_path / "alpha.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in play_records() if r["play"] == "alpha"))
-    party_config = {"teachers": {"alpha": {"name_or_path": str(tiny_model_dir)}},
-                    "mentee": {"name_or_path": str(tiny_model_dir), "keep_blocks": None},
-                    "data": {"source": str(data), "num_clients": 1, "val_examples_per_client": 4,
-                             "global_val_examples": 2, "max_length": 32},
-                    "trainer": {"max_steps": 1, "accelerator": "cpu"}}
-    parser = fit_parser("fedhetero")
-    text = parser.dump(parser.parse_object(party_config), skip_none=False, skip_check=True)
+    text = alpha_party_config("fedhetero", tmp_path, teachers={"alpha": {"name_or_path": str(tiny_model_dir)}},
+                              mentee={"name_or_path": str(tiny_model_dir), "keep_blocks": None})
     client = party._client_app("alpha", "fedhetero", text).client
     assert isinstance(client.module_factory, DistillingClient)
     assert client.module_factory.teacher.name_or_path == str(tiny_model_dir)
     assert yaml.safe_load(text)["teachers"]["alpha"]["name_or_path"] == str(tiny_model_dir)
+
+
+def package_party(client_id: str, cache):
+    """A node whose party answers ``describe`` and, through its real ClientApp, ``receive_package``; it records
+    which offers carried the files."""
+    context = party_context(client_id, {})
+    context.node_config["cache-dir"] = str(cache)
+    offers = []
+
+    def handler(message):
+        request = read_request(message)
+        if request.method == "describe":
+            return describing(client_id)(message)
+        offers.append(request.payload)
+        return party.answer(message, context)
+
+    return handler, context, offers
+
+
+def test_the_client_package_reaches_every_party_once_checked_by_digest(tmp_path):
+
+    def build(directory):
+        (directory / "sub").mkdir(parents=True)
+        (directory / "model.safetensors").write_bytes(b"weights" * 100)
+        (directory / "sub" / "tokenizer.json").write_text("{}")
+
+    nodes = {cid: package_party(cid, tmp_path / f"cache-{cid}") for cid in ("alpha", "beta")}
+    for attempt in range(2):  # a second run (a restart, say) finds the package already there
+        backend = backend_for({i: nodes[cid][0] for i, cid in enumerate(nodes)})
+        directory = backend.client_package(tmp_path / f"package-{attempt}", build)
+        digest = package_digest(package_files(directory))
+        for cid, (_, context, offers) in nodes.items():
+            stored = tmp_path / f"cache-{cid}" / "packages" / digest
+            assert package_files(stored) == package_files(directory)
+            assert context.state.config_records["fedlit-package"]["digest"] == digest
+            assert [offer["files"] is not None for offer in offers] == [False, True, False][: len(offers)]
+    files = package_files(directory)
+    with pytest.raises(ValueError, match="does not match its digest"):
+        store_package({**files, "model.safetensors": b"tampered"}, digest, tmp_path / "other")
+    evil = {"../escape": b"x"}
+    with pytest.raises(ValueError, match="outside it"):
+        store_package(evil, package_digest(evil), tmp_path / "other")
+
+
+def base_parameters(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_a_fedost_party_trains_on_the_received_package_and_never_loads_the_full_model(tiny_model_dir, tmp_path):
+    from fedlit.algorithms.fed_ost import client_package
+    from fedlit.lightning_modules.knowledge_distillation import DistillationConfig
+    from fedlit.models.offsite import OffsiteConfig
+
+    model = ModelConfig(str(tiny_model_dir))
+    client_package(load_base_model(model), load_tokenizer(model), OffsiteConfig(front=1, back=0, emulator_ratio=1.0),
+                   DistillationConfig(steps=0), tmp_path / "package", seed=0)
+    package = received(tmp_path / "package", tmp_path / "cache")
+    text = alpha_party_config("fedost", tmp_path, offsite={"front": 1, "back": 0, "emulator_ratio": 1.0},
+                              model={"name_or_path": str(tmp_path / "the-owners-model-is-not-here")})
+    app = party._client_app("alpha", "fedost", text, package)
+    assert base_parameters(app.module_factory().model) == base_parameters(load_base_model(ModelConfig(str(package))))
+    with pytest.raises(ValueError, match="none has arrived"):
+        party._client_app("alpha", "fedost", text, None)
+
+
+def test_a_fedco_party_trains_the_received_slm_and_never_loads_the_llm(tiny_model_dir, tmp_path):
+    slm = ModelConfig(str(tiny_model_dir))
+    write_client_package(load_base_model(slm), load_tokenizer(slm), tmp_path / "package")  # the server's SLM
+    package = received(tmp_path / "package", tmp_path / "cache")
+    text = alpha_party_config("fedco", tmp_path, llm={"name_or_path": str(tmp_path / "the-servers-llm-is-not-here")},
+                              slm={"name_or_path": str(tmp_path / "nor-its-slm"), "keep_blocks": None})
+    app = party._client_app("alpha", "fedco", text, package)  # the received SLM under a fresh LoRA adapter
+    assert base_parameters(app.module_factory().model) == base_parameters(load_base_model(ModelConfig(str(package))))
+
+
+PEFT_METHODS = {
+    "ia3": {"class_path": "peft.IA3Config", "init_args": {"target_modules": ["k_proj", "v_proj", "down_proj"],
+                                                          "feedforward_modules": ["down_proj"],
+                                                          "task_type": "CAUSAL_LM"}},
+    "prompt_tuning": {"class_path": "peft.PromptTuningConfig",
+                      "init_args": {"num_virtual_tokens": 4, "task_type": "CAUSAL_LM"}},
+    "p_tuning": {"class_path": "peft.PromptEncoderConfig",
+                 "init_args": {"num_virtual_tokens": 4, "encoder_hidden_size": 16, "task_type": "CAUSAL_LM"}},
+    "prefix_tuning": {"class_path": "peft.PrefixTuningConfig",
+                      "init_args": {"num_virtual_tokens": 4, "task_type": "CAUSAL_LM"}},
+}
+
+
+@pytest.mark.parametrize("method", sorted(PEFT_METHODS))
+def test_every_peft_method_runs_through_the_party_apps_as_in_a_local_run(method, tiny_model_dir, plays_jsonl,
+                                                                        tmp_path):
+    """The whole server <-> party path in one process: the server's loop over a FlowerBackend whose grid hands
+    each message to the real party ClientApp of a party holding only its own records."""
+    from fedlit.cli import compose
+
+    records = play_records()
+    common = {"rounds": 1, "progress": False, "loggers": [], "peft": PEFT_METHODS[method],
+              "model": {"name_or_path": str(tiny_model_dir)}, "optimizer": {"lr": 0.05},
+              "trainer": {"max_steps": 2, "accelerator": "cpu"}}
+    data = {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32}
+    parser = fit_parser("fit")
+    server = parser.parse_object({**common, "output_dir": str(tmp_path / "flower"), "data": data})
+    text = parser.dump(server, skip_none=False, skip_check=True)
+    handlers = {}
+    for node, play in enumerate(("alpha", "beta", "gamma"), start=1):
+        own = tmp_path / f"{play}.jsonl"
+        own.write_text("".join(json.dumps(r) + "\n" for r in records if r["play"] == play))
+        party_file = tmp_path / f"{play}.yaml"
+        own_data = {"source": str(own), "num_clients": 1, "global_val_examples": 2}
+        party_file.write_text(yaml.safe_dump({"data": own_data}))
+        context = Context(run_id=1, node_id=node, node_config={"client-id": play, "party-config": str(party_file)},
+                          state=RecordDict(), run_config={"fedlit-command": "fit", "fedlit-config": text})
+        handlers[node] = lambda message, context=context: party.answer(message, context)
+    flower = compose("fit", server, parser, backend=FlowerBackend(Grid(handlers), parties=3, wait_s=1)).fit()
+    local = compose("fit", parser.parse_object({
+        **common, "output_dir": str(tmp_path / "local"),
+        "data": {**data, "source": str(plays_jsonl), "num_clients": 3, "global_val_examples": 6}}), parser).fit()
+    assert flower.keys() == local.keys()
+    assert all(torch.equal(flower[name], local[name]) for name in local)

@@ -62,12 +62,20 @@ class CoTuningServer:
     out is what clients get next round. Its rows use ``model: llm`` / ``model: slm``.
     """
 
-    def __init__(self, llm: PeftModule, slm_factory: Callable[[], PeftModule], config: DistillationConfig,
-                 loss: DistillationLossConfig, tokenizer: PreTrainedTokenizerBase,
+    def __init__(self, llm: Callable[[], PeftModule], slm_factory: Callable[[], PeftModule],
+                 config: DistillationConfig, loss: DistillationLossConfig, tokenizer: PreTrainedTokenizerBase,
                  held_out: Mapping[str, CausalLMDataModule], trainer_kwargs: dict[str, Any]) -> None:
-        self.llm, self.slm_factory, self.config, self.loss = llm, slm_factory, config, loss
+        self.llm_factory, self.slm_factory, self.config, self.loss = llm, slm_factory, config, loss
         self.tokenizer, self.held_out, self.trainer_kwargs = tokenizer, dict(held_out), trainer_kwargs
-        self.blocks = public_blocks(config, tokenizer) if config.steps > 0 else None
+
+    @functools.cached_property
+    def llm(self) -> PeftModule:
+        """The LLM with its adapter, built on first use: only where the server step runs (never on a party)."""
+        return self.llm_factory()
+
+    @functools.cached_property
+    def blocks(self) -> Dataset | None:
+        return public_blocks(self.config, self.tokenizer) if self.config.steps > 0 else None
 
     def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
         if self.config.steps <= 0:
@@ -95,15 +103,13 @@ class CoTuningServer:
 
 
 def client_slm(llm: PreTrainedModel, slm: PreTrainedModel, init: DistillationConfig, loss: DistillationLossConfig,
-               tokenizer: PreTrainedTokenizerBase, trainer_kwargs: dict[str, Any], directory: Path,
-               seed: int) -> PreTrainedModel:
-    """The SLM clients start from: ``slm`` with all its weights distilled from the frozen ``llm`` for
-    ``init.steps`` (0: as loaded), written to ``directory`` and loaded back from there, frozen."""
+               tokenizer: PreTrainedTokenizerBase, trainer_kwargs: dict[str, Any], directory: Path, seed: int) -> None:
+    """Write the SLM clients start from to ``directory``: ``slm`` with all its weights distilled from the frozen
+    ``llm`` for ``init.steps`` (0: as loaded)."""
     if init.steps > 0:
         distil(CausalLMModule(llm), CausalLMModule(slm.requires_grad_(True)), init, loss, tokenizer, trainer_kwargs,
                seed)
     write_client_package(slm.requires_grad_(False).eval(), tokenizer, directory)
-    return AutoModelForCausalLM.from_pretrained(directory, dtype=slm.dtype).requires_grad_(False)
 
 
 def fed_co_llm(
@@ -137,24 +143,34 @@ def fed_co_llm(
     """
     federation = federation or Federation()
     seed, trainer_kwargs = federation.seed, federation.trainer
-    tokenizer = load_tokenizer(slm)
+    llm_base = functools.cache(functools.partial(load_base_model, llm))  # the server's: never a party's
+
+    def build(directory: Path) -> None:
+        tokenizer, slm_base = load_tokenizer(slm), load_base_model(slm)
+        try:
+            check_same_tokenizer(tokenizer, load_tokenizer(llm), names=("SLM", "LLM"))
+            check_shared_vocabulary(slm_base, llm_base(), names=("SLM", "LLM"))
+        except ValueError as error:
+            raise ValueError(f"FedCoLLM: slm '{slm.name_or_path}', llm '{llm.name_or_path}': {error}") from None
+        client_slm(llm_base(), slm_base, slm_init, loss, tokenizer, trainer_kwargs, directory, seed)
+
+    package = federation.backend.client_package(Path(federation.output_dir) / "client_slm", build)
+    tokenizer = load_tokenizer(ModelConfig(str(package)))  # the package holds everything a client gets
     federated = federation.backend.federated_data(data, tokenizer)
-    llm_base, slm_base = load_base_model(llm), load_base_model(slm)
-    try:
-        check_same_tokenizer(tokenizer, load_tokenizer(llm), names=("SLM", "LLM"))
-        check_shared_vocabulary(slm_base, llm_base, names=("SLM", "LLM"))
-    except ValueError as error:
-        raise ValueError(f"FedCoLLM: slm '{slm.name_or_path}', llm '{llm.name_or_path}': {error}") from None
-    slm_base = client_slm(llm_base, slm_base, slm_init, loss, tokenizer, trainer_kwargs,
-                          Path(federation.output_dir) / "client_slm", seed)
+    slm_base = AutoModelForCausalLM.from_pretrained(package, dtype=slm.dtype).requires_grad_(False)
     peft = peft or LoraConfig(**DEFAULT_LORA)  # peft fills in a config's base model: each model gets its own copy
     slm_model = build_peft_model(slm_base, copy.deepcopy(peft), seed=seed)
-    llm_model = build_peft_model(llm_base, copy.deepcopy(llm_peft or peft), seed=seed)
     slm_factory = functools.partial(PeftModule, slm_model, optimizer, evaluation, tokenizer)
-    held_out = {GLOBAL: federated.global_val} if federated.global_val is not None else {
-        cid: dm for cid, dm in federated.clients.items()}
-    server_step = CoTuningServer(PeftModule(llm_model, optimizer, evaluation, tokenizer), slm_factory, server, loss,
-                                 tokenizer, held_out, trainer_kwargs)
+    if federated.held_by_parties:  # a deployment: the server holds no held-out data to score its LLM on
+        held_out = {}
+    else:
+        held_out = {GLOBAL: federated.global_val} if federated.global_val is not None else dict(federated.clients)
+
+    def llm_module() -> PeftModule:
+        return PeftModule(build_peft_model(llm_base(), copy.deepcopy(llm_peft or peft), seed=seed), optimizer,
+                          evaluation, tokenizer)
+
+    server_step = CoTuningServer(llm_module, slm_factory, server, loss, tokenizer, held_out, trainer_kwargs)
     return federated_loop(
         federated, slm_factory, federation,
         fingerprint={"llm": llm, "slm": slm, "slm_init": slm_init, "data": data, "peft": peft, "llm_peft": llm_peft},

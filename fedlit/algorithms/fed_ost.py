@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from peft import LoraConfig, PeftConfig
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.federation import federated_loop
-from fedlit.callbacks.emulator_construction import EmulatorConstruction, write_client_package
+from fedlit.callbacks.emulator_construction import EmulatorConstruction, read_manifest, write_client_package
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig
@@ -41,22 +42,22 @@ from fedlit.validation import validate
 
 
 def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, offsite: OffsiteConfig,
-                   distillation: DistillationConfig, directory: Path, seed: int) -> list[int]:
+                   distillation: DistillationConfig, directory: Path, seed: int) -> None:
     """Build the emulator, distil it on public data if asked (a server-side Trainer whose
-    :class:`EmulatorConstruction` callback writes the package), else write it as built; return the plan."""
+    :class:`EmulatorConstruction` callback writes the package), else write it as built; the package's manifest
+    names the full model's blocks it keeps (``plan``)."""
     emulator, plan = build_emulator(full, offsite)
     if distillation.steps <= 0:
-        write_client_package(emulator, tokenizer, directory)
-        return plan
+        write_client_package(emulator, tokenizer, directory, {"plan": plan})
+        return
     L.seed_everything(seed, verbose=False)
     trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "max_steps": distillation.steps,
-                           "callbacks": [EmulatorConstruction(directory, tokenizer)]})
+                           "callbacks": [EmulatorConstruction(directory, tokenizer, {"plan": plan})]})
     with warnings.catch_warnings():  # the frozen full model (the teacher) stays in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
         blocks = public_blocks(distillation, tokenizer)
         trainer.fit(EmulatorDistillation(full, emulator, plan, offsite, distillation.lr),
                     public_dataloader(blocks, distillation, tokenizer.pad_token_id, seed))
-    return plan
 
 
 def trainable_adapters(emulator: PreTrainedModel, plan: list[int], offsite: OffsiteConfig,
@@ -84,14 +85,22 @@ class FedOST:
     number to ``output_dir/offsite.json``.
     """
 
-    def __init__(self, loop: FederatedLoop, full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 plan: list[int], offsite: OffsiteConfig, peft: PeftConfig | None,
-                 evaluation: EvaluationConfig, global_val: CausalLMDataModule) -> None:
-        self.loop, self.full, self.tokenizer = loop, full, tokenizer
+    def __init__(self, loop: FederatedLoop, full_model: Callable[[], PreTrainedModel],
+                 tokenizer: PreTrainedTokenizerBase, plan: list[int], offsite: OffsiteConfig, peft: PeftConfig | None,
+                 evaluation: EvaluationConfig, global_val: CausalLMDataModule | None) -> None:
+        self.loop, self.full_model, self.tokenizer = loop, full_model, tokenizer
         self.plan, self.offsite, self.peft = plan, offsite, peft
         self.evaluation, self.global_val = evaluation, global_val
 
-    def _validate_full(self) -> dict[str, float]:
+    @property
+    def full(self) -> PreTrainedModel:
+        """The owner's full model (loaded on first use: only the server ever does)."""
+        return self.full_model()
+
+    def _validate_full(self) -> dict[str, float] | None:
+        """The full model on the server's held-out split (``None`` in a deployment: the server holds no data)."""
+        if self.global_val is None:
+            return None
         module = CausalLMModule(self.full, evaluation=self.evaluation, tokenizer=self.tokenizer)
         return validate(module, {GLOBAL: self.global_val}, self.loop.trainer_kwargs)[GLOBAL]
 
@@ -123,8 +132,8 @@ class FedOST:
             },
             "bytes_per_client_per_round": len(to_bytes(payload)),
             "full_zero_shot": full_zero_shot,
-            "emulator_zero_shot": global_rows[0],
-            "emulator_tuned": global_rows[-1],
+            "emulator_zero_shot": global_rows[0] if global_rows else None,
+            "emulator_tuned": global_rows[-1] if global_rows else None,
             "plug_in": plug_in_metrics,
         }
         atomic_write_bytes(output_dir / "offsite.json", json.dumps(report, indent=2, default=float).encode())
@@ -155,12 +164,14 @@ def fed_ost(
     """
     federation = federation or Federation()
     seed = federation.seed
-    tokenizer = load_tokenizer(model)
+    full_model = functools.cache(functools.partial(load_base_model, model))  # the owner's: never a client's
+    package = federation.backend.client_package(
+        Path(federation.output_dir) / "client_package",
+        lambda directory: client_package(full_model(), load_tokenizer(model), offsite, distillation, directory, seed))
+    tokenizer = load_tokenizer(ModelConfig(str(package)))  # the package holds everything a client gets
+    plan = read_manifest(package)["plan"]
     federated = federation.backend.federated_data(data, tokenizer)
-    full = load_base_model(model)
-    package = Path(federation.output_dir) / "client_package"
-    plan = client_package(full, tokenizer, offsite, distillation, package, seed)
-    emulator = AutoModelForCausalLM.from_pretrained(package, dtype=full.dtype)  # the clients' only model
+    emulator = AutoModelForCausalLM.from_pretrained(package, dtype=model.dtype)  # the clients' only model
     client_model = trainable_adapters(emulator, plan, offsite, peft, seed)
     module = PeftModule if peft is not None else CausalLMModule
     loop = federated_loop(
@@ -168,4 +179,4 @@ def fed_ost(
         federation,
         fingerprint={"model": model, "data": data, "offsite": offsite, "distillation": distillation, "peft": peft},
     )
-    return FedOST(loop, full, tokenizer, plan, offsite, peft, evaluation, federated.global_val)
+    return FedOST(loop, full_model, tokenizer, plan, offsite, peft, evaluation, federated.global_val)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedlit.backends.messages import ClientFailure
@@ -76,6 +77,13 @@ class Backend(ABC):
         from fedlit.data.federated import build_federated_data
 
         return build_federated_data(config, tokenizer)
+
+    def client_package(self, directory: Path, build: Callable[[Path], None]) -> Path:
+        """The model package every client trains on (FedOST's emulator), which only the server can make: built
+        here into ``directory``, where clients load it (a deployment backend also sends it to the parties; on a
+        party, the received one is returned and nothing is built)."""
+        build(directory)
+        return directory
 
     def close(self) -> None:  # noqa: B027 - optional: a backend without workers has nothing to release
         """Release workers (the loop calls it when a run ends)."""

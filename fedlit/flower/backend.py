@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from fedlit.backends.base import Backend, ClientAppFactory, Reply
 from fedlit.backends.messages import ClientFailure
 from fedlit.data.federated import FederatedData, PartyData
 from fedlit.flower.envelope import MESSAGE_TYPE, read_reply, request_content
+from fedlit.flower.package import package_digest, package_files
 
 if TYPE_CHECKING:
     from flwr.serverapp import Grid
@@ -43,6 +45,8 @@ class FlowerBackend(Backend):
             raise ValueError(f"parties must be >= 1, got {parties}")
         self.grid, self.parties, self.wait_s, self.reply_timeout_s = grid, parties, wait_s, reply_timeout_s
         self.nodes: dict[str, int] = {}  # client id -> Flower node id
+        self.sizes: dict[str, tuple[int, int]] = {}  # client id -> (train, held-out) sizes, once discovered
+        self.package: tuple[str, dict[str, bytes]] | None = None  # the run's client package: digest, files
         self.fit_timeout_s = reply_timeout_s
 
     def federated_data(self, config: Any, tokenizer: Any) -> FederatedData:
@@ -53,44 +57,80 @@ class FlowerBackend(Backend):
         return FederatedData(clients={cid: PartyData(train, val) for cid, (train, val) in sizes.items()},
                              global_val=None, label_names=["records"], label_counts=counts)
 
-    def _discover(self) -> dict[str, tuple[int, int]]:
+    def client_package(self, directory: Path, build: Callable[[Path], None]) -> Path:
+        """Build the package here and offer it, by digest, to every connected SuperNode before any is asked for
+        its client (a party builds its client on the package); those that do not hold it get its files, once
+        however often the run restarts."""
+        build(directory)
+        files = package_files(directory)
+        self.package = package_digest(files), files
+        failed = self._offer_package(self._wait_for_parties())
+        if failed:
+            raise RuntimeError(f"the client package did not reach SuperNode(s) {failed}")
+        return directory
+
+    def _offer_package(self, nodes: set[int]) -> dict[str, str]:
+        """Offer the package (if the run has one) to ``nodes``; the failures, by node."""
+        if self.package is None or not nodes:
+            return {}
+        digest, files = self.package
+        ask = {str(node): (node, {"digest": digest, "files": None}) for node in sorted(nodes)}
+        held = self._send("receive_package", ask, self.reply_timeout_s, any_client=True)
+        lacking = {node: (int(node), {"digest": digest, "files": files}) for node, reply in held.items()
+                   if not isinstance(reply, ClientFailure) and not reply["have"]}
+        held.update(self._send("receive_package", lacking, self.reply_timeout_s, any_client=True))
+        log.info("client package %s... (%d bytes) sent to SuperNode(s) %s; the others held it", digest[:12],
+                 sum(map(len, files.values())), sorted(lacking) or "none")
+        return {node: reply.reason for node, reply in held.items() if isinstance(reply, ClientFailure)}
+
+    def _wait_for_parties(self) -> set[int]:
         deadline = time.monotonic() + self.wait_s
-        while len(self._online()) < self.parties:
+        while len(online := self._online()) < self.parties:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self._online())} of {self.parties} SuperNodes connected within "
-                                   f"{self.wait_s:g} s (parties): start one per party, pointing at this SuperLink")
+                raise TimeoutError(f"{len(online)} of {self.parties} SuperNodes connected within {self.wait_s:g} s "
+                                   "(parties): start one per party, pointing at this SuperLink")
             time.sleep(1.0)
-        sizes = self._describe(self._online())
-        log.info("parties: %s", ", ".join(f"{cid} (node {node})" for cid, node in sorted(self.nodes.items())))
-        return dict(sorted(sizes.items()))
+        return online
+
+    def _discover(self) -> dict[str, tuple[int, int]]:
+        if not self.sizes:
+            sizes, failed = self._describe(self._wait_for_parties())
+            if failed:
+                raise RuntimeError("SuperNode(s) could not build their client: " +
+                                   "; ".join(f"{node}: {why}" for node, why in failed.items()))
+            self.sizes = dict(sorted(sizes.items()))
+            log.info("parties: %s", ", ".join(f"{cid} (node {node})" for cid, node in sorted(self.nodes.items())))
+        return self.sizes
 
     def _online(self) -> set[int]:
         return set(self.grid.get_node_ids())
 
-    def _describe(self, nodes: set[int]) -> dict[str, tuple[int, int]]:
-        """Ask ``nodes`` which client each serves (and its split sizes); map those clients to them."""
+    def _describe(self, nodes: set[int]) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+        """Ask ``nodes`` which client each serves (and its split sizes) and map those clients to them; the sizes
+        by client, and the failures by node."""
         described = self._send("describe", {str(node): (node, b"") for node in sorted(nodes)}, self.reply_timeout_s,
-                               named_by_node=True)
+                               any_client=True)
         sizes: dict[str, tuple[int, int]] = {}
         for node, reply in described.items():
             if isinstance(reply, ClientFailure):
-                raise RuntimeError(f"SuperNode {node} could not build its client: {reply.reason}")
+                continue
             client_id = str(reply["client_id"])
             if client_id in sizes:
                 raise ValueError(f"SuperNodes {self.nodes[client_id]} and {node} both name client '{client_id}' "
                                  "(node config client-id): give each party its own")
             self.nodes[client_id] = int(node)
             sizes[client_id] = (int(reply["train_size"]), int(reply["val_size"]))
-        return sizes
+        return sizes, {node: reply.reason for node, reply in described.items() if isinstance(reply, ClientFailure)}
 
     def _reconnect(self, client_ids: list[str]) -> set[str]:
         """Clients among ``client_ids`` whose SuperNode is offline: a party that restarted its SuperNode has a
-        new node id, found by asking the online nodes no client is mapped to."""
+        new node id, found (and offered the run's package) by asking the online nodes no client is mapped to."""
         online = self._online()
         offline = {cid for cid in client_ids if self.nodes[cid] not in online}
         new_nodes = online - set(self.nodes.values())
         if offline and new_nodes:
-            for client_id in self._describe(new_nodes):
+            new_nodes -= set(map(int, self._offer_package(new_nodes)))
+            for client_id in self._describe(new_nodes)[0]:
                 log.info("client '%s' reconnected (node %d)", client_id, self.nodes[client_id])
             offline = {cid for cid in client_ids if self.nodes[cid] not in online}
         return offline
@@ -113,9 +153,9 @@ class FlowerBackend(Backend):
         return {cid: replies[cid] for cid in requests}
 
     def _send(self, method: str, requests: Mapping[str, tuple[int, Any]], timeout: float,
-              on_reply: Callable[[str], None] | None = None, named_by_node: bool = False) -> dict[str, Any]:
+              on_reply: Callable[[str], None] | None = None, any_client: bool = False) -> dict[str, Any]:
         """Push one message per client, pull replies until all came or ``timeout`` passed (those missing
-        are failures). ``named_by_node``: the key is the node itself (discovery), so any client id answers."""
+        are failures). ``any_client``: the keys are nodes (the server does not know their clients yet)."""
         began = time.monotonic()
         sent: dict[str, tuple[str, str]] = {}  # message id -> (client, nonce)
         messages = []
@@ -130,8 +170,7 @@ class FlowerBackend(Backend):
         while sent and time.monotonic() - began < timeout:
             for message in self.grid.pull_messages(list(sent)):
                 client_id, nonce = sent.pop(message.metadata.reply_to_message_id)
-                expected = message.content.config_records.get("fedlit", {}).get("client") if named_by_node else None
-                replies[client_id] = read_reply(message, expected or client_id, nonce)
+                replies[client_id] = read_reply(message, None if any_client else client_id, nonce)
                 if on_reply is not None:
                     on_reply(client_id)
             if sent:

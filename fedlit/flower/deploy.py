@@ -22,15 +22,15 @@ from jsonargparse import ArgumentParser, Namespace
 import fedlit
 
 CONNECTION = "fedlit"
-# FedCoLLM's and FedOST's parties need a model the server makes (the distilled SLM, the emulator): not yet
-DEPLOYABLE = ("fit", "fedhetero")
 
 
 def deploy_parser() -> ArgumentParser:
+    from fedlit.cli import ALGORITHMS
+
     parser = ArgumentParser(description="Run a fedlit config across parties on a Flower SuperLink.")
     parser.add_argument("--config", type=str, required=True, help="the run's YAML config (no client data paths)")
-    parser.add_argument("--command", type=str, default="fit", choices=list(DEPLOYABLE),
-                        help="the algorithm, as the fedlit subcommand names it (fedco and fedost: not yet)")
+    parser.add_argument("--command", type=str, default="fit", choices=list(ALGORITHMS),
+                        help="the algorithm, as the fedlit subcommand names it")
     parser.add_argument("--superlink", type=str, default="127.0.0.1:9093", help="SuperLink address host:port")
     parser.add_argument("--parties", type=int, required=True, help="SuperNodes to wait for before the run starts")
     parser.add_argument("--wait_s", type=float, default=300.0, help="how long to wait for them")
@@ -118,17 +118,21 @@ def deploy(args: Namespace) -> int:
         print(f"Flower run {run_id} started on {args.superlink}; output in {config.output_dir}", flush=True)
         _flwr("log", run_id, CONNECTION, "--stream", env=env, capture=False)
         status = _final_status(run_id, env)
-    print(f"Flower run {run_id}: {status}")
+    print(f"Flower run {run_id}: {status}", file=sys.stdout if status == "finished:completed" else sys.stderr)
     return 0 if status == "finished:completed" else 1
 
 
 def _final_status(run_id: str, env: dict[str, str]) -> str:
+    """The run's final status, with Flower's details (the ServerApp's error) unless it completed."""
     while True:
         listed = _flwr("list", "--run-id", run_id, "--format", "json", env=env)
         try:
-            status = str(json.loads(listed.stdout)["runs"][0]["status"])
+            run = json.loads(listed.stdout)["runs"][0]
+            status, details = str(run["status"]), str(run.get("status-details", ""))
         except (ValueError, KeyError, IndexError):
             return f"unknown ({(listed.stdout + listed.stderr).strip()[-500:]})"
-        if status.startswith("finished"):
+        if status == "finished:completed":
             return status
+        if status.startswith("finished"):
+            return f"{status}: {details}"
         time.sleep(1.0)

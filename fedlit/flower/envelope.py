@@ -65,9 +65,10 @@ def reply_content(request: Request, client_id: str, reply: Any) -> RecordDict:
     return RecordDict({RECORD: ConfigRecord(fields)})
 
 
-def read_reply(message: Message, client_id: str, nonce: str) -> Any:
+def read_reply(message: Message, client_id: str | None, nonce: str) -> Any:
     """The reply's value or :class:`ClientFailure`: a Flower error, garbage bytes, another client's reply or
-    one that answers another request are failures of ``client_id``, named."""
+    one that answers another request are failures of ``client_id``, named (``None``: any client may answer,
+    as when the server asks a SuperNode which client it serves)."""
     if message.has_error():
         return ClientFailure(f"Flower error {message.error.code}: {message.error.reason}")
     try:
@@ -75,6 +76,7 @@ def read_reply(message: Message, client_id: str, nonce: str) -> Any:
         sender, echoed = record["client"], record["nonce"]
     except (KeyError, AttributeError) as error:
         return ClientFailure(f"client '{client_id}' sent a reply without fedlit's record ({error})")
+    client_id = sender if client_id is None else client_id
     if sender != client_id or echoed != nonce:
         return ClientFailure(f"client '{client_id}' sent a reply to another request (from '{sender}', "
                              "replayed or forged): refused")

@@ -6,6 +6,7 @@ Node config (``flower-supernode --node-config``):
     client-id: this party's client id (required).
     party-config: a YAML file of the party's own keys, merged over the run's config: its ``data`` (source, which
         client its records make), its teacher model, its ``trainer`` device, ...
+    cache-dir: where it keeps client packages the server sends (default: ``$FEDLIT_CACHE``, ``~/.cache/fedlit``).
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ import yaml
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from fedlit.backends.messages import ClientFailure
 from fedlit.flower.envelope import read_request, reply_content
+from fedlit.flower.package import package_dir, store_package
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.party import SecAggParty
 from fedlit.secure.protocol import SecAggClient
 
 app = ClientApp()
 _STATE = "fedlit-secagg"
+_PACKAGE = "fedlit-package"
 _NEEDS_CLIENT = ("describe", "fit", "evaluate")
-METHODS = (*_NEEDS_CLIENT, "secagg_setup", "secagg_share", "secagg_receive_shares", "secagg_unmask")
+METHODS = (*_NEEDS_CLIENT, "receive_package", "secagg_setup", "secagg_share", "secagg_receive_shares",
+           "secagg_unmask")
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -56,18 +61,19 @@ def party_config(context: Context) -> tuple[str, str, dict[str, Any]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _client_app(client_id: str, command: str, config_text: str) -> Any:
-    """The party's fedlit ClientApp, built by the same composition as a local run but over its own data only:
-    it keeps no server state (a plain FedAvg over itself, nothing written)."""
-    from fedlit.backends import LocalBackend
+def _client_app(client_id: str, command: str, config_text: str, package: Path | None = None) -> Any:
+    """The party's fedlit ClientApp, built by the same composition as a local run but over its own data only
+    (and the client ``package`` the server sent, if the algorithm trains on one): it keeps no server state (a
+    plain FedAvg over itself, nothing written)."""
     from fedlit.cli import compose, fit_parser
     from fedlit.client import ClientApp as FedlitClientApp
+    from fedlit.flower.received import ReceivedPackage
     from fedlit.strategies import FedAvg
 
     parser = fit_parser(command)
     config = parser.parse_object(yaml.safe_load(config_text))
-    run = compose(command, config, parser, backend=LocalBackend(), strategy=FedAvg(), secure_aggregation=None,
-                  privacy=None, loggers=[], output_dir=tempfile.gettempdir())
+    run = compose(command, config, parser, backend=ReceivedPackage(package), strategy=FedAvg(),
+                  secure_aggregation=None, privacy=None, loggers=[], output_dir=tempfile.gettempdir())
     loop = getattr(run, "loop", run)
     if client_id not in loop.clients:
         raise ValueError(f"client-id '{client_id}': this party's data makes clients {sorted(loop.clients)}; set "
@@ -85,8 +91,13 @@ def _answer(context: Context, method: str, payload: Any) -> Any:
     if method not in METHODS:
         raise ValueError(f"unknown request method {method!r}")
     client_id, command, config = party_config(context)
+    cache = Path(str(context.node_config["cache-dir"])) if "cache-dir" in context.node_config else None
+    if method == "receive_package":
+        return client_id, _receive_package(context, payload, cache)
     if method in _NEEDS_CLIENT:
-        party = _client_app(client_id, command, yaml.safe_dump(config))
+        package = context.state.config_records.get(_PACKAGE)
+        party = _client_app(client_id, command, yaml.safe_dump(config),
+                            None if package is None else package_dir(str(package["digest"]), cache))
     else:  # a protocol stage needs no model: the party answers it without loading one
         party = SecAggParty(client_id, _secure_config(config))
     state = context.state.config_records.get(_STATE)
@@ -102,11 +113,21 @@ def _answer(context: Context, method: str, payload: Any) -> Any:
     return client_id, reply
 
 
+def _receive_package(context: Context, offer: dict[str, Any], cache: Path | None) -> dict[str, bool]:
+    """Whether this party holds the package ``offer["digest"]``, storing its files first when they came along;
+    the package it holds is the one its client trains on from now on."""
+    digest, files = str(offer["digest"]), offer["files"]
+    directory = package_dir(digest, cache)
+    if files is not None and not directory.is_dir():
+        store_package(files, digest, cache)
+    if directory.is_dir():
+        context.state.config_records[_PACKAGE] = ConfigRecord({"digest": digest})
+    return {"have": directory.is_dir()}
+
+
 @app.query()
 def answer(message: Message, context: Context) -> Message:
     """One request of the server's, answered; any failure goes back as this client's (named) failure."""
-    from fedlit.backends.messages import ClientFailure
-
     request = read_request(message)
     client_id = str(context.node_config.get("client-id", "?"))
     try:

@@ -56,9 +56,14 @@ def main(grid: Grid, context: Context) -> None:
         _run(grid, context)
 
 
+class RunFailed(RuntimeError):
+    """The run's error in one line: Flower logs it and records it as the run's status details, which
+    ``fedlit deploy`` prints."""
+
+
 def _run(grid: Grid, context: Context) -> None:
-    from fedlit.cli import _fail, fit_parser, quiet_libraries, run_fit
-    from fedlit.loop import RunInterrupted
+    from fedlit.cli import error_line, fit_parser, quiet_libraries, run_fit
+    from fedlit.loop import NothingTrained, RunInterrupted
 
     settings = context.run_config
     command = str(settings["fedlit-command"])
@@ -76,7 +81,8 @@ def _run(grid: Grid, context: Context) -> None:
         config.resume = bool(settings["resume"])
         run_fit(command, config, parser, backend=backend)
     except (Exception, RunInterrupted) as error:  # noqa: BLE001 - one named line, as fedlit fit
-        _fail(error, debug=bool(settings.get("debug", False)))
+        what = "nothing was trained: " if isinstance(error, NothingTrained) else ""
+        raise RunFailed(what + error_line(error)) from (error if settings.get("debug", False) else None)
     record = {"flower_run_id": context.run_id, "parties": backend.nodes,
               "client_secrets_in_server_process": backend.most_secrets_seen}
     atomic_write_bytes(Path(config.output_dir, "deployment.json"), (json.dumps(record, indent=1) + "\n").encode())
