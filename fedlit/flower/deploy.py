@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
@@ -29,7 +30,7 @@ def deploy_parser() -> ArgumentParser:
 
     parser = ArgumentParser(description="Run a fedlit config across parties on a Flower SuperLink.")
     parser.add_argument("--config", type=str, required=True, help="the run's YAML config (no client data paths)")
-    parser.add_argument("--command", type=str, default="fit", choices=list(ALGORITHMS),
+    parser.add_argument("--command", type=Literal[tuple(ALGORITHMS)], default="fit",
                         help="the algorithm, as the fedlit subcommand names it")
     parser.add_argument("--superlink", type=str, default="127.0.0.1:9093", help="SuperLink address host:port")
     parser.add_argument("--parties", type=int, required=True, help="SuperNodes to wait for before the run starts")
