@@ -365,7 +365,6 @@ class FederatedLoop:
     def _evaluate(self, module: L.LightningModule, server_round: int) -> dict[str, float]:
         """Validate the global adapter on the clients' held-out splits (all, or a seeded sample of
         ``eval_clients``) and the global one; record the rows and return each party's loss."""
-        module.load_trainable_state_dict(self.global_payload, who="the global adapter")
         ids, sample = list(self.clients), self.federation.eval_clients
         if sample is not None and sample < len(ids):
             drawn = np.random.default_rng([self.seed, server_round, 1]).choice(len(ids), size=sample, replace=False)
@@ -380,7 +379,8 @@ class FederatedLoop:
                 self._record(server_round, {"client": client_id, "split": "val", "excluded": reply.reason})
             else:
                 results[client_id] = reply
-        if self.global_val is not None:
+        if self.global_val is not None:  # the server's own split: only here does its module need the adapter
+            module.load_trainable_state_dict(self.global_payload, who="the global adapter")
             (values,) = validate(module, {GLOBAL: self.global_val}, self.trainer_kwargs).values()
             results[GLOBAL] = {**values, "num_examples": len(self.global_val.val_dataset)}
         for party, values in results.items():

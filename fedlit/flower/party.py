@@ -70,8 +70,9 @@ def _client_app(client_id: str, command: str, config_text: str, package: Path | 
     from fedlit.flower.received import ReceivedPackage
     from fedlit.strategies import FedAvg
 
+    plain = yaml.safe_load(config_text)
     parser = fit_parser(command)
-    config = parser.parse_object(yaml.safe_load(config_text))
+    config = parser.parse_object(plain)
     run = compose(command, config, parser, backend=ReceivedPackage(package), strategy=FedAvg(),
                   secure_aggregation=None, privacy=None, loggers=[], output_dir=tempfile.gettempdir())
     loop = getattr(run, "loop", run)
@@ -79,7 +80,7 @@ def _client_app(client_id: str, command: str, config_text: str, package: Path | 
         raise ValueError(f"client-id '{client_id}': this party's data makes clients {sorted(loop.clients)}; set "
                          "data in its party-config so that it makes this one")
     return FedlitClientApp(loop.clients[client_id], loop.module_factory, loop.trainer_kwargs,
-                           _secure_config(yaml.safe_load(config_text)))
+                           _secure_config(plain))
 
 
 def _secure_config(config: dict[str, Any]) -> SecureAggregationConfig | None:
