@@ -20,7 +20,7 @@ import yaml
 
 pytest.importorskip("flwr")
 
-from conftest import PLAYS, play_records, with_federation  # noqa: E402
+from conftest import PLAYS, play_records  # noqa: E402
 from deployment import LocalDeployment  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -29,22 +29,34 @@ COMPARED = ["round", "client", "split", "loss", "perplexity", "token_accuracy", 
             "bytes_sent", "excluded"]
 
 
-def server_config(directory: Path, model_dir: Path, name: str, **overrides) -> Path:
-    """The server's config: model, adapter, strategy, secure aggregation; no client's data path."""
-    config = {
-        "rounds": 2, "output_dir": str(directory / name), "progress": False,
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32},
-        "peft": {"class_path": "peft.LoraConfig", "init_args": {"r": 4, "lora_alpha": 8,
-                                                                "target_modules": ["q_proj", "v_proj"]}},
-        "optimizer": {"lr": 0.01},
-        "secure_aggregation": {},
-        "trainer": {"max_steps": 3, "accelerator": "cpu"},
-        **overrides,
-    }
+SHARED_DATA = {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32}  # the parties add their source
+
+
+def fedhomo(model_dir: Path) -> dict:
+    """FedHomoLLM's settings for these runs: LoRA on the tiny model, secure aggregation, 2 rounds."""
+    return {"rounds": 2, "progress": False, "model": {"name_or_path": str(model_dir)},
+            "peft": {"class_path": "peft.LoraConfig",
+                     "init_args": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}},
+            "optimizer": {"lr": 0.01}, "secure_aggregation": {}, "trainer": {"max_steps": 3, "accelerator": "cpu"}}
+
+
+def server_config(directory: Path, name: str, settings: dict) -> Path:
+    """The server's config file: ``settings`` and the shared data format, no client's data path."""
     path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump({**settings, "output_dir": str(directory / name), "data": SHARED_DATA}))
     return path
+
+
+def run_locally(command: str, settings: dict, output_dir: Path, plays_jsonl: Path) -> Path:
+    """``settings`` on LocalBackend, every client's data in this process; it holds back 6 global held-out
+    records, 2 per client, as each party does."""
+    from fedlit.cli import compose, fit_parser
+
+    parser = fit_parser(command)
+    data = {**SHARED_DATA, "source": str(plays_jsonl), "num_clients": 3, "global_val_examples": 6}
+    compose(command, parser.parse_object({**settings, "output_dir": str(output_dir), "loggers": [], "data": data}),
+            parser).fit()
+    return output_dir
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +67,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
     for play in PLAYS:
         data = root / f"{play}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in records if r["play"] == play))
-        # the local run below holds back 6 global held-out records, 2 per client: so does each party
+        # each party holds back 2 global held-out records, as the local runs do per client (run_locally)
         parties[play] = root / f"{play}-party.yaml"
         parties[play].write_text(yaml.safe_dump({"data": {"source": str(data), "num_clients": 1,
                                                           "global_val_examples": 2}}))
@@ -65,28 +77,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def local_reference(tiny_model_dir: Path, plays_jsonl: Path, deployment: LocalDeployment):
-    """The same run on LocalBackend, every client's data in this process."""
-    from peft import LoraConfig
-
-    from fedlit.algorithms import fed_homo_llm
-    from fedlit.data import DataConfig
-    from fedlit.lightning_modules import OptimizerConfig
-    from fedlit.models import ModelConfig
-    from fedlit.secure import SecureAggregationConfig
-
-    output_dir = deployment.root / "local"
-    fed_homo_llm(**with_federation({
-        "model": ModelConfig(str(tiny_model_dir)),
-        "data": DataConfig(source=str(plays_jsonl), num_clients=3, val_examples_per_client=4,
-                           global_val_examples=6, batch_size=4, max_length=32),
-        "peft": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
-        "optimizer": OptimizerConfig(lr=0.01),
-        "secure_aggregation": SecureAggregationConfig(),
-        "rounds": 2, "output_dir": output_dir, "loggers": [], "progress": False,
-        "trainer_kwargs": {"max_steps": 3, "accelerator": "cpu"},
-    })).fit()
-    return output_dir
+def local_reference(tiny_model_dir: Path, plays_jsonl: Path, deployment: LocalDeployment) -> Path:
+    """The same run on LocalBackend."""
+    return run_locally("fit", fedhomo(tiny_model_dir), deployment.root / "local", plays_jsonl)
 
 
 def rows(output_dir: Path) -> list[dict[str, str]]:
@@ -110,7 +103,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_deployment_with_secure_aggregation_matches_local_backend(deployment, local_reference, tiny_model_dir):
-    config = server_config(deployment.root, tiny_model_dir, "flower")
+    config = server_config(deployment.root, "flower", fedhomo(tiny_model_dir))
     assert "jsonl" not in config.read_text()  # the server's config names no client's data
     assert deployment.deploy(config).wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
     assert_same_run(deployment.root / "flower", local_reference)
@@ -127,7 +120,7 @@ def test_a_supernode_with_an_unregistered_key_is_refused(deployment):
 
 @pytest.mark.deployment_long
 def test_server_restart_with_resume_finishes_like_an_uninterrupted_run(deployment, local_reference, tiny_model_dir):
-    config = server_config(deployment.root, tiny_model_dir, "restarted")
+    config = server_config(deployment.root, "restarted", fedhomo(tiny_model_dir))
     deployment.deploy(config)
     checkpoint = deployment.root / "restarted" / "checkpoints" / "round-0001.ckpt"
     wait_for(checkpoint.exists, 600, "no round-1 checkpoint")
@@ -140,8 +133,8 @@ def test_server_restart_with_resume_finishes_like_an_uninterrupted_run(deploymen
 
 @pytest.mark.deployment_long
 def test_a_supernode_killed_mid_round_is_a_dropout(deployment, tiny_model_dir):
-    config = server_config(deployment.root, tiny_model_dir, "dropout", rounds=1,
-                           faults={"timeout_s": 30})
+    config = server_config(deployment.root, "dropout",
+                           {**fedhomo(tiny_model_dir), "rounds": 1, "faults": {"timeout_s": 30}})
     run = deployment.deploy(config, "--reply_timeout_s", "30")
     metrics = deployment.root / "dropout" / "metrics.csv"
     wait_for(metrics.exists, 600, "round 0 never finished")  # round 0 evaluated: round 1 is starting
@@ -159,18 +152,11 @@ def deploy_and_compare(deployment, command: str, name: str, plays_jsonl: Path, o
                        adapter_files: tuple[str, ...] = ("adapter/adapter_model.safetensors",)) -> None:
     """One round of ``command`` with the algorithm's keys ``own``: across the parties, and on LocalBackend over
     every client's data (with ``local_own`` on top); the same rows and adapters, bit for bit."""
-    from fedlit.cli import compose, fit_parser
-
-    common = {"rounds": 1, "progress": False, "optimizer": {"lr": 0.01},
-              "trainer": {"max_steps": 3, "accelerator": "cpu"}, **own}
-    data = {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32}
-    parser = fit_parser(command)
-    reference = deployment.root / f"{name}-local"
-    compose(command, parser.parse_object({
-        **common, **(local_own or {}), "output_dir": str(reference), "loggers": [],
-        "data": {**data, "source": str(plays_jsonl), "num_clients": 3, "global_val_examples": 6}}), parser).fit()
-    config = deployment.root / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({**common, "output_dir": str(deployment.root / name), "data": data}))
+    settings = {"rounds": 1, "progress": False, "optimizer": {"lr": 0.01},
+                "trainer": {"max_steps": 3, "accelerator": "cpu"}, **own}
+    reference = run_locally(command, {**settings, **(local_own or {})}, deployment.root / f"{name}-local",
+                            plays_jsonl)
+    config = server_config(deployment.root, name, settings)
     assert deployment.deploy(config, "--command", command).wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
     for adapter_file in adapter_files:
         assert_same_run(deployment.root / name, reference, adapter_file)
