@@ -6,13 +6,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from fedlit.backends.messages import FitIns, FitRes
-from fedlit.callbacks import AdapterExtraction, ExampleLevelDP, MaskedAggregation, UpdateClipping
+from fedlit.callbacks import (
+    AdapterExtraction,
+    ErrorFeedback,
+    ExampleLevelDP,
+    MaskedAggregation,
+    UpdateClipping,
+    UpdateCompression,
+)
+from fedlit.compression.payloads import decode_global
+from fedlit.compression.residual import ResidualStore, client_state_dir
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, from_bytes, to_bytes
@@ -29,9 +39,10 @@ ModuleFactory = Callable[[], CausalLMModule]
 CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {**QUIET_TRAINER, "limit_val_batches": 0}
 
 
-# The client mods, in the order they act when a fit ends (each reads what the one before it left):
-# DP-SGD accounting, update clipping (client-level DP), adapter extraction, masking (secure aggregation).
-CLIENT_MODS = ("dp_sgd", "clipping", "extraction", "masking")
+# The client mods, in the order they act when a fit ends (each reads what the one before it left): DP-SGD
+# accounting, error feedback (the last rounding error added back), update clipping and noise (client-level DP),
+# compression (quantized on the wire), adapter extraction, masking (secure aggregation).
+CLIENT_MODS = ("dp_sgd", "error_feedback", "clipping", "compression", "extraction", "masking")
 
 
 @dataclass
@@ -43,33 +54,42 @@ class Client:
     datamodule: CausalLMDataModule
     module_factory: ModuleFactory | None = None
 
-    def mods(self, ins: FitIns, global_payload: Payload, masker: SecAggClient | None) -> dict[str, Callback | None]:
+    def mods(self, ins: FitIns, global_payload: Payload, masker: SecAggClient | None,
+             residuals: ResidualStore | None) -> dict[str, Callback | None]:
         """The fit's client mods by name, in :data:`CLIENT_MODS` order (``None``: not used this fit)."""
-        clipping = ins.clip_norm is not None
+        clipping, compression = ins.clip_norm is not None, ins.compression
+        feedback = residuals if compression is not None and compression.error_feedback else None
         return {
             "dp_sgd": ExampleLevelDP(ins.example_dp, self.datamodule.batch_size, ins.seed) if ins.example_dp else None,
+            "error_feedback": (ErrorFeedback(self.client_id, global_payload, feedback, ins.server_round)
+                               if feedback is not None else None),
             "clipping": (UpdateClipping(self.client_id, global_payload, ins.clip_norm, ins.noise_std, ins.seed)
                          if clipping else None),
+            "compression": (UpdateCompression(self.client_id, global_payload, compression, ins.seed, feedback,
+                                              ins.server_round, masker.config.clip if masker is not None else None)
+                            if compression is not None else None),
             "extraction": AdapterExtraction(self.client_id, global_payload),
             "masking": MaskedAggregation(masker, global_payload, unweighted=clipping) if masker is not None else None,
         }
 
     def fit(self, ins: FitIns, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
-            masker: SecAggClient | None = None) -> FitRes:
+            masker: SecAggClient | None = None, residuals: ResidualStore | None = None) -> FitRes:
         """Train from the global adapter in ``ins`` with one plain ``Trainer.fit``; return the update as bytes.
 
         With a ``masker`` (secure aggregation) the bytes are the encoded masked input and neither the tensors nor
         the example count leave unmasked. With ``ins.clip_norm`` (client-level DP) the update is clipped to that
         L2 norm, plus the client's own noise of std ``ins.noise_std``, and a masked update is unweighted. With
         ``ins.example_dp`` the local training is DP-SGD on random-subset batches; the metrics then count its
-        ``dp_sgd_steps``.
+        ``dp_sgd_steps``. With ``ins.compression`` the update travels quantized (and the global adapter came
+        quantized too when ``downlink``); the client's rounding error waits in ``residuals`` for its next fit.
         """
         L.seed_everything(ins.seed, workers=True, verbose=False)
-        mods = self.mods(ins, from_bytes(ins.global_wire), masker)
+        module = (self.module_factory or module_factory)()
+        mods = self.mods(ins, received_global(ins, module), masker, residuals)
         self.datamodule.random_subsets = mods["dp_sgd"] is not None
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *filter(None, mods.values())]
-        L.Trainer(**kwargs).fit((self.module_factory or module_factory)(), datamodule=self.datamodule)
+        L.Trainer(**kwargs).fit(module, datamodule=self.datamodule)
         update = mods["extraction"].update
         assert update is not None, "AdapterExtraction did not run: fit ended early"
         if mods["dp_sgd"] is not None:
@@ -78,7 +98,16 @@ class Client:
                                                                       ins.example_dp_steps)
         if mods["masking"] is not None:
             return FitRes(encode(mods["masking"].masked), 0, update.metrics)
+        if mods["compression"] is not None:
+            return FitRes(mods["compression"].wire, update.num_examples, update.metrics)
         return FitRes(to_bytes(update.payload), update.num_examples, update.metrics)
+
+
+def received_global(ins: FitIns, module: CausalLMModule) -> Payload:
+    """The global adapter in ``ins``: safetensors bytes, or quantized codes laid out as ``module``'s tensors."""
+    if ins.compression is not None and ins.compression.downlink:
+        return decode_global(ins.global_wire, module.trainable_state_dict(), ins.compression)
+    return from_bytes(ins.global_wire)
 
 
 class ClientApp(SecAggParty):
@@ -86,14 +115,23 @@ class ClientApp(SecAggParty):
     secure-aggregation stages, and keeps its protocol state (keys, seeds, shares) to itself."""
 
     def __init__(self, client: Client, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
-                 secure_config: SecureAggregationConfig | None = None) -> None:
+                 secure_config: SecureAggregationConfig | None = None, state_dir: Path | None = None) -> None:
         super().__init__(client.client_id, secure_config)
         self.client, self.module_factory, self.trainer_kwargs = client, module_factory, trainer_kwargs
+        self.state_dir = state_dir
+
+    def residuals(self, run_id: str) -> ResidualStore:
+        """This client's error-feedback residuals for run ``run_id``, under its state directory."""
+        if self.state_dir is None:
+            raise ValueError(f"client '{self.client_id}' has no state directory for its error-feedback residual")
+        return ResidualStore(client_state_dir(self.state_dir, run_id, self.client_id))
 
     def fit(self, ins: FitIns) -> FitRes:
         began = time.perf_counter()
+        feedback = ins.compression is not None and ins.compression.error_feedback
         result = self.client.fit(ins, self.module_factory, self.trainer_kwargs,
-                                 masker=self._state() if ins.masked else None)
+                                 masker=self._state() if ins.masked else None,
+                                 residuals=self.residuals(ins.run_id) if feedback else None)
         result.seconds = round(time.perf_counter() - began, 3)
         return result
 
@@ -116,6 +154,8 @@ class ClientApps:
     module_factory: ModuleFactory
     trainer_kwargs: dict[str, Any]
     secure_config: SecureAggregationConfig | None = None
+    state_dir: Path | None = None
 
     def __call__(self, client_id: str) -> ClientApp:
-        return ClientApp(self.clients[client_id], self.module_factory, self.trainer_kwargs, self.secure_config)
+        return ClientApp(self.clients[client_id], self.module_factory, self.trainer_kwargs, self.secure_config,
+                         self.state_dir)

@@ -12,8 +12,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
 from fedlit.backends import Backend, LocalBackend
+from fedlit.compression.config import CompressionConfig
 from fedlit.faults import FaultPolicy
 from fedlit.privacy import ClientDPConfig, ExampleDPConfig
+from fedlit.privacy.client_dp import CLIP_TOLERANCE
 from fedlit.secure import SecureAggregationConfig
 from fedlit.secure.workflow import SecureAggregationWorkflow
 from fedlit.strategies import DPFedAvg, FedAvg, Strategy
@@ -45,6 +47,7 @@ class Federation:
         trainer: ``lightning.Trainer`` options for every client fit (the CLI's ``trainer:`` group).
         backend: where clients run (:mod:`fedlit.backends`): in this process one after another
             (``LocalBackend``, the default), or elsewhere; it never changes what they compute.
+        compression: quantized updates on the wire (``fedlit.compression.CompressionConfig``); ``None``: float32.
     """
 
     strategy: Strategy = field(default_factory=FedAvg)
@@ -62,6 +65,7 @@ class Federation:
     example_privacy: ExampleDPConfig | None = None
     trainer: dict[str, Any] = field(default_factory=dict)
     backend: Backend = field(default_factory=LocalBackend)
+    compression: CompressionConfig | None = None
 
     def server_strategy(self, num_clients: int) -> Strategy:
         """The strategy as the server runs it over ``num_clients``: wrapped in client-level DP under ``privacy``."""
@@ -69,18 +73,24 @@ class Federation:
             return self.strategy
         return DPFedAvg(self.strategy, self.privacy, num_clients, self.faults.min_clients)
 
-    def workflow(self) -> Workflow:
-        """How a round's fits travel: masked under ``secure_aggregation``, else in the clear."""
+    def weight_bound(self, train_sizes: list[int]) -> int:
+        """The largest weight a client's update carries: its example count, or 1 under client-level DP."""
+        return 1 if self.privacy is not None else max(train_sizes)
+
+    def workflow(self, max_weight: int = 1) -> Workflow:
+        """How a round's fits travel: masked under ``secure_aggregation``, else in the clear (quantized under
+        ``compression``); ``max_weight``: see :meth:`weight_bound`."""
         if self.secure_aggregation is None:
-            return PlainWorkflow()
-        return SecureAggregationWorkflow(self.secure_aggregation, self.seed)
+            return PlainWorkflow(self.compression)
+        return SecureAggregationWorkflow(self.secure_aggregation, self.seed, self.compression, max_weight)
 
     def effective_faults(self) -> FaultPolicy:
         """The fault policy; under client-level DP an update longer than the clip norm (a client that did not
-        clip) is a fault unless a bound is set."""
-        if self.privacy is None or self.faults.max_update_norm is not None:
+        clip) is a fault unless a bound is set, or the updates are compressed (quantizing may lengthen a clipped
+        update a little: the server clips it again, :class:`~fedlit.strategies.DPFedAvg`)."""
+        if self.privacy is None or self.faults.max_update_norm is not None or self.compression is not None:
             return self.faults
-        return dataclasses.replace(self.faults, max_update_norm=self.privacy.clip_norm * (1 + 1e-5))
+        return dataclasses.replace(self.faults, max_update_norm=self.privacy.clip_norm * CLIP_TOLERANCE)
 
     def replace(self, **changes: Any) -> Federation:
         """A copy with ``changes``."""

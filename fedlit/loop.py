@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import logging
+import secrets
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -73,7 +74,7 @@ class ServerStep(Protocol):
 def check_federation(clients: Sequence[Client], federation: Federation) -> None:
     """Refuse settings that could never train, before any model work: each error names the key and value."""
     strategy, faults = federation.strategy, federation.faults
-    secure_aggregation, privacy = federation.secure_aggregation, federation.privacy
+    secure_aggregation = federation.secure_aggregation
     ids = [c.client_id for c in clients]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -96,10 +97,14 @@ def check_federation(clients: Sequence[Client], federation: Federation) -> None:
         if strategy.needs_individual_updates:
             raise ValueError(f"{type(strategy).__name__} needs each client's update, which secure aggregation hides:"
                              " use a strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
-        weight = 1 if privacy is not None else max(len(c.datamodule.train_dataset) for c in clients)
         secure_aggregation.check_round_size(per_round)
         secure_aggregation.warn_if_capped(per_round)
-        secure_aggregation.check_ring(per_round, weight)
+        if federation.compression is None:  # (a compressed round's ring is sized to fit)
+            secure_aggregation.check_ring(per_round, federation.weight_bound(_train_sizes(clients)))
+
+
+def _train_sizes(clients: Sequence[Client]) -> list[int]:
+    return [len(c.datamodule.train_dataset) for c in clients]
 
 
 class RunInterrupted(BaseException):
@@ -178,7 +183,7 @@ class FederatedLoop:
         self.clients = {c.client_id: c for c in clients}
         self.module_factory = module_factory
         self.strategy = federation.server_strategy(len(clients))  # wrapped in client-level DP when asked
-        self.workflow = federation.workflow()  # in the clear, or secure aggregation
+        self.workflow = federation.workflow(federation.weight_bound(_train_sizes(clients)))  # clear or masked
         self.rounds = federation.rounds
         self.output_dir = Path(federation.output_dir)
         self.trainer_kwargs = {**federation.trainer,
@@ -198,6 +203,7 @@ class FederatedLoop:
         self.report = report
         self.stopped: str | None = None
         self.current_round = 0
+        self.run_id = secrets.token_hex(8)  # a resume takes the checkpoint's: clients keep state under it
         self.history: list[dict[str, Any]] = []
         self.global_payload: Payload | None = None
 
@@ -233,7 +239,8 @@ class FederatedLoop:
 
     def _fit(self, resume: bool) -> Payload:
         self.backend.start(ClientApps(self.clients, self.module_factory, self.trainer_kwargs,
-                                      self.federation.secure_aggregation), self.faults.timeout_s)
+                                      self.federation.secure_aggregation, self.output_dir / "client_state"),
+                           self.faults.timeout_s)
         try:
             return self._rounds(resume)
         finally:
@@ -290,7 +297,7 @@ class FederatedLoop:
     def _run_round(self, module: L.LightningModule, server_round: int, bar: RoundProgress) -> None:
         sampled = self.strategy.configure_round(server_round, list(self.clients), self.seed)
         bar.start_round(server_round, len(sampled))
-        global_wire = to_bytes(self.global_payload)
+        global_wire = self.workflow.global_wire(self.global_payload)
         plan = self.strategy.fit_plan(self.workflow.masked)
         requests = {cid: self._fit_ins(cid, server_round, global_wire, plan) for cid in sampled}
         stats: dict[str, dict[str, Any]] = {}
@@ -328,7 +335,8 @@ class FederatedLoop:
     def _fit_ins(self, client_id: str, server_round: int, global_wire: bytes, plan: dict[str, Any]) -> FitIns:
         """What ``client_id`` gets for its fit this round: the global adapter, its seed and the strategy's plan."""
         return FitIns(global_wire, client_seed(self.seed, server_round, client_id), example_dp=self.example_privacy,
-                      example_dp_steps=self.example_steps.get(client_id, 0), **plan)
+                      example_dp_steps=self.example_steps.get(client_id, 0), server_round=server_round,
+                      run_id=self.run_id, compression=self.federation.compression, **plan)
 
     def _accept(self, client_id: str, reply: FitRes | ClientFailure, server_round: int,
                 bytes_received: int) -> tuple[Update | None, dict[str, Any]]:
@@ -411,6 +419,7 @@ class FederatedLoop:
         atomic_write_bytes(self.output_dir / "metrics.csv", buffer.getvalue().encode())
         save_checkpoint({
             "round": server_round,
+            "run_id": self.run_id,
             "fingerprint": self.fingerprint,
             "global_payload": self.global_payload,
             "strategy": self.strategy.state_dict(),
@@ -440,6 +449,7 @@ class FederatedLoop:
                                   "setup than this run's; resume with the same settings, or start a new run in "
                                   "another output_dir")
         self.global_payload = state["global_payload"]
+        self.run_id = state.get("run_id", self.run_id)
         self.strategy.load_state_dict(state["strategy"])
         if self.server_step is not None:
             self.server_step.load_state_dict(state["server_step"])

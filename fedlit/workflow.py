@@ -11,8 +11,10 @@ import numpy as np
 
 from fedlit.backends.base import Backend
 from fedlit.backends.messages import ClientFailure, FitIns, FitRes
+from fedlit.compression.config import CompressionConfig
+from fedlit.compression.payloads import decode_update, encode_global
 from fedlit.faults import update_problem
-from fedlit.payload import Payload, Update, flatten, from_bytes
+from fedlit.payload import Payload, Update, flatten, from_bytes, to_bytes
 from fedlit.strategies import Strategy
 
 
@@ -25,9 +27,19 @@ class RoundSkipped(RuntimeError):
 
 
 class Workflow(ABC):
-    """One round's fit phase and aggregation."""
+    """One round's fit phase and aggregation; under ``compression`` updates (and, with ``downlink``, the global
+    adapter) travel quantized."""
 
     masked: bool = False  # whether clients send masked updates (client-level DP then adds noise in shares)
+
+    def __init__(self, compression: CompressionConfig | None = None) -> None:
+        self.compression = compression
+
+    def global_wire(self, global_payload: Payload) -> bytes:
+        """The global adapter as clients receive it for their fits."""
+        if self.compression is not None and self.compression.downlink:
+            return encode_global(global_payload, self.compression)
+        return to_bytes(global_payload)
 
     @abstractmethod
     def fit(self, backend: Backend, server_round: int, requests: Mapping[str, FitIns], global_payload: Payload,
@@ -48,14 +60,17 @@ class Workflow(ABC):
 
 
 class PlainWorkflow(Workflow):
-    """Updates travel as safetensors bytes; the server checks each one and the strategy aggregates them."""
+    """Updates travel as safetensors bytes (or quantized codes); the server checks each one and the strategy
+    aggregates them."""
 
     def fit(self, backend: Backend, server_round: int, requests: Mapping[str, FitIns], global_payload: Payload,
             on_reply: Callable[[str], None] | None = None) -> dict[str, FitRes | ClientFailure]:
         return backend.call("fit", requests, on_reply)
 
     def accept(self, client_id: str, reply: FitRes, global_payload: Payload, max_update_norm: float | None) -> Update:
-        update = Update(client_id, from_bytes(reply.wire), reply.num_examples, reply.metrics)
+        payload = (from_bytes(reply.wire) if self.compression is None
+                   else decode_update(reply.wire, global_payload, self.compression))
+        update = Update(client_id, payload, reply.num_examples, reply.metrics)
         problem = update_problem(global_payload, update.payload, max_update_norm)
         if problem is not None:
             raise Excluded(problem)

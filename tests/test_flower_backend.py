@@ -150,7 +150,7 @@ def ask(context: Context, method: str, payload, client_id: str = "alpha") -> obj
 
 def test_the_party_keeps_its_secure_aggregation_state_in_its_own_context():
     names = ["alpha", "beta", "gamma"]
-    setup = RoundSetup(1, names, {c: [o for o in names if o != c] for c in names}, 2, 5)
+    setup = RoundSetup(1, names, {c: [o for o in names if o != c] for c in names}, 2, 5, 64, 2.0**24)
     context = party_context("alpha", {"secure_aggregation": {}})
     advert = decode(ask(context, "secagg_setup", encode(setup)))
     state = SecAggClient.from_bytes(context.state.config_records["fedlit-secagg"]["state"],

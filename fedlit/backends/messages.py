@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from fedlit.compression.config import CompressionConfig
     from fedlit.privacy.example_dp import ExampleDPConfig
 
 
@@ -22,6 +23,9 @@ class FitIns:
         example_dp: DP-SGD settings for the local training (``None``: plain training).
         example_dp_steps: DP-SGD steps the client has taken in earlier rounds (its epsilon so far counts them).
         masked: secure aggregation: send the update masked (the client's protocol state must be set up).
+        server_round: the round this fit belongs to.
+        run_id: the run's id (stable across resumes): a client keeps its state between rounds under it.
+        compression: send the update quantized (and read the global adapter quantized when ``downlink``).
     """
 
     global_wire: bytes
@@ -31,6 +35,9 @@ class FitIns:
     example_dp: ExampleDPConfig | None = None
     example_dp_steps: int = 0
     masked: bool = False
+    server_round: int = 0
+    run_id: str = ""
+    compression: CompressionConfig | None = None
 
 
 @dataclass

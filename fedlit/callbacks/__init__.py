@@ -6,6 +6,7 @@ from fedlit.callbacks.example_dp import ExampleLevelDP
 from fedlit.callbacks.fedprox import FedProx
 from fedlit.callbacks.masked_aggregation import MaskedAggregation
 from fedlit.callbacks.update_clipping import UpdateClipping
+from fedlit.callbacks.update_compression import ErrorFeedback, UpdateCompression
 
-__all__ = ["AdapterExtraction", "EmulatorConstruction", "ExampleLevelDP", "FedProx", "MaskedAggregation",
-           "UpdateClipping"]
+__all__ = ["AdapterExtraction", "EmulatorConstruction", "ErrorFeedback", "ExampleLevelDP", "FedProx",
+           "MaskedAggregation", "UpdateClipping", "UpdateCompression"]

@@ -12,6 +12,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedlit.backends.messages import ClientFailure, FitIns, FitRes
+from fedlit.compression.config import CompressionConfig
 from fedlit.wire import pack, unpack
 
 RECORD = "fedlit"
@@ -34,7 +35,7 @@ class _Kinds(dict):
         return kind == "ExampleDPConfig" or super().__contains__(kind)
 
 
-KINDS = _Kinds({cls.__name__: cls for cls in (FitIns, FitRes)})
+KINDS = _Kinds({cls.__name__: cls for cls in (FitIns, FitRes, CompressionConfig)})
 
 
 @dataclass

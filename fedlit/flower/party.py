@@ -7,6 +7,8 @@ Node config (``flower-supernode --node-config``):
     party-config: a YAML file of the party's own keys, merged over the run's config: its ``data`` (source, which
         client its records make), its teacher model, its ``trainer`` device, ...
     cache-dir: where it keeps client packages the server sends (default: ``$FEDLIT_CACHE``, ``~/.cache/fedlit``).
+    state-dir: where its client keeps state between rounds, by run (its error-feedback residual under
+        compression; default: ``client-state`` under the cache directory).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from flwr.clientapp import ClientApp
 from fedlit.backends.messages import ClientFailure
 from fedlit.flower.envelope import read_request, reply_content
 from fedlit.flower.package import package_dir, store_package
+from fedlit.io import cache_dir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.party import SecAggParty
 from fedlit.secure.protocol import SecAggClient
@@ -61,7 +64,8 @@ def party_config(context: Context) -> tuple[str, str, dict[str, Any]]:
 
 
 @functools.lru_cache(maxsize=1)
-def _client_app(client_id: str, command: str, config_text: str, package: Path | None = None) -> Any:
+def _client_app(client_id: str, command: str, config_text: str, package: Path | None = None,
+                state_dir: Path | None = None) -> Any:
     """The party's fedlit ClientApp, built by the same composition as a local run but over its own data only
     (and the client ``package`` the server sent, if the algorithm trains on one): it keeps no server state (a
     plain FedAvg over itself, nothing written)."""
@@ -80,7 +84,7 @@ def _client_app(client_id: str, command: str, config_text: str, package: Path | 
         raise ValueError(f"client-id '{client_id}': this party's data makes clients {sorted(loop.clients)}; set "
                          "data in its party-config so that it makes this one")
     return FedlitClientApp(loop.clients[client_id], loop.module_factory, loop.trainer_kwargs,
-                           _secure_config(plain))
+                           _secure_config(plain), state_dir)
 
 
 def _secure_config(config: dict[str, Any]) -> SecureAggregationConfig | None:
@@ -97,8 +101,10 @@ def _answer(context: Context, method: str, payload: Any) -> Any:
         return client_id, _receive_package(context, payload, cache)
     if method in _NEEDS_CLIENT:
         package = context.state.config_records.get(_PACKAGE)
+        state_dir = (Path(str(context.node_config["state-dir"])) if "state-dir" in context.node_config
+                     else (cache or cache_dir()) / "client-state")
         party = _client_app(client_id, command, yaml.safe_dump(config),
-                            None if package is None else package_dir(str(package["digest"]), cache))
+                            None if package is None else package_dir(str(package["digest"]), cache), state_dir)
     else:  # a protocol stage needs no model: the party answers it without loading one
         party = SecAggParty(client_id, _secure_config(config))
     state = context.state.config_records.get(_STATE)

@@ -15,12 +15,32 @@ from transformers import PreTrainedModel
 
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 
+# peft methods that wrap bitsandbytes' 4-bit layers but fail in their forward (peft 0.21): refused up front.
+NOT_ON_4BIT = frozenset({PeftType.LOHA, PeftType.LOKR})
+
+
+def quantized_bits(model: PreTrainedModel) -> int | None:
+    """4 or 8 for a base loaded in k bits (``model.quantization``), else ``None``."""
+    return 4 if getattr(model, "is_loaded_in_4bit", False) else 8 if getattr(model, "is_loaded_in_8bit", False) \
+        else None
+
 
 def build_peft_model(base: PreTrainedModel, peft_config: PeftConfig, seed: int = 0) -> PeftModel:
-    """Wrap the frozen base with a freshly initialised adapter; the initial adapter depends only on ``seed``."""
+    """Wrap the frozen base with a freshly initialised adapter; the initial adapter depends only on ``seed``. On a
+    k-bit base, a peft method that cannot adapt k-bit layers is refused by name."""
+    bits = quantized_bits(base)
+    if bits == 4 and peft_config.peft_type in NOT_ON_4BIT:
+        raise ValueError(f"peft {peft_config.peft_type.value} cannot adapt a 4-bit quantized base "
+                         "(model.quantization.bits 4): use LoRA, IA3, VeRA, OFT or a prompt method, or 8 bits")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return get_peft_model(base, peft_config)
+        try:
+            return get_peft_model(base, peft_config)
+        except (ValueError, TypeError, NotImplementedError) as error:
+            if bits is None:
+                raise
+            raise ValueError(f"peft {peft_config.peft_type.value} cannot adapt this {bits}-bit quantized base "
+                             f"(model.quantization): {error}") from None
 
 
 class PeftModule(CausalLMModule):

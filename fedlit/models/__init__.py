@@ -2,10 +2,12 @@
 
 from fedlit.models.default import DEFAULT_MODEL, prepare_default_model
 from fedlit.models.loading import ModelConfig, load_base_model, load_tokenizer, resolve_model_path
+from fedlit.models.quantization import QuantizationConfig
 
 __all__ = [
     "DEFAULT_MODEL",
     "ModelConfig",
+    "QuantizationConfig",
     "load_base_model",
     "load_tokenizer",
     "prepare_default_model",

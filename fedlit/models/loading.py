@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.models.default import DEFAULT_MODEL, prepare_default_model
+from fedlit.models.quantization import QuantizationConfig
 
 
 @dataclass
@@ -20,11 +23,14 @@ class ModelConfig:
         dtype: dtype of the frozen base weights (``float32``, ``bfloat16``, ``float16``).
         keep_blocks: a smaller model derived by uniform layer drop: keep this many transformer blocks
             (the first, the last and evenly spaced ones between); ``None`` keeps all.
+        quantization: load the frozen base's linear layers in 4 or 8 bits (``bitsandbytes``); ``dtype`` is then
+            the dtype of what stays unquantized (embeddings, norms, head).
     """
 
     name_or_path: str = DEFAULT_MODEL
     dtype: str = "float32"
     keep_blocks: int | None = None
+    quantization: QuantizationConfig | None = None
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -69,11 +75,16 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_base_model(config: ModelConfig) -> PreTrainedModel:
-    """The frozen base causal LM, loaded once per process and shared by every simulated client."""
+def load_base_model(config: ModelConfig, skip_modules: list[str] | None = None) -> PreTrainedModel:
+    """The frozen base causal LM, loaded once per process and shared by every simulated client; quantized under
+    ``config.quantization`` except ``skip_modules`` (module names, e.g. blocks that train in full)."""
+    if config.quantization is not None and config.keep_blocks is not None:
+        return _quantized_layer_drop(config, skip_modules)
     path = resolve_model_path(config.name_or_path)
+    kwargs = {} if config.quantization is None else {"quantization_config": config.quantization.bnb_config(
+        skip_modules)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config.dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config.dtype), **kwargs)
     except OSError as err:
         raise OSError(
             f"could not load model '{config.name_or_path}': {err}. Offline, use a local directory "
@@ -81,8 +92,22 @@ def load_base_model(config: ModelConfig) -> PreTrainedModel:
         ) from err
     if config.keep_blocks is not None:
         model = _layer_dropped(model, config)
+    if config.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.requires_grad_(False)
     return model
+
+
+def _quantized_layer_drop(config: ModelConfig, skip_modules: list[str] | None) -> PreTrainedModel:
+    """Layer drop needs the weights in full, quantizing needs a checkpoint to load: drop, save to a temporary
+    directory, load that quantized."""
+    smaller = load_base_model(dataclasses.replace(config, quantization=None))
+    with tempfile.TemporaryDirectory(prefix="fedlit-layer-drop-") as tmp:
+        smaller.save_pretrained(tmp)
+        del smaller
+        return load_base_model(dataclasses.replace(config, name_or_path=tmp, keep_blocks=None), skip_modules)
 
 
 def _layer_dropped(model: PreTrainedModel, config: ModelConfig) -> PreTrainedModel:

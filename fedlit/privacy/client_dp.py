@@ -44,6 +44,9 @@ class ClientDPConfig:
             raise ValueError(f"privacy.target_epsilon must be > 0, got {self.target_epsilon}")
 
 
+CLIP_TOLERANCE = 1 + 1e-5  # a clipped update read back from float32 may be this much longer than the clip norm
+
+
 def clip_to_norm(update: np.ndarray, clip_norm: float) -> np.ndarray:
     """``update`` scaled down to L2 norm ``clip_norm`` when it is longer; unchanged otherwise."""
     norm = float(np.linalg.norm(update))

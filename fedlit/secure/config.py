@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedlit.compression.config import CompressionConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +69,22 @@ class SecureAggregationConfig:
     def check_ring(self, num_clients: int, max_weight: int) -> None:
         """Refuse a ring too narrow for ``num_clients`` vectors of ``max_weight * clip * scale`` (each client's
         largest fixed-point value): their sum would wrap around, and every client would fail to mask."""
-        largest = max_weight * max(self.clip, 1.0) * self.scale
+        largest = max_weight * max(self.clip * self.scale, 1.0)  # the weight itself travels unscaled
         if largest > (1 << (self.bits - 1)) // num_clients - 1:
             needed = math.ceil(math.log2(num_clients * (largest + 1))) + 1
             raise ValueError(f"secure_aggregation.bits {self.bits} is too narrow: {num_clients} clients x up to "
                              f"{max_weight} examples x clip {self.clip:g} x scale {self.scale:g} need at least "
                              f"{needed} bits (raise bits, or lower scale or clip)")
+
+    def compressed_ring(self, compression: CompressionConfig, num_clients: int, max_weight: int
+                        ) -> SecureAggregationConfig:
+        """The ring of a round of compressed updates: each coordinate a ``compression.bits``-bit integer code on
+        the grid of step ``clip / g`` (``g = 2^(bits-1) - 1``), so the scale is ``g / clip``, and the ring just
+        wide enough for ``num_clients`` codes weighted by up to ``max_weight`` examples:
+        ``ceil(log2(num_clients * (max_weight * g + 1))) + 1`` bits (one for the sign)."""
+        g = compression.grid_levels
+        bits = math.ceil(math.log2(num_clients * (max_weight * g + 1))) + 1
+        return dataclasses.replace(self, bits=bits, scale=g / self.clip)
 
     def degree(self, num_clients: int) -> int:
         """Neighbours per client among ``num_clients``: k rounded up to even, at most everyone else."""

@@ -10,20 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from fedlit.wire import pack, unpack
 
 
 @dataclass(frozen=True)
 class RoundSetup:
-    """Server -> every participant: who takes part, the neighbour graph and the threshold."""
+    """Server -> every participant: who takes part, the neighbour graph, the threshold and the round's ring
+    (Z_2^bits, fixed-point ``scale``: the server picks it from the settings, narrower for compressed updates)."""
 
     server_round: int
     participants: list[str]
     neighbours: dict[str, list[str]]
     threshold: int
     vector_length: int
+    bits: int
+    scale: float
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,12 @@ class ForwardedShares:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """Client -> server, stage 3: its fixed-point input plus self-mask and pairwise masks, modulo 2^bits."""
+    """Client -> server, stage 3: its fixed-point input plus self-mask and pairwise masks, modulo 2^bits, packed
+    at ``bits`` bits a value (:func:`fedlit.compression.bits.pack_bits`)."""
 
     client_id: str
     server_round: int
-    vector: np.ndarray
+    packed: bytes
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import secrets
 import msgpack
 import numpy as np
 
+from fedlit.compression.bits import pack_bits, unpack_bits
 from fedlit.secure import keys, ring, shamir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.graph import neighbour_graph
@@ -124,24 +125,27 @@ class SecAggClient:
             self.received[sender] = (x, seed_share, key_share)
 
     def mask(self, update: np.ndarray, num_examples: int) -> MaskedInput:
-        """``num_examples * clip(update)`` and ``num_examples`` in fixed point, plus all masks, modulo 2^bits."""
+        """``num_examples * clip(update)`` in fixed point at the round's scale and ``num_examples`` (an integer) as
+        it is, plus all masks, modulo 2^bits."""
         cfg, setup = self.config, self.setup
+        bits = setup.bits
         if update.shape != (setup.vector_length - 1,):
             raise ProtocolError(f"client '{self.client_id}' update has shape {update.shape}, "
                                 f"the round expects ({setup.vector_length - 1},)")
-        values = np.append(num_examples * np.clip(update.astype(np.float64), -cfg.clip, cfg.clip), num_examples)
-        limit = (1 << (cfg.bits - 1)) // len(setup.participants) - 1
-        try:
-            vector = ring.encode(values, cfg.scale, cfg.bits, limit)
+        weighted = num_examples * np.clip(update.astype(np.float64), -cfg.clip, cfg.clip)
+        limit = (1 << (bits - 1)) // len(setup.participants) - 1
+        try:  # the weight, an integer, in units (the update in fixed point)
+            vector = np.append(ring.encode(weighted, setup.scale, bits, limit),
+                               ring.encode(np.array([num_examples]), 1.0, bits, limit))
         except OverflowError as error:
             raise OverflowError(f"client '{self.client_id}': {error}") from None
-        stream = ring.MaskStream(setup.vector_length, cfg.bits)
+        stream = ring.MaskStream(setup.vector_length, bits)
         stream.add(vector, self.seed)
         for other in sorted(self.received):  # neighbours that completed stage 2
             seed = keys.derive(self.mask_key, self.neighbour_keys[other].mask_public_key, "mask",
                                setup.server_round, self.client_id, other)
             stream.add(vector, seed, pair_mask_sign(self.client_id, other))
-        return MaskedInput(self.client_id, setup.server_round, ring.reduce(vector, cfg.bits))
+        return MaskedInput(self.client_id, setup.server_round, pack_bits(ring.reduce(vector, bits), bits))
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Reveal, per neighbour, the seed share if it survived or the key share if it dropped; never both,
@@ -200,7 +204,7 @@ class SecAggServer:
         participants = sorted(participants)
         degree = config.degree(len(participants))
         self.setup = RoundSetup(server_round, participants, neighbour_graph(participants, degree, seed + server_round),
-                                config.shares_needed(len(participants)), vector_length)
+                                config.shares_needed(len(participants)), vector_length, config.bits, config.scale)
         self.adverts: dict[str, AdvertiseKeys] = {}
         self.sharers: set[str] = set()
         self.survivors: list[str] = []
@@ -256,12 +260,14 @@ class SecAggServer:
         who = message.client_id
         _check_round(message, self.server_round, f"client '{who}'")
         self._sender(who, self.sharers, set(self.survivors), "masked input")
-        vector, dtype = message.vector, self.total.dtype
-        if not isinstance(vector, np.ndarray) or vector.dtype != dtype or vector.shape != self.total.shape:
-            got = f"{getattr(vector, 'dtype', type(vector).__name__)} of shape {getattr(vector, 'shape', '?')}"
-            raise ProtocolError(f"masked input from client '{who}': expected {dtype} of shape {self.total.shape}, "
-                                f"got {got}")
-        self.total += vector
+        if not isinstance(message.packed, bytes):
+            raise ProtocolError(f"masked input from client '{who}': expected packed bytes, got "
+                                f"{type(message.packed).__name__}")
+        try:
+            vector = unpack_bits(message.packed, self.config.bits, len(self.total))
+        except ValueError as error:
+            raise ProtocolError(f"masked input from client '{who}': {error}") from None
+        self.total += vector.astype(self.total.dtype)
         self.survivors.append(who)
 
     def unmask_request(self) -> UnmaskRequest:
@@ -315,5 +321,5 @@ class SecAggServer:
                 seed = keys.derive(secret_key, self.adverts[other].mask_public_key, "mask", self.server_round,
                                    owner, other)
                 stream.add(total, seed, -pair_mask_sign(other, owner))  # remove what the survivor added
-        values = ring.decode(ring.reduce(total, cfg.bits), cfg.scale, cfg.bits)
-        return values[:-1], float(values[-1])
+        total = ring.reduce(total, cfg.bits)
+        return ring.decode(total[:-1], cfg.scale, cfg.bits), float(ring.decode(total[-1:], 1.0, cfg.bits)[0])

@@ -9,6 +9,7 @@ from typing import Any
 
 from fedlit.backends.base import Backend
 from fedlit.backends.messages import ClientFailure, FitIns, FitRes
+from fedlit.compression.config import CompressionConfig
 from fedlit.payload import Payload, Update
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.protocol import RoundAbandoned
@@ -20,12 +21,17 @@ from fedlit.workflow import Excluded, RoundSkipped, Workflow
 class SecureAggregationWorkflow(Workflow):
     """SecAgg/SecAgg+ around the fit: the server learns only the sum of the survivors' weighted updates and of
     their weights; the strategy steps from that mean. Key-exchange failures are dropouts the protocol recovers
-    from; below the threshold the round is skipped."""
+    from; below the threshold the round is skipped. Under ``compression`` clients quantize onto a grid they all
+    share and the round's ring is just wide enough for the sum of the codes
+    (:meth:`~fedlit.secure.config.SecureAggregationConfig.compressed_ring`, ``max_weight``: the largest example
+    count a client weights by)."""
 
     masked = True
 
-    def __init__(self, config: SecureAggregationConfig, seed: int = 0) -> None:
-        self.config, self.seed = config, seed
+    def __init__(self, config: SecureAggregationConfig, seed: int = 0, compression: CompressionConfig | None = None,
+                 max_weight: int = 1) -> None:
+        super().__init__(compression)
+        self.config, self.seed, self.max_weight = config, seed, max_weight
         self.round: SecureRound | None = None
         self.global_bytes: dict[str, int] = {}
 
@@ -35,7 +41,9 @@ class SecureAggregationWorkflow(Workflow):
             self.config.check_round_size(len(requests))
         except ValueError as error:
             raise RoundSkipped(str(error)) from None
-        self.round = SecureRound(self.config, server_round, list(requests), sum(t.numel() for t in
+        config = (self.config if self.compression is None
+                  else self.config.compressed_ring(self.compression, len(requests), self.max_weight))
+        self.round = SecureRound(config, server_round, list(requests), sum(t.numel() for t in
                                  global_payload.values()), self.seed, transport=backend.call)
         ready = self.round.exchange_keys()
         self.global_bytes = {cid: len(ins.global_wire) for cid, ins in requests.items()}
