@@ -169,7 +169,8 @@ def test_compressed_updates_under_secure_aggregation_sum_exactly():
     ring = config.compressed_ring(compression, 5, max_weight=50)
     assert ring.bits == int(np.ceil(np.log2(5 * (50 * 7 + 1)))) + 1 == 12
     step = config.clip / compression.grid_levels
-    codes = {c: quantize_to_grid(u, compression, config.clip, np.random.default_rng(1)) for c, (u, _) in updates.items()}
+    codes = {c: quantize_to_grid(u, compression, config.clip, np.random.default_rng(1))
+             for c, (u, _) in updates.items()}
     secure = SecureRound(ring, 1, list(updates), 1000)
     secure.mask_and_submit(lambda c: (codes[c] * step, updates[c][1]))
     summed, total = secure.finish()
@@ -225,3 +226,12 @@ def test_downlink_compression_sends_the_global_adapter_quantized(make_loop, tmp_
 
 def test_client_seeds_differ_so_roundings_are_independent():
     assert client_seed(0, 1, "alpha") != client_seed(0, 1, "beta")
+
+
+def test_a_fit_request_with_compression_crosses_the_flower_wire_as_plain_data():
+    from fedlit.backends import FitIns
+    from fedlit.flower.envelope import KINDS
+    from fedlit.wire import pack, unpack
+
+    ins = FitIns(b"adapter", seed=3, server_round=2, run_id="abc", compression=CompressionConfig(bits=4))
+    assert unpack(pack(ins), KINDS, "fedlit request") == ins

@@ -6,6 +6,7 @@ the server's LLM."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import lightning as L
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.algorithms.federation import federated_loop
@@ -128,8 +129,10 @@ def fed_co_llm(
     """Compose a FedCoLLM run.
 
     Args:
-        llm: the server's large model (default: the offline SmolLM2-135M-Instruct).
-        slm: the clients' small model, sharing the LLM's vocabulary (default: the LLM cut to 8 blocks).
+        llm: the server's large model (default: the offline SmolLM2-135M-Instruct); its ``quantization`` is the
+            server's choice (QLoRA for its adapter).
+        slm: the clients' small model, sharing the LLM's vocabulary (default: the LLM cut to 8 blocks); its
+            ``quantization`` applies where clients load the distilled SLM (``slm_init`` distils it in full).
         slm_init: distillation of all the SLM's weights from the LLM on public data before round 1
             (``steps: 0`` ships the SLM as loaded); the result is written to ``output_dir/client_slm``.
         server: the per-round mutual distillation of the two adapters on public data (``steps: 0``: FedAvg
@@ -146,7 +149,8 @@ def fed_co_llm(
     llm_base = functools.cache(functools.partial(load_base_model, llm))  # the server's: never a party's
 
     def build(directory: Path) -> None:
-        tokenizer, slm_base = load_tokenizer(slm), load_base_model(slm)
+        # the SLM's own weights are distilled in full: quantization applies to the copies clients load
+        tokenizer, slm_base = load_tokenizer(slm), load_base_model(dataclasses.replace(slm, quantization=None))
         try:
             check_same_tokenizer(tokenizer, load_tokenizer(llm), names=("SLM", "LLM"))
             check_shared_vocabulary(slm_base, llm_base(), names=("SLM", "LLM"))
@@ -157,7 +161,7 @@ def fed_co_llm(
     package = federation.backend.client_package(Path(federation.output_dir) / "client_slm", build)
     tokenizer = load_tokenizer(ModelConfig(str(package)))  # the package holds everything a client gets
     federated = federation.backend.federated_data(data, tokenizer)
-    slm_base = AutoModelForCausalLM.from_pretrained(package, dtype=slm.dtype).requires_grad_(False)
+    slm_base = load_base_model(dataclasses.replace(slm, name_or_path=str(package), keep_blocks=None))
     peft = peft or LoraConfig(**DEFAULT_LORA)  # peft fills in a config's base model: each model gets its own copy
     slm_model = build_peft_model(slm_base, copy.deepcopy(peft), seed=seed)
     slm_factory = functools.partial(PeftModule, slm_model, optimizer, evaluation, tokenizer)

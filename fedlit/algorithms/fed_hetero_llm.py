@@ -23,15 +23,16 @@ from fedlit.lightning_modules import (
 )
 from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer, check_shared_vocabulary
 from fedlit.loop import FederatedLoop
-from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.models import ModelConfig, QuantizationConfig, load_base_model, load_tokenizer
 from fedlit.models.loading import resolve_model_path
 
 
 @functools.lru_cache(maxsize=4)
-def cached_teacher(name_or_path: str, dtype: str, keep_blocks: int | None) -> PreTrainedModel:
+def cached_teacher(name_or_path: str, dtype: str, keep_blocks: int | None,
+                   quantization: QuantizationConfig | None = None) -> PreTrainedModel:
     """A teacher loaded in the process that trains its client (a Ray worker, say) when first needed; the four
     most recently used stay loaded, and clients naming the same teacher share one copy."""
-    return load_base_model(ModelConfig(name_or_path, dtype, keep_blocks))
+    return load_base_model(ModelConfig(name_or_path, dtype, keep_blocks, quantization))
 
 
 @dataclass
@@ -47,7 +48,8 @@ class DistillingClient:
     tokenizer: PreTrainedTokenizerBase
 
     def __call__(self) -> KnowledgeDistillationModule:
-        teacher = cached_teacher(self.teacher.name_or_path, self.teacher.dtype, self.teacher.keep_blocks)
+        teacher = cached_teacher(self.teacher.name_or_path, self.teacher.dtype, self.teacher.keep_blocks,
+                                 self.teacher.quantization)
         return KnowledgeDistillationModule(self.student, teacher, self.loss, self.optimizer, self.evaluation,
                                            self.tokenizer)
 
@@ -65,10 +67,11 @@ def fed_hetero_llm(
     """Compose a FedHeteroLLM run.
 
     Args:
-        teachers: client id -> that client's own LLM (any size; it must share the mentee's vocabulary). In a
-            deployment each party names its own in its party config, and the server's is ignored.
+        teachers: client id -> that client's own LLM (any size; it must share the mentee's vocabulary; its
+            ``quantization`` loads it in 4 or 8 bits). In a deployment each party names its own in its party
+            config, and the server's is ignored.
         mentee: the common small model every client trains an adapter of (default: the default model cut to
-            8 blocks by layer drop).
+            8 blocks by layer drop; with ``quantization``, QLoRA on the layer-dropped model).
         loss: the CE/KL mix and temperature of the distillation.
         data, peft, optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`; evaluation
         scores the global mentee adapter.

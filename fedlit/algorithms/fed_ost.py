@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from peft import LoraConfig, PeftConfig
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.federation import federated_loop
 from fedlit.callbacks.emulator_construction import EmulatorConstruction, read_manifest, write_client_package
@@ -74,6 +75,17 @@ def trainable_adapters(emulator: PreTrainedModel, plan: list[int], offsite: Offs
         raise ValueError(f"offsite adapters take LoRA or full tuning (peft: null), not {type(peft).__name__}")
     peft = dataclasses.replace(peft, layers_to_transform=indices, layers_pattern=prefix.rsplit(".", 1)[-1])
     return build_peft_model(emulator, peft, seed=seed)
+
+
+def client_emulator(package: Path, model: ModelConfig, plan: list[int], offsite: OffsiteConfig) -> PreTrainedModel:
+    """The emulator a client trains against, loaded from the package; under ``model.quantization`` its emulated
+    (frozen) blocks are quantized and its adapter blocks, which train and go back into the full model, are not."""
+    skeleton_config = AutoConfig.from_pretrained(package)
+    with torch.device("meta"):
+        prefix, _ = decoder_blocks(AutoModelForCausalLM.from_config(skeleton_config))
+    adapters = [f"{prefix}.{i}" for i in adapter_indices(plan, offsite)]
+    return load_base_model(dataclasses.replace(model, name_or_path=str(package), keep_blocks=None),
+                           skip_modules=adapters)
 
 
 class FedOST:
@@ -153,7 +165,9 @@ def fed_ost(
     """Compose a FedOST run.
 
     Args:
-        model: the owner's full model (default: the offline SmolLM2-135M-Instruct, 30 blocks).
+        model: the owner's full model (default: the offline SmolLM2-135M-Instruct, 30 blocks); its
+            ``quantization`` applies to the emulator's frozen blocks where clients train (the full model and the
+            adapter blocks stay in ``model.dtype``).
         data: records, client split and held-out splits.
         offsite: adapter blocks (front/back) and the emulator's share of the middle blocks.
         distillation: optional server-side distillation of the emulator on public data (``steps > 0``).
@@ -164,14 +178,15 @@ def fed_ost(
     """
     federation = federation or Federation()
     seed = federation.seed
-    full_model = functools.cache(functools.partial(load_base_model, model))  # the owner's: never a client's
+    # the owner's (never a client's), in full precision: the emulator is cut from it and the adapters go back in
+    full_model = functools.cache(functools.partial(load_base_model, dataclasses.replace(model, quantization=None)))
     package = federation.backend.client_package(
         Path(federation.output_dir) / "client_package",
         lambda directory: client_package(full_model(), load_tokenizer(model), offsite, distillation, directory, seed))
     tokenizer = load_tokenizer(ModelConfig(str(package)))  # the package holds everything a client gets
     plan = read_manifest(package)["plan"]
     federated = federation.backend.federated_data(data, tokenizer)
-    emulator = AutoModelForCausalLM.from_pretrained(package, dtype=model.dtype)  # the clients' only model
+    emulator = client_emulator(package, model, plan, offsite)  # the clients' only model
     client_model = trainable_adapters(emulator, plan, offsite, peft, seed)
     module = PeftModule if peft is not None else CausalLMModule
     loop = federated_loop(

@@ -96,8 +96,19 @@ def load_base_model(config: ModelConfig, skip_modules: list[str] | None = None) 
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        _one_cpu_path(model)
     model.requires_grad_(False)
     return model
+
+
+def _one_cpu_path(model: PreTrainedModel) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit layer's weight for a faster CPU inference kernel the first time the layer
+    runs in eval mode without gradients; afterwards the layer passes no gradient to its adapter (training silently
+    stops) and computes slightly different numbers. Clients evaluate and train the same shared base, so every
+    4-bit layer keeps the one path that trains."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _quantized_layer_drop(config: ModelConfig, skip_modules: list[str] | None) -> PreTrainedModel:
