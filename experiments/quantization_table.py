@@ -2,7 +2,8 @@
 
 Base precision (``--part base``): each row is one process (``fedlit fit`` with ``model.dtype`` /
 ``model.quantization``, everything else as the task's config): its peak RSS (LocalBackend: server and clients
-share the process and its one frozen base), seconds per local step (client fit seconds / steps), the global
+share the process and its one frozen base; the peak includes loading the float32 checkpoint), the base's weights
+in memory (``get_memory_footprint``), seconds per local step (client fit seconds / steps), the global
 held-out loss and answer-set accuracy after the last round, and, for k-bit rows, the same final adapter loaded with
 plain peft onto the full-precision base (how far the quantized base's adapter carries over).
 
@@ -57,7 +58,9 @@ def child(output: Path, fit_args: list[str]) -> None:
     steps = config.trainer.max_steps
     train = [r for r in loop.history if r["split"] == "train"]
     (final,) = [r for r in loop.history if (r["client"], r["split"], r["round"]) == (GLOBAL, "val", loop.rounds)]
+    base = loop.module_factory().model.get_base_model()
     result = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "base_mib": base.get_memory_footprint() / 2**20,
               "seconds_per_step": float(np.mean([r["seconds"] for r in train])) / steps, "run_seconds": seconds,
               "loss": final["loss"], "choice_accuracy": final.get("choice_accuracy")}
     if config.model.quantization is not None:  # the same adapter on the full-precision base, through plain peft
@@ -116,7 +119,7 @@ def show(title: str, rows: dict[str, dict], columns: dict[str, str]) -> None:
         cells = []
         for key in columns:
             value = row.get(key)
-            cells.append("-" if value is None else f"{value:,.0f}" if key.startswith(("bytes", "peak"))
+            cells.append("-" if value is None else f"{value:,.0f}" if key.startswith(("bytes", "peak", "base"))
                          else f"{value:.3f}" if isinstance(value, float) else str(value))
         table.add_row(name, *cells)
     Console().print(table)
@@ -138,7 +141,8 @@ def main() -> None:
         if "base" in args.part:
             results[f"{task}/base"] = rows = base_rows(task, TASKS[task], args.output_dir, options)
             show(f"{task}: base precision", rows, {
-                "peak_rss_mib": "peak RSS (MiB)", "seconds_per_step": "s / local step", "loss": "held-out loss",
+                "base_mib": "base weights (MiB)", "peak_rss_mib": "peak RSS (MiB)",
+                "seconds_per_step": "s / local step", "loss": "held-out loss",
                 "choice_accuracy": "answer-set acc.", "full_base_loss": "adapter on fp32 base: loss",
                 "full_base_choice_accuracy": "... acc."})
         if "compression" in args.part:

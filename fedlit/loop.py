@@ -239,7 +239,7 @@ class FederatedLoop:
 
     def _fit(self, resume: bool) -> Payload:
         self.backend.start(ClientApps(self.clients, self.module_factory, self.trainer_kwargs,
-                                      self.federation.secure_aggregation, self.output_dir / "client_state"),
+                                      self.federation.secure_aggregation, (self.output_dir / "client_state").resolve()),
                            self.faults.timeout_s)
         try:
             return self._rounds(resume)

@@ -18,6 +18,7 @@ import ray.cloudpickle  # noqa: E402
 
 from fedlit.backends import LocalBackend, RayBackend  # noqa: E402
 from fedlit.client import Client  # noqa: E402
+from fedlit.compression import CompressionConfig  # noqa: E402
 from fedlit.faults import FaultPolicy  # noqa: E402
 from fedlit.privacy import ClientDPConfig  # noqa: E402
 from fedlit.secure import SecureAggregationConfig  # noqa: E402
@@ -33,6 +34,8 @@ SETTINGS = {  # fresh objects per run: a server optimiser keeps state
                        "secure_aggregation": SecureAggregationConfig(neighbours=2)},
     "client-dp": lambda: {"strategy": FedAvg(clients_per_round=3),
                           "privacy": ClientDPConfig(noise_multiplier=0.5, clip_norm=0.5)},
+    "compressed": lambda: {"strategy": FedAvg(clients_per_round=2),  # error feedback: state a client keeps
+                           "compression": CompressionConfig(bits=2)},
 }
 
 
