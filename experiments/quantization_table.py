@@ -11,7 +11,7 @@ Update compression (``--part compression``): the fp32 base, updates as float32 o
 without error feedback: bytes each client sends per round (the encoded bytes) and the global held-out loss.
 
     python experiments/quantization_table.py [--part base compression] [--tasks quickstart which_play]
-        [--json out.json] [any fedlit fit option, e.g. --rounds 2]
+        [--compressions float32 "4-bit" "2-bit, no EF" ...] [--json out.json] [any fedlit fit option, e.g. --rounds 2]
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def base_rows(task: str, config: str, output_dir: Path, options: list[str]) -> d
     return rows
 
 
-def compression_rows(task: str, config: str, output_dir: Path, options: list[str]) -> dict[str, dict]:
+def compression_rows(task: str, config: str, output_dir: Path, options: list[str], names: list[str]
+                     ) -> dict[str, dict]:
     from shakespeare_task import global_scores, run
 
     from fedlit.cli import compose, fit_parser, quiet_libraries
@@ -101,7 +102,7 @@ def compression_rows(task: str, config: str, output_dir: Path, options: list[str
     base = compose("fit", parsed, cli)
     initial = base.module_factory().trainable_state_dict()
     rows = {}
-    for name, settings in COMPRESSIONS.items():
+    for name, settings in ((n, COMPRESSIONS[n]) for n in names):
         compression = None if settings is None else CompressionConfig(**settings)
         loop = run(name.replace(" ", "").replace(",", "-"), base, initial, output_dir / task,
                    strategy=base.federation.strategy, compression=compression)
@@ -130,6 +131,7 @@ def main() -> None:
     parser.add_argument("--part", nargs="+", choices=("base", "compression"), default=["base", "compression"])
     parser.add_argument("--tasks", nargs="+", choices=tuple(TASKS), default=list(TASKS))
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/quantization_table"))
+    parser.add_argument("--compressions", nargs="+", choices=tuple(COMPRESSIONS), default=list(COMPRESSIONS))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args, options = parser.parse_known_args()
@@ -146,7 +148,8 @@ def main() -> None:
                 "choice_accuracy": "answer-set acc.", "full_base_loss": "adapter on fp32 base: loss",
                 "full_base_choice_accuracy": "... acc."})
         if "compression" in args.part:
-            results[f"{task}/compression"] = rows = compression_rows(task, TASKS[task], args.output_dir, options)
+            results[f"{task}/compression"] = rows = compression_rows(task, TASKS[task], args.output_dir, options,
+                                                                     args.compressions)
             show(f"{task}: update compression", rows, {"bytes_per_client_round": "bytes / client / round",
                                                        "loss": "held-out loss", "choice_accuracy": "answer-set acc."})
     if args.json is not None:
