@@ -68,8 +68,8 @@ def child(output: Path, fit_args: list[str]) -> None:
 
         full = load_base_model(ModelConfig(config.model.name_or_path))
         model = PeftModel.from_pretrained(full, loop.output_dir / "adapter")
-        module = CausalLMModule(model, evaluation=loop.module_factory().evaluation,
-                                tokenizer=loop.module_factory().tokenizer)
+        trained = loop.module_factory()
+        module = CausalLMModule(model, evaluation=trained.evaluation, tokenizer=trained.tokenizer)
         scores = validate(module, {GLOBAL: loop.global_val}, loop.trainer_kwargs)[GLOBAL]
         result.update(full_base_loss=scores["loss"], full_base_choice_accuracy=scores.get("choice_accuracy"))
     output.write_text(json.dumps(result))

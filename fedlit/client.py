@@ -56,16 +56,16 @@ class Client:
 
     def mods(self, ins: FitIns, global_payload: Payload, masker: SecAggClient | None,
              residuals: ResidualStore | None) -> dict[str, Callback | None]:
-        """The fit's client mods by name, in :data:`CLIENT_MODS` order (``None``: not used this fit)."""
+        """The fit's client mods by name, in :data:`CLIENT_MODS` order (``None``: not used this fit); ``residuals``
+        is the client's error-feedback store when ``ins.compression`` asks for error feedback, else ``None``."""
         clipping, compression = ins.clip_norm is not None, ins.compression
-        feedback = residuals if compression is not None and compression.error_feedback else None
         return {
             "dp_sgd": ExampleLevelDP(ins.example_dp, self.datamodule.batch_size, ins.seed) if ins.example_dp else None,
-            "error_feedback": (ErrorFeedback(self.client_id, global_payload, feedback, ins.server_round)
-                               if feedback is not None else None),
+            "error_feedback": (ErrorFeedback(self.client_id, global_payload, residuals, ins.server_round)
+                               if residuals is not None else None),
             "clipping": (UpdateClipping(self.client_id, global_payload, ins.clip_norm, ins.noise_std, ins.seed)
                          if clipping else None),
-            "compression": (UpdateCompression(self.client_id, global_payload, compression, ins.seed, feedback,
+            "compression": (UpdateCompression(self.client_id, global_payload, compression, ins.seed, residuals,
                                               ins.server_round, masker.config.clip if masker is not None else None)
                             if compression is not None else None),
             "extraction": AdapterExtraction(self.client_id, global_payload),

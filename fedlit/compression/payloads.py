@@ -3,8 +3,6 @@ started from) and, optionally, the global adapter the server sends down."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from fedlit.compression.config import CompressionConfig
 from fedlit.compression.quantize import dequantize, from_wire, quantize, to_wire
 from fedlit.payload import Payload, flatten, unflatten
@@ -24,4 +22,4 @@ def encode_global(payload: Payload, config: CompressionConfig) -> bytes:
 def decode_global(wire: bytes, like: Payload, config: CompressionConfig) -> Payload:
     """Inverse of :func:`encode_global`, shaped as the client's own trainable tensors ``like``."""
     count = sum(t.numel() for t in like.values())
-    return unflatten(dequantize(from_wire(wire, config, count), config).astype(np.float64), like)
+    return unflatten(dequantize(from_wire(wire, config, count), config), like)
