@@ -67,7 +67,8 @@ def fit_parser(command: str = "fit") -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file")
     parser.add_function_arguments(algorithm, skip={"federation"}, fail_untyped=True)
     # the Federation's fields are top-level keys (rounds:, strategy:, ...); its Trainer options are `trainer:`
-    parser.add_class_arguments(Federation, nested_key=None, skip={"trainer"}, fail_untyped=True, sub_configs=True)
+    parser.add_class_arguments(Federation, nested_key=None, skip={"trainer", "run_config"}, fail_untyped=True,
+                               sub_configs=True)
     parser.add_class_arguments(L.Trainer, "trainer", instantiate=False, skip={"callbacks"},
                                sub_configs=True)
     parser.set_defaults({f"trainer.{key}": value for key, value in CLIENT_TRAINER_DEFAULTS.items()})
@@ -98,15 +99,33 @@ def compose(command: str, config: Namespace, parser: ArgumentParser | None = Non
     """The run a parsed config describes (a FederatedLoop, or FedOST's wrapper): its algorithm's own keys, plus a
     :class:`~fedlit.federation.Federation` from the top-level shared keys and ``trainer:``, with
     ``federation_changes`` (live objects a config cannot hold, such as a Flower backend) applied."""
-    init = (parser or fit_parser(command)).instantiate(config)
-    federation = Federation(**{key: init[key] for key in FEDERATION_KEYS if key != "trainer"},
-                            trainer=dict(vars(config.trainer))).replace(**federation_changes)
+    parser = parser or fit_parser(command)
+    init = parser.instantiate(config)
+    federation = Federation(**{key: init[key] for key in FEDERATION_KEYS if key not in ("trainer", "run_config")},
+                            trainer=dict(vars(config.trainer)), run_config=run_config(parser, config),
+                            ).replace(**federation_changes)
     own = {key: init[key] for key in vars(config)
            if key not in (*FEDERATION_KEYS, "resume", "config", "debug", "__path__")}
     return ALGORITHMS[command][0](**own, federation=federation)
 
 
+def run_config(parser: ArgumentParser, config: Namespace) -> dict[str, Any]:
+    """The merged config as plain data (what ``--print_config`` shows), without the command's own switches."""
+    data = yaml.safe_load(parser.dump(config, skip_validation=True, skip_unset=False))
+    return {key: value for key, value in data.items() if key not in ("config", "resume", "debug")}
+
+
+def expand_output_dir(config: Namespace) -> None:
+    """``output_dir`` may name environment variables (``outputs/sweep/$WANDB_RUN_ID``: one directory per run
+    that a W&B sweep agent starts); one that is not set is an error, not a literal ``$`` directory."""
+    expanded = os.path.expandvars(config.output_dir)
+    if "$" in expanded:
+        raise ValueError(f"output_dir '{config.output_dir}' names an environment variable that is not set")
+    config.output_dir = expanded
+
+
 def run_fit(command: str, config: Namespace, parser: ArgumentParser, **federation_changes: Any) -> None:
+    expand_output_dir(config)
     output_dir = Path(config.output_dir)
     lock_output_dir(output_dir)  # before anything is written: a second run into it fails at once
     if not config.resume:

@@ -48,6 +48,8 @@ class Federation:
         backend: where clients run (:mod:`fedlit.backends`): in this process one after another
             (``LocalBackend``, the default), or elsewhere; it never changes what they compute.
         compression: quantized updates on the wire (``fedlit.compression.CompressionConfig``); ``None``: float32.
+        run_config: the run's whole configuration, given to every logger as its hyperparameters (the ``fedlit``
+            command passes its merged config; not a config key itself).
     """
 
     strategy: Strategy = field(default_factory=FedAvg)
@@ -66,6 +68,7 @@ class Federation:
     trainer: dict[str, Any] = field(default_factory=dict)
     backend: Backend = field(default_factory=LocalBackend)
     compression: CompressionConfig | None = None
+    run_config: dict[str, Any] | None = None
 
     def server_strategy(self, num_clients: int) -> Strategy:
         """The strategy as the server runs it over ``num_clients``: wrapped in client-level DP under ``privacy``."""

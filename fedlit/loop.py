@@ -39,6 +39,7 @@ from fedlit.payload import Payload, Update, to_bytes
 from fedlit.progress import RoundProgress
 from fedlit.run_dir import LOOP_OUTPUTS, check_fresh, lock_output_dir, unlock_output_dir
 from fedlit.seeds import client_seed
+from fedlit.tracking import RunLogger, RunRecord, row_metrics, run_summary
 from fedlit.validation import validate
 from fedlit.workflow import Excluded, RoundSkipped
 
@@ -258,6 +259,9 @@ class FederatedLoop:
             self._evaluate(module, 0)
             self._end_round(0)
             start = 1
+        if self.federation.run_config is not None:
+            for logger in self.loggers:
+                logger.log_hyperparams(self.federation.run_config)
         with RoundProgress(self.rounds, start, self.progress) as bar:
             for server_round in range(start, self.rounds + 1):
                 self.current_round = server_round
@@ -272,6 +276,7 @@ class FederatedLoop:
         if skipped:
             log.warning("%d of %d rounds were skipped: %s", skipped, self.rounds_run(), self._why_untrained())
         self._save_adapter(module)
+        self._save_summary(module)
         return self.global_payload
 
     def rounds_run(self) -> int:
@@ -403,12 +408,9 @@ class FederatedLoop:
         self._log(self.history[-1])
 
     def _log(self, row: dict[str, Any]) -> None:
-        """Log a history row's numbers to every logger as ``[model/]client/split_metric`` (step = its round)."""
-        prefix = "/".join(filter(None, (row.get("model"), row["client"])))
-        step_metrics = {f"{prefix}/{row['split']}_{k}": float(v) for k, v in row.items()
-                        if k not in ("round", "client", "split", "model", "excluded")}
+        """Log a history row's numbers to every logger (names: :mod:`fedlit.tracking.names`; step = its round)."""
         for logger in self.loggers:
-            logger.log_metrics(step_metrics, step=row["round"])
+            logger.log_metrics(row_metrics(row), step=row["round"])
 
     def _end_round(self, server_round: int) -> None:
         """Write metrics.csv and the round checkpoint, both atomically."""
@@ -468,3 +470,13 @@ class FederatedLoop:
             module.save_adapter(tmp)
         if self.server_step is not None:
             self.server_step.save(self.output_dir)
+
+    def _save_summary(self, module: L.LightningModule) -> None:
+        """``summary.json`` (the run's summary: :func:`~fedlit.tracking.run_summary`), also handed to the loggers
+        that keep a whole-run record."""
+        summary = run_summary(self.history)
+        atomic_write_bytes(self.output_dir / "summary.json", json.dumps(summary, indent=1).encode())
+        record = RunRecord(self.output_dir, summary, getattr(getattr(module, "model", None), "name_or_path", None))
+        for logger in self.loggers:
+            if isinstance(logger, RunLogger):
+                logger.log_run(record)

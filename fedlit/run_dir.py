@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 # What the loop writes; algorithms add their own (FedCoLLM's client_slm/, FedOST's plugged_in/, ...).
-LOOP_OUTPUTS = ("checkpoints", "metrics.csv", "adapter", "logs", "partition.csv", "partition.png", "client_state")
+LOOP_OUTPUTS = ("checkpoints", "metrics.csv", "adapter", "logs", "partition.csv", "partition.png", "client_state",
+                "summary.json")
 ALGORITHM_OUTPUTS = ("client_slm", "llm_adapter", "client_package", "plugged_in", "offsite.json")
 LOCK_NAME = ".fedlit.lock"
 
