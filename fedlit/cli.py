@@ -1,5 +1,6 @@
 """The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` (FedHomoLLM), ``fedlit fedhetero``
-(FedHeteroLLM), ``fedlit fedco`` (FedCoLLM), ``fedlit fedost`` (offsite-tuning) and ``fedlit prepare``.
+(FedHeteroLLM), ``fedlit fedco`` (FedCoLLM), ``fedlit fedost`` (offsite-tuning), ``fedlit sweep`` (a W&B sweep
+file run offline), ``fedlit deploy`` and ``fedlit prepare``.
 
 Options follow LightningCLI / jsonargparse: every config key is also a command-line option
 (``--trainer.max_steps 20``, ``--peft.init_args.r 16``), and ``--print_config`` shows the merged config.
@@ -19,12 +20,13 @@ from typing import Any
 import lightning as L
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from lightning.pytorch.loggers import Logger
 
 from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_ost
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.federation import FEDERATION_KEYS, Federation
-from fedlit.loop import NothingTrained, RunInterrupted
+from fedlit.loop import NothingTrained, RunInterrupted, default_loggers
 from fedlit.run_dir import OutputDirError, check_fresh, lock_output_dir
 
 # Exit statuses: 0 the run trained what it was asked to; 1 an error, named in one line; 2 a command-line or
@@ -82,6 +84,43 @@ def fit_parser(command: str = "fit") -> ArgumentParser:
     return parser
 
 
+def sweep_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Run a W&B sweep file offline: every grid point in W&B's order, or seeded "
+                            "random draws; each run a fedlit process in its own output dir. Run it again to resume.")
+    parser.add_argument("sweep_file", type=str, help="a W&B sweep YAML (method, metric, parameters, command)")
+    parser.add_argument("--count", type=int | None, default=None,
+                        help="runs to make (random: required unless run_cap; grid: the first N points)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (CPU threads are shared among them)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random draws")
+    parser.add_argument("--output_dir", type=str | None, default=None, help="default: outputs/sweeps/<file name>")
+    parser.add_argument("--wandb", type=bool | None, default=None,
+                        help="log every run to W&B (offline unless WANDB_MODE); default: when wandb is installed")
+    return parser
+
+
+def run_sweep_command(config: Namespace) -> int:
+    """Run the sweep; 0 when every run finished, 1 naming the runs that did not."""
+    import importlib.util
+    import signal
+
+    from fedlit.sweep import load_sweep, run_sweep
+    from fedlit.sweep.report import best_trial
+
+    spec = load_sweep(config.sweep_file)
+    wandb = config.wandb if config.wandb is not None else importlib.util.find_spec("wandb") is not None
+    output_dir = config.output_dir or f"outputs/sweeps/{spec.name}"
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: runs checkpoint and stop
+    state = run_sweep(spec, output_dir, config.count, config.parallel, config.seed, wandb)
+    best = best_trial(spec, state.trials)
+    print(f"sweep: {len(state.trials)} runs in {output_dir}/sweep.csv, plot in {output_dir}/sweep.png"
+          + (f"; best {best.name}: {spec.metric['name']} = {best.metric:.4f} with {best.values}" if best else ""))
+    failed = [t.name for t in state.trials if t.status != "finished"]
+    if failed:
+        print(f"fedlit: sweep runs did not finish: {', '.join(failed)} (logs in {output_dir}/logs; run the same "
+              "command again to resume them)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fedlit", description="Federated fine-tuning of LLMs, the Lightning way.")
     commands = parser.add_subcommands()
@@ -90,6 +129,7 @@ def build_parser() -> ArgumentParser:
     from fedlit.flower.deploy import deploy_parser
 
     commands.add_subcommand("deploy", deploy_parser(), help="run a config across parties on a Flower SuperLink")
+    commands.add_subcommand("sweep", sweep_parser(), help="run a W&B sweep file offline (grid or random search)")
     commands.add_subcommand("prepare", ArgumentParser(description="Prepare the offline default model and data."),
                             help="convert the packaged default model and extract the Shakespeare texts")
     return parser
@@ -104,9 +144,24 @@ def compose(command: str, config: Namespace, parser: ArgumentParser | None = Non
     federation = Federation(**{key: init[key] for key in FEDERATION_KEYS if key not in ("trainer", "run_config")},
                             trainer=dict(vars(config.trainer)), run_config=run_config(parser, config),
                             ).replace(**federation_changes)
+    federation = federation.replace(loggers=with_sweep_logger(federation))
     own = {key: init[key] for key in vars(config)
            if key not in (*FEDERATION_KEYS, "resume", "config", "debug", "__path__")}
     return ALGORITHMS[command][0](**own, federation=federation)
+
+
+def with_sweep_logger(federation: Federation) -> list[Logger] | None:
+    """A run that a W&B sweep agent starts (``WANDB_SWEEP_ID``), or that ``fedlit sweep`` tracks
+    (``FEDLIT_WANDB=1``), must report to W&B: its loggers plus fedlit's WandbLogger unless it has one."""
+    loggers = federation.loggers
+    if not (os.environ.get("WANDB_SWEEP_ID") or os.environ.get("FEDLIT_WANDB") == "1"):
+        return loggers
+    from lightning.pytorch.loggers import WandbLogger as AnyWandbLogger
+
+    from fedlit.tracking import WandbLogger
+
+    loggers = list(loggers) if loggers is not None else default_loggers(Path(federation.output_dir))
+    return loggers if any(isinstance(x, AnyWandbLogger) for x in loggers) else [*loggers, WandbLogger()]
 
 
 def run_config(parser: ArgumentParser, config: Namespace) -> dict[str, Any]:
@@ -193,6 +248,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.subcommand == "prepare":
         run_prepare()
         return
+    if config.subcommand == "sweep":
+        try:
+            status = run_sweep_command(config.sweep)
+        except KeyboardInterrupt:
+            print("fedlit: sweep interrupted; run the same command again to resume it", file=sys.stderr)
+            sys.exit(130)
+        except Exception as error:  # noqa: BLE001 - every failure becomes one named line
+            _fail(error, False)
+        sys.exit(status)
     if config.subcommand == "deploy":
         from fedlit.flower.deploy import deploy
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 
 from fedlit.backends import ClientFailure, FitIns, FitRes
 from fedlit.checkpoint import (
@@ -108,6 +108,11 @@ def _train_sizes(clients: Sequence[Client]) -> list[int]:
     return [len(c.datamodule.train_dataset) for c in clients]
 
 
+def default_loggers(output_dir: Path) -> list[Logger]:
+    """The loggers a run gets when none are configured: a CSVLogger under ``output_dir/logs``."""
+    return [CSVLogger(save_dir=str(output_dir), name="logs", version="")]
+
+
 class RunInterrupted(BaseException):
     """SIGTERM or SIGINT arrived during a run. A BaseException, so that no client-fault handler swallows it; the
     last complete round's checkpoint stays valid and ``--resume`` continues from it."""
@@ -190,8 +195,7 @@ class FederatedLoop:
         self.trainer_kwargs = {**federation.trainer,
                                "callbacks": [*federation.trainer.get("callbacks", []), *federation.client_callbacks]}
         self.global_val = global_val
-        self.loggers = (list(federation.loggers) if federation.loggers is not None
-                        else [CSVLogger(save_dir=str(self.output_dir), name="logs", version="")])
+        self.loggers = list(federation.loggers) if federation.loggers is not None else default_loggers(self.output_dir)
         self.seed = federation.seed
         self.progress = federation.progress
         self.eval_every = federation.eval_every

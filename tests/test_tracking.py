@@ -101,3 +101,35 @@ def test_wandb_logger_is_offline_unless_told_otherwise(monkeypatch, env, mode):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert WandbLogger()._wandb_init.get("mode") == mode  # None: wandb.init reads WANDB_MODE / the agent's run
+
+
+@pytest.mark.parametrize("variable", ["FEDLIT_WANDB", "WANDB_SWEEP_ID"])
+def test_sweep_runs_get_a_wandb_logger_beside_their_own(monkeypatch, tmp_path, variable):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fedlit.cli import with_sweep_logger
+    from fedlit.federation import Federation
+    from fedlit.tracking import WandbLogger
+
+    federation = Federation(output_dir=str(tmp_path))
+    for name in ("FEDLIT_WANDB", "WANDB_SWEEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert with_sweep_logger(federation) is None  # not in a sweep: the configured loggers (default: CSV)
+    monkeypatch.setenv(variable, "1")
+    default_csv, wandb = with_sweep_logger(federation)
+    assert isinstance(default_csv, CSVLogger) and isinstance(wandb, WandbLogger)
+    own = WandbLogger(project="mine")
+    assert with_sweep_logger(federation.replace(loggers=[own])) == [own]  # one W&B logger, not two
+
+
+def test_output_dir_names_environment_variables(monkeypatch, tmp_path, capsys, tiny_model_dir, plays_jsonl):
+    config = write_cli_config(tmp_path, tiny_model_dir, plays_jsonl, loggers=[])
+    monkeypatch.delenv("FEDLIT_TEST_RUN", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--output_dir", str(tmp_path / "$FEDLIT_TEST_RUN")])
+    assert exit_info.value.code == 1
+    assert "names an environment variable that is not set" in capsys.readouterr().err
+    monkeypatch.setenv("FEDLIT_TEST_RUN", "abc")
+    main(["fit", "--config", str(config), "--output_dir", str(tmp_path / "$FEDLIT_TEST_RUN"), "--rounds", "1"])
+    assert json.loads((tmp_path / "abc" / "summary.json").read_text())["summary/rounds_trained"] == 1

@@ -36,17 +36,19 @@ class WandbLogger(LightningWandbLogger):
       offline directory is complete when ``fit`` returns.
 
     Args:
-        project: W&B project.
+        project: W&B project (default: ``WANDB_PROJECT``, else ``fedlit``).
+        save_dir: where ``wandb/`` goes (default: ``WANDB_DIR``, else the working directory).
         log_adapter: upload the final adapter as an artifact.
         **kwargs: Lightning's ``WandbLogger`` / ``wandb.init`` arguments (``name``, ``group``, ``tags``, ``mode``,
             ``save_dir``, ...).
     """
 
-    def __init__(self, project: str = "fedlit", log_adapter: bool = True, **kwargs: Any) -> None:
+    def __init__(self, project: str | None = None, save_dir: str | None = None, log_adapter: bool = True,
+                 **kwargs: Any) -> None:
         online = "WANDB_MODE" in os.environ or "WANDB_SWEEP_ID" in os.environ or kwargs.get("offline")
         if kwargs.get("mode") is None and not online:
             kwargs["mode"] = "offline"
-        super().__init__(project=project, **kwargs)
+        super().__init__(project=project or os.environ.get("WANDB_PROJECT", "fedlit"), save_dir=save_dir, **kwargs)
         self.log_adapter = log_adapter
         self._round_axis = False
 
