@@ -132,3 +132,26 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SweepError, match="another file or seed"):
         run_sweep(spec, out, seed=1, wandb=False)
+
+
+def test_ctrl_c_stops_the_running_runs_and_keeps_the_sweep_state(tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    from fedlit.sweep import SweepRunner
+    from fedlit.sweep.runner import _plan
+
+    spec = write_sweep(tmp_path, {
+        "method": "grid", "metric": {"name": "m"}, "parameters": {"x": {"values": [1, 2, 3]}},
+        "command": ["${interpreter}", "-c", "import time; time.sleep(60)", "${args}"]})
+    state = _plan(spec, tmp_path / "sweep", None, 0)
+    saved = []
+    threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        SweepRunner(spec, tmp_path / "sweep", parallel=2).run(state, lambda: saved.append(1))
+    assert time.monotonic() - started < 30  # the two running runs were stopped, not waited for
+    assert [t.attempts for t in state.trials] == [1, 1, 0] and saved
+    assert all(t.status == "pending" and t.seconds > 1 for t in state.trials[:2])
