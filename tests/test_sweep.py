@@ -146,7 +146,7 @@ def test_ctrl_c_stops_the_running_runs_and_keeps_the_sweep_state(tmp_path):
     spec = write_sweep(tmp_path, {
         "method": "grid", "metric": {"name": "m"}, "parameters": {"x": {"values": [1, 2, 3]}},
         "command": ["${interpreter}", "-c", "import time; time.sleep(60)", "${args}"]})
-    state = _plan(spec, tmp_path / "sweep", None, 0)
+    state = _plan(spec, tmp_path / "sweep", grid_points(spec), 0)
     saved = []
     threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
     started = time.monotonic()

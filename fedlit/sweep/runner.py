@@ -54,11 +54,10 @@ class SweepState:
         atomic_write_bytes(directory / STATE, json.dumps(asdict(self), indent=1, default=str).encode())
 
 
-def _plan(spec: SweepSpec, directory: Path, count: int | None, seed: int) -> SweepState:
+def _plan(spec: SweepSpec, directory: Path, points: list[dict[str, Any]], seed: int) -> SweepState:
     """The sweep's runs: as ``sweep.json`` recorded them when resuming (refusing another file or seed), extended
-    when ``count`` asks for more."""
+    when ``points`` are more."""
     digest = hashlib.sha256(spec.path.read_bytes()).hexdigest()
-    points = sweep_points(spec, count, seed)
     state = SweepState(str(spec.path), digest, seed)
     if (directory / STATE).is_file():
         old = json.loads((directory / STATE).read_text())
@@ -156,9 +155,10 @@ def run_sweep(spec: SweepSpec, directory: str | Path, count: int | None = None, 
               wandb: bool = False) -> SweepState:
     """Run (or resume) the sweep into ``directory``; return its state (every trial's status and metric)."""
     directory = Path(directory)
+    points = sweep_points(spec, count, seed)  # (a bad sweep file fails before anything is written)
     lock_output_dir(directory)
     try:
-        state = _plan(spec, directory, count, seed)
+        state = _plan(spec, directory, points, seed)
         state.save(directory)
 
         def on_change() -> None:
