@@ -123,13 +123,15 @@ def test_sweep_runs_get_a_wandb_logger_beside_their_own(monkeypatch, tmp_path, v
     assert with_sweep_logger(federation.replace(loggers=[own])) == [own]  # one W&B logger, not two
 
 
-def test_output_dir_names_environment_variables(monkeypatch, tmp_path, capsys, tiny_model_dir, plays_jsonl):
-    config = write_cli_config(tmp_path, tiny_model_dir, plays_jsonl, loggers=[])
+def test_output_dir_names_environment_variables(monkeypatch):
+    from jsonargparse import Namespace
+
+    from fedlit.cli import expand_output_dir
+
     monkeypatch.delenv("FEDLIT_TEST_RUN", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--output_dir", str(tmp_path / "$FEDLIT_TEST_RUN")])
-    assert exit_info.value.code == 1
-    assert "names an environment variable that is not set" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="names an environment variable that is not set"):
+        expand_output_dir(Namespace(output_dir="outputs/$FEDLIT_TEST_RUN"))
     monkeypatch.setenv("FEDLIT_TEST_RUN", "abc")
-    main(["fit", "--config", str(config), "--output_dir", str(tmp_path / "$FEDLIT_TEST_RUN"), "--rounds", "1"])
-    assert json.loads((tmp_path / "abc" / "summary.json").read_text())["summary/rounds_trained"] == 1
+    config = Namespace(output_dir="outputs/sweep/$FEDLIT_TEST_RUN")
+    expand_output_dir(config)
+    assert config.output_dir == "outputs/sweep/abc"
