@@ -142,9 +142,8 @@ def compose(command: str, config: Namespace, parser: ArgumentParser | None = Non
     parser = parser or fit_parser(command)
     init = parser.instantiate(config)
     federation = Federation(**{key: init[key] for key in FEDERATION_KEYS if key not in ("trainer", "run_config")},
-                            trainer=dict(vars(config.trainer)), run_config=run_config(parser, config),
-                            ).replace(**federation_changes)
-    federation = federation.replace(loggers=with_sweep_logger(federation))
+                            trainer=dict(vars(config.trainer)), run_config=run_config(parser, config))
+    federation = federation.replace(loggers=with_sweep_logger(federation)).replace(**federation_changes)
     own = {key: init[key] for key in vars(config)
            if key not in (*FEDERATION_KEYS, "resume", "config", "debug", "__path__")}
     return ALGORITHMS[command][0](**own, federation=federation)
