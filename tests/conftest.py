@@ -31,6 +31,13 @@ def play_records(n_per_play: int = 40) -> list[dict[str, str]]:
     return records
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _wandb_runs_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """W&B runs that tests start (configs/wandb.yaml among the shipped configs) stay out of the checkout."""
+    os.environ.setdefault("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama with a byte-level BPE tokenizer trained on the test text."""

@@ -149,19 +149,27 @@ def test_robust_strategies_keep_a_large_outlier_out(loops, tmp_path):
         assert (shift > 10) is moved
 
 
-@pytest.mark.parametrize("kill_after", [0.35, 0.7])
-def test_sigkill_at_a_random_moment_then_resume_ends_identical(tmp_path, tiny_model_dir, plays_jsonl, kill_after):
-    """The real CLI in a subprocess, SIGKILLed part-way (the kill point is a fraction of an uninterrupted run's
-    time, with jitter), then ``--resume``: same final adapter as the uninterrupted run."""
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, plays_jsonl):
+    """The CLI arguments, environment, output dir and wall time of one uninterrupted run (shared by the kill
+    points)."""
     args = [sys.executable, "-m", "fedlit.cli", "fit", "--model.name_or_path", str(tiny_model_dir),
             "--data.source", str(plays_jsonl), "--data.num_clients", "3", "--data.val_examples_per_client", "2",
             "--data.global_val_examples", "4", "--data.max_length", "32", "--data.batch_size", "4",
             "--rounds", "4", "--trainer.max_steps", "3", "--trainer.accelerator", "cpu",
             "--progress", "false", "--loggers", "[]"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
+    whole = tmp_path_factory.mktemp("uninterrupted") / "whole"
     began = time.perf_counter()
-    subprocess.run([*args, "--output_dir", str(tmp_path / "whole")], check=True, env=env, capture_output=True)
-    whole_seconds = time.perf_counter() - began
+    subprocess.run([*args, "--output_dir", str(whole)], check=True, env=env, capture_output=True)
+    return args, env, whole, time.perf_counter() - began
+
+
+@pytest.mark.parametrize("kill_after", [0.35, 0.7])
+def test_sigkill_at_a_random_moment_then_resume_ends_identical(tmp_path, uninterrupted, kill_after):
+    """The real CLI in a subprocess, SIGKILLed part-way (the kill point is a fraction of an uninterrupted run's
+    time, with jitter), then ``--resume``: same final adapter as the uninterrupted run."""
+    args, env, whole, whole_seconds = uninterrupted
     killed = tmp_path / "killed"
     process = subprocess.Popen([*args, "--output_dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -171,7 +179,7 @@ def test_sigkill_at_a_random_moment_then_resume_ends_identical(tmp_path, tiny_mo
     subprocess.run([*args, "--output_dir", str(killed), "--resume", "true"], check=True, env=env,
                    capture_output=True)
     from safetensors.torch import load_file
-    want = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    want = load_file(whole / "adapter" / "adapter_model.safetensors")
     got = load_file(killed / "adapter" / "adapter_model.safetensors")
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     with open(killed / "metrics.csv") as f:

@@ -105,7 +105,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_
         "parameters": {"optimizer.lr": {"values": [0.001, 0.01]}},
         "command": ["${interpreter}", "-m", "fedlit", "fit", "--config", str(config), "--progress=false", "${args}"]})
     out = tmp_path / "sweep"
-    state = run_sweep(spec, out, wandb=False)
+    state = run_sweep(spec, out, parallel=2, wandb=False)
     assert [t.status for t in state.trials] == ["finished", "finished"]
 
     # as if interrupted during run-001's last round: its round-2 checkpoint and final outputs are gone
@@ -145,13 +145,17 @@ def test_ctrl_c_stops_the_running_runs_and_keeps_the_sweep_state(tmp_path):
 
     spec = write_sweep(tmp_path, {
         "method": "grid", "metric": {"name": "m"}, "parameters": {"x": {"values": [1, 2, 3]}},
-        "command": ["${interpreter}", "-c", "import time; time.sleep(60)", "${args}"]})
+        "command": ["${interpreter}", "-c", "import time; time.sleep(40)", "${args}"]})
     state = _plan(spec, tmp_path / "sweep", grid_points(spec), 0)
     saved = []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # (whatever an earlier test installed)
     threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT)).start()
     started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        SweepRunner(spec, tmp_path / "sweep", parallel=2).run(state, lambda: saved.append(1))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            SweepRunner(spec, tmp_path / "sweep", parallel=2).run(state, lambda: saved.append(1))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 30  # the two running runs were stopped, not waited for
     assert [t.attempts for t in state.trials] == [1, 1, 0] and saved
     assert all(t.status == "pending" and t.seconds > 1 for t in state.trials[:2])

@@ -56,7 +56,7 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
     for record in records(log):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            run.group = record.run.run_group
+            run.group = record.run.run_group or run.group  # (a later run record may leave it empty)
             run.config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
         elif kind == "config":
             run.config.update({i.key: json.loads(i.value_json) for i in record.config.update})

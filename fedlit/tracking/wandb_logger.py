@@ -48,7 +48,12 @@ class WandbLogger(LightningWandbLogger):
         online = "WANDB_MODE" in os.environ or "WANDB_SWEEP_ID" in os.environ or kwargs.get("offline")
         if kwargs.get("mode") is None and not online:
             kwargs["mode"] = "offline"
-        super().__init__(project=project or os.environ.get("WANDB_PROJECT", "fedlit"), save_dir=save_dir, **kwargs)
+        # read here, not left to wandb: its settings are read once per process, before a later run's environment
+        for key, variable in (("group", "WANDB_RUN_GROUP"), ("name", "WANDB_NAME")):
+            if kwargs.get(key) is None:
+                kwargs[key] = os.environ.get(variable)
+        super().__init__(project=project or os.environ.get("WANDB_PROJECT", "fedlit"),
+                         save_dir=save_dir or os.environ.get("WANDB_DIR"), **kwargs)
         self.log_adapter = log_adapter
         self._round_axis = False
 
