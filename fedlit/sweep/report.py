@@ -44,9 +44,10 @@ def _plot(spec: SweepSpec, trials: Sequence[Trial]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     searched = spec.searched or list(spec.parameters)
-    figure, axes = plt.subplots(1, len(searched), figsize=(4 * len(searched), 3.4), squeeze=False)
+    figure, axes = plt.subplots(1, len(searched), figsize=(max(5.0, 4.0 * len(searched)), 3.6), squeeze=False)
     done = [t for t in trials if t.metric is not None]
     best = best_trial(spec, trials)
     for axis, parameter in zip(axes[0], searched, strict=True):
@@ -57,6 +58,9 @@ def _plot(spec: SweepSpec, trials: Sequence[Trial]) -> bytes:
             xs = [order.index(str(x)) for x in xs]
         elif "log" in parameter.kind or (xs and min(xs) > 0 and max(xs) >= 10 * min(xs)):
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
+        if parameter.kind == "categorical" and xs and all(isinstance(x, (int, float)) for x in xs):
+            axis.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])  # the listed values themselves
         axis.scatter(xs, [t.metric for t in done], color="tab:blue")
         if best is not None:
             bx = xs[done.index(best)]
@@ -64,7 +68,7 @@ def _plot(spec: SweepSpec, trials: Sequence[Trial]) -> bytes:
             axis.legend(fontsize=8)
         axis.set_xlabel(parameter.name, fontsize=8)
         axis.set_ylabel(spec.metric["name"], fontsize=8)
-    figure.suptitle(f"{spec.name}: {spec.metric['name']} ({spec.metric['goal']})", fontsize=10)
+    figure.suptitle(f"{spec.name}: {spec.metric['name']} ({spec.metric['goal']})", fontsize=9)
     figure.tight_layout()
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=100)
