@@ -13,7 +13,7 @@ export FEDLIT_CACHE ?= $(HOME)/.cache/fedlit
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedlit-installed
 
-.PHONY: setup prepare run test test-fast test-deployment deployment-demo bench lint clean
+.PHONY: setup prepare run test test-fast test-long test-deployment deployment-demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ run: prepare
 
 # the longer deployment runs (a SuperNode or the server killed, FedHeteroLLM) take minutes each: `make test-deployment`
 test: prepare
-	$(BIN)/python -m pytest -m "not deployment_long" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not deployment_long and not long" $(PYTEST_ARGS)
+
+# SIGKILL of the driver under Ray, SIGINT besides SIGTERM: each part is in `make test` (kept inside CI's 15 min)
+test-long: prepare
+	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 
 test-deployment: prepare
 	$(BIN)/python -m pytest -m deployment $(PYTEST_ARGS)

@@ -187,7 +187,7 @@ def test_5_checkpoint_names_sort_by_round_number_past_9999(tmp_path):
 
 
 # 6. SIGTERM / SIGINT during a round: non-zero status, one line naming the round and how to resume.
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.long)])
 def test_6_a_signal_during_a_round_exits_non_zero_and_the_run_resumes(config_file, tmp_path, signum):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "fedlit.cli", "fit", "--config", str(config_file), "--rounds", "40"]

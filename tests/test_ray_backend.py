@@ -93,6 +93,7 @@ def test_secure_aggregation_secrets_never_exist_in_the_driver(make_loop, tmp_pat
     assert all(torch.equal(local[n], remote[n]) for n in local)  # ... yet the masked sum came out right
 
 
+@pytest.mark.long  # resume after SIGKILL (test_faults) and Ray == Local (above) are each in the default suite
 def test_resume_after_sigkill_of_the_driver_under_ray_is_identical(tmp_path, tiny_model_dir, plays_jsonl):
     config = tmp_path / "ray.yaml"
     config.write_text(yaml.safe_dump({"backend": {"class_path": "fedlit.backends.RayBackend",
