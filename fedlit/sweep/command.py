@@ -14,7 +14,7 @@ from fedlit.sweep.spec import Parameter
 ENV_MACRO = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
 
 
-def run_config(parameters: Sequence[Parameter], values: Mapping[str, Any]) -> dict[str, Any]:
+def agent_config(parameters: Sequence[Parameter], values: Mapping[str, Any]) -> dict[str, Any]:
     """The run's config as W&B gives it: a nested ``parameters:`` block becomes one dict-valued key."""
     config: dict[str, Any] = {}
     for parameter in parameters:
@@ -29,7 +29,7 @@ def run_config(parameters: Sequence[Parameter], values: Mapping[str, Any]) -> di
 def macros(parameters: Sequence[Parameter], values: Mapping[str, Any], program: str | None) -> dict[str, list[str]]:
     """What each ``${...}`` in a sweep command expands to (W&B's agent: ``--key=value`` with Python's ``str`` of the
     value; the interpreter here is this one)."""
-    config = run_config(parameters, values)
+    config = agent_config(parameters, values)
     return {
         "env": ["/usr/bin/env"],
         "interpreter": [sys.executable],

@@ -56,11 +56,12 @@ def _plot(spec: SweepSpec, trials: Sequence[Trial]) -> bytes:
             order = [str(v) for v in parameter.config.get("values", sorted({str(x) for x in xs}))]
             axis.set_xticks(range(len(order)), order, rotation=30)
             xs = [order.index(str(x)) for x in xs]
-        elif "log" in parameter.kind or (xs and min(xs) > 0 and max(xs) >= 10 * min(xs)):
-            axis.set_xscale("log")
-            axis.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
-        if parameter.kind == "categorical" and xs and all(isinstance(x, (int, float)) for x in xs):
-            axis.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])  # the listed values themselves
+        else:
+            if "log" in parameter.kind or (xs and min(xs) > 0 and max(xs) >= 10 * min(xs)):
+                axis.set_xscale("log")
+                axis.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
+            if parameter.kind == "categorical" and xs:
+                axis.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])  # the listed values themselves
         axis.scatter(xs, [t.metric for t in done], color="tab:blue")
         if best is not None:
             bx = xs[done.index(best)]

@@ -171,4 +171,3 @@ def run_sweep(spec: SweepSpec, directory: str | Path, count: int | None = None, 
         return state
     finally:
         unlock_output_dir(directory)
-
