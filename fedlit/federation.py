@@ -19,6 +19,7 @@ from fedlit.privacy.client_dp import CLIP_TOLERANCE
 from fedlit.secure import SecureAggregationConfig
 from fedlit.secure.workflow import SecureAggregationWorkflow
 from fedlit.strategies import DPFedAvg, FedAvg, Strategy
+from fedlit.watermark import WatermarkConfig
 from fedlit.workflow import PlainWorkflow, Workflow
 
 
@@ -48,6 +49,8 @@ class Federation:
         backend: where clients run (:mod:`fedlit.backends`): in this process one after another
             (``LocalBackend``, the default), or elsewhere; it never changes what they compute.
         compression: quantized updates on the wire (``fedlit.compression.CompressionConfig``); ``None``: float32.
+        watermark: each (chosen) client embeds its own ownership watermark while it trains and keeps its key
+            (``fedlit.watermark.WatermarkConfig``; verify with ``fedlit verify``).
         run_config: the run's whole configuration, given to every logger as its hyperparameters (the ``fedlit``
             command passes its merged config; not a config key itself).
     """
@@ -68,7 +71,13 @@ class Federation:
     trainer: dict[str, Any] = field(default_factory=dict)
     backend: Backend = field(default_factory=LocalBackend)
     compression: CompressionConfig | None = None
+    watermark: WatermarkConfig | None = None
     run_config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.watermark is not None and self.watermark.signature is not None and self.example_privacy is not None:
+            raise ValueError("watermark.signature cannot be embedded under example_privacy (DP-SGD replaces the "
+                             "gradient the sign loss adds to): use watermark.trigger only, or client-level privacy")
 
     def server_strategy(self, num_clients: int) -> Strategy:
         """The strategy as the server runs it over ``num_clients``: wrapped in client-level DP under ``privacy``."""

@@ -84,6 +84,8 @@ def check_federation(clients: Sequence[Client], federation: Federation) -> None:
         raise ValueError("the federation has no clients (data.clients / data.num_clients)")
     if GLOBAL in ids:
         raise ValueError(f"'{GLOBAL}' is reserved for the server's held-out split; rename that client")
+    if federation.watermark is not None:
+        federation.watermark.check_clients(ids)
     for key in ("rounds", "eval_every"):
         if getattr(federation, key) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(federation, key)}")
@@ -244,7 +246,8 @@ class FederatedLoop:
 
     def _fit(self, resume: bool) -> Payload:
         self.backend.start(ClientApps(self.clients, self.module_factory, self.trainer_kwargs,
-                                      self.federation.secure_aggregation, (self.output_dir / "client_state").resolve()),
+                                      self.federation.secure_aggregation, (self.output_dir / "client_state").resolve(),
+                                      self.federation.watermark),
                            self.faults.timeout_s)
         try:
             return self._rounds(resume)

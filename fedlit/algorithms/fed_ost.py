@@ -40,6 +40,7 @@ from fedlit.models.offsite import (
 )
 from fedlit.payload import Payload, to_bytes
 from fedlit.validation import validate
+from fedlit.watermark import WatermarkConfig, imprint, load_or_make_key
 
 
 def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, offsite: OffsiteConfig,
@@ -86,6 +87,24 @@ def client_emulator(package: Path, model: ModelConfig, plan: list[int], offsite:
     adapters = [f"{prefix}.{i}" for i in adapter_indices(plan, offsite)]
     return load_base_model(dataclasses.replace(model, name_or_path=str(package), keep_blocks=None),
                            skip_modules=adapters)
+
+
+def imprint_owner_watermark(load: Callable[[], PreTrainedModel], offsite: OffsiteConfig, config: WatermarkConfig,
+                            key_path: Path) -> PreTrainedModel:
+    """The full model that ``load`` returns with the owner's ownership watermark on its adapter blocks, before any
+    client gets them:
+    its key's sign pattern among those blocks' weights (``config.signature.parameters`` filters them), each missing
+    its margin set to it (:func:`~fedlit.watermark.imprint`). The owner does not train, so no trigger; the key file
+    stays with the owner."""
+    if config.trigger is not None or config.signature is None:
+        raise ValueError("owner_watermark: the owner imprints a signature only (set trigger: null and a signature)")
+    full = load()
+    prefix, blocks = decoder_blocks(full)
+    ends = (*range(offsite.front), *range(len(blocks) - offsite.back, len(blocks)))
+    adapters = {n: p for n, p in full.named_parameters() if any(n.startswith(f"{prefix}.{i}.") for i in ends)}
+    key = load_or_make_key(key_path, "owner", full, adapters, config)
+    imprint(adapters, key.signature, key.gamma)
+    return full
 
 
 class FedOST:
@@ -160,6 +179,7 @@ def fed_ost(
     peft: PeftConfig | None = None,
     optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
+    owner_watermark: WatermarkConfig | None = None,
     federation: Federation | None = None,
 ) -> FedOST:
     """Compose a FedOST run.
@@ -172,6 +192,9 @@ def fed_ost(
         offsite: adapter blocks (front/back) and the emulator's share of the middle blocks.
         distillation: optional server-side distillation of the emulator on public data (``steps > 0``).
         peft: ``None`` tunes the adapter blocks fully (as in the paper); a ``LoraConfig`` puts LoRA on them.
+        owner_watermark: the owner's signature, imprinted on the adapter blocks before they are packaged (key in
+            ``key_dir/owner.json``, else ``output_dir/owner_watermark_key.json``); verify the plugged-in model with
+            ``fedlit verify --model output_dir/plugged_in``.
         optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`;
             ``federation.output_dir`` also gets ``client_package/`` (all a client receives), ``plugged_in/`` and
             ``offsite.json``.
@@ -180,6 +203,11 @@ def fed_ost(
     seed = federation.seed
     # the owner's (never a client's), in full precision: the emulator is cut from it and the adapters go back in
     full_model = functools.cache(functools.partial(load_base_model, dataclasses.replace(model, quantization=None)))
+    if owner_watermark is not None:
+        key_dir = owner_watermark.key_dir
+        key_path = Path(key_dir) / "owner.json" if key_dir else Path(federation.output_dir) / "owner_watermark_key.json"
+        full_model = functools.cache(functools.partial(imprint_owner_watermark, full_model, offsite, owner_watermark,
+                                                       key_path))
     package = federation.backend.client_package(
         Path(federation.output_dir) / "client_package",
         lambda directory: client_package(full_model(), load_tokenizer(model), offsite, distillation, directory, seed))

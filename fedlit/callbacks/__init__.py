@@ -7,6 +7,7 @@ from fedlit.callbacks.fedprox import FedProx
 from fedlit.callbacks.masked_aggregation import MaskedAggregation
 from fedlit.callbacks.update_clipping import UpdateClipping
 from fedlit.callbacks.update_compression import ErrorFeedback, UpdateCompression
+from fedlit.callbacks.watermark_embedding import WatermarkEmbedding
 
 __all__ = ["AdapterExtraction", "EmulatorConstruction", "ErrorFeedback", "ExampleLevelDP", "FedProx",
-           "MaskedAggregation", "UpdateClipping", "UpdateCompression"]
+           "MaskedAggregation", "UpdateClipping", "UpdateCompression", "WatermarkEmbedding"]

@@ -1,0 +1,11 @@
+"""Ownership watermarks (FedIPR) for federated adapters: each client embeds its own secret key while it trains
+(:class:`fedlit.callbacks.WatermarkEmbedding`, a client mod) and anyone holding a key can verify a model later."""
+
+from fedlit.watermark.config import SignatureConfig, TriggerConfig, WatermarkConfig
+from fedlit.watermark.key import WatermarkKey, check_key, load_or_make_key, make_key, model_fingerprint
+from fedlit.watermark.signature import imprint, marked_values, matched_bits, sign_loss
+from fedlit.watermark.verify import DEFAULT_FPR, Score, Verification, binomial_tail, load_model_under_test, verify
+
+__all__ = ["DEFAULT_FPR", "Score", "SignatureConfig", "TriggerConfig", "Verification", "WatermarkConfig",
+           "WatermarkKey", "binomial_tail", "check_key", "imprint", "load_model_under_test", "load_or_make_key",
+           "make_key", "marked_values", "matched_bits", "model_fingerprint", "sign_loss", "verify"]

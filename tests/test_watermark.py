@@ -1,0 +1,232 @@
+"""Ownership watermarks (FedIPR): the sign loss, the key, embedding as a client mod, and the verifier."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from fedlit.callbacks import WatermarkEmbedding
+from fedlit.cli import main
+from fedlit.data import DataConfig
+from fedlit.data.datamodule import IGNORE_INDEX
+from fedlit.federation import Federation
+from fedlit.models import ModelConfig, load_base_model
+from fedlit.privacy import ExampleDPConfig
+from fedlit.secure import SecureAggregationConfig
+from fedlit.strategies import FedAvg
+from fedlit.watermark import (
+    SignatureConfig,
+    TriggerConfig,
+    WatermarkConfig,
+    WatermarkKey,
+    binomial_tail,
+    load_model_under_test,
+    load_or_make_key,
+    make_key,
+    sign_loss,
+    verify,
+)
+from fedlit.watermark.signature import imprint, marked_values, matched_bits
+
+CLIENTS = 4
+# lr 1e-2 moves an entry by up to 0.08 in 8 local steps: the margin is above that
+WATERMARK = WatermarkConfig(signature=SignatureConfig(bits=48, gamma=0.2),
+                            trigger=TriggerConfig(triggers=2, trigger_length=4, target_length=2, rate=0.5), key_seed=7)
+
+
+def test_sign_loss_and_its_gradient_by_hand() -> None:
+    w = torch.tensor([0.5, -0.2, 0.0, 0.05], requires_grad=True)
+    b = torch.tensor([1.0, 1.0, -1.0, 1.0])
+    loss = sign_loss(w, b, gamma=0.1)  # relu(0.1 - [0.5, -0.2, 0, 0.05]) = [0, 0.3, 0.1, 0.05]
+    loss.backward()
+    assert loss.item() == pytest.approx(0.45)
+    assert w.grad.tolist() == [0.0, -1.0, 1.0, -1.0]  # -b where the margin is missed, 0 where it is met
+
+
+def test_binomial_false_positive_probability_against_a_direct_sum() -> None:
+    for matches, trials, chance in ((50, 64, Fraction(1, 2)), (3, 64, Fraction(1, 299)), (64, 64, Fraction(1, 2))):
+        direct = sum(math.comb(trials, k) * chance ** k * (1 - chance) ** (trials - k)
+                     for k in range(matches, trials + 1))
+        assert binomial_tail(matches, trials, float(chance)) == pytest.approx(float(direct), rel=1e-9)
+    assert binomial_tail(0, 10, 0.5) == 1.0
+
+
+@pytest.fixture(scope="module")
+def watermark_runs(tiny_model_dir: Path, plays_jsonl: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One client that embeds its key and its unwatermarked twin (60 local steps each), and four clients that each
+    embed their own key under secure aggregation (3 rounds of 8 steps)."""
+    from fedlit.algorithms import fed_homo_llm
+    from fedlit.lightning_modules import OptimizerConfig
+
+    root = tmp_path_factory.mktemp("watermark")
+    peft = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    runs = {}
+    for name, watermark, clients, rounds, steps, secure in (("single", WATERMARK, 1, 1, 60, None),
+                                                            ("twin", None, 1, 1, 60, None),
+                                                            ("four", WATERMARK, CLIENTS, 3, 8,
+                                                             SecureAggregationConfig())):
+        federation = Federation(strategy=FedAvg(), rounds=rounds, output_dir=str(root / name), loggers=[],
+                                progress=False, trainer={"max_steps": steps, "accelerator": "cpu"},
+                                watermark=watermark, secure_aggregation=secure)
+        data = DataConfig(source=str(plays_jsonl), partition="iid", num_clients=clients, val_examples_per_client=4,
+                          global_val_examples=6, batch_size=4, max_length=32)
+        fed_homo_llm(ModelConfig(str(tiny_model_dir)), data, peft, OptimizerConfig(lr=1e-2),
+                     federation=federation).fit()
+        runs[name] = root / name
+    return runs
+
+
+def keys_of(run: Path) -> dict[str, WatermarkKey]:
+    return {path.parent.name.rsplit("-", 1)[0]: WatermarkKey.load(path)
+            for path in sorted(run.glob("client_state/*/*/watermark_key.json"))}
+
+
+def conflicting(keys: dict[str, WatermarkKey]) -> set[tuple[str, int]]:
+    """Positions that two keys mark with opposite signs: no adapter can carry both."""
+    signs: dict[tuple[str, int], set[int]] = {}
+    for key in keys.values():
+        for positions in key.signature:
+            for index, sign in zip(positions.indices, positions.signs, strict=True):
+                signs.setdefault((positions.parameter, index), set()).add(sign)
+    return {position for position, found in signs.items() if len(found) > 1}
+
+
+def test_one_clients_watermark_is_detected_in_full_and_not_on_its_twin(watermark_runs: dict[str, Path]) -> None:
+    (key,) = keys_of(watermark_runs["single"]).values()
+    marked = verify(load_model_under_test(adapter=str(watermark_runs["single"] / "adapter")), key)
+    assert marked.signature.matched == marked.signature.total == 48 and marked.signature.p_value == 0.5 ** 48
+    assert marked.trigger.rate > 0.5 and marked.trigger.baseline == 0  # the base model predicts none
+    assert marked.verified and marked.signature.verified and marked.trigger.verified
+    twin = verify(load_model_under_test(adapter=str(watermark_runs["twin"] / "adapter")), key)
+    assert not twin.verified and 0.25 < twin.signature.rate < 0.75 and twin.signature.p_value > 1e-3
+    assert twin.trigger.matched == 0
+
+
+def test_four_clients_keys_are_all_verified_on_the_aggregated_adapter(watermark_runs: dict[str, Path]) -> None:
+    keys = keys_of(watermark_runs["four"])
+    assert len(keys) == CLIENTS
+    clash = conflicting(keys)
+    model = load_model_under_test(adapter=str(watermark_runs["four"] / "adapter"))
+    parameters = dict(model.named_parameters())
+    twin = load_model_under_test(adapter=str(watermark_runs["twin"] / "adapter"))
+    for key in keys.values():
+        assert verify(model, key).signature.verified
+        values, signs = marked_values(parameters, key.signature)
+        positions = [(p.parameter, i) for p in key.signature for i in p.indices]
+        free = torch.tensor([position not in clash for position in positions])
+        assert bool((torch.sign(values) == signs)[free].all())  # 100% of the bits no other key contradicts
+        assert not verify(twin, key).verified
+
+
+def test_nothing_about_the_watermark_reaches_the_server(watermark_runs: dict[str, Path]) -> None:
+    """The same metrics columns as a run without keys, and no key outside the clients' state directories."""
+    marked, twin = (watermark_runs[n] / "metrics.csv" for n in ("four", "twin"))
+    assert marked.read_text().splitlines()[0] == twin.read_text().splitlines()[0]
+    outside = [p for p in watermark_runs["four"].rglob("*") if p.is_file() and "client_state" not in p.parts]
+    assert not any("watermark" in p.name for p in outside)
+
+
+def verify_command(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """``fedlit verify ARGV``, in this process: exit status, stdout, stderr."""
+    with pytest.raises(SystemExit) as exited:
+        main(["verify", *argv])
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+def test_verify_command(watermark_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    keys = sorted(str(p) for p in watermark_runs["four"].glob("client_state/*/*/watermark_key.json"))
+    options = ["--key", json.dumps(keys), "--output", str(tmp_path / "verified.json")]
+    status, out, _ = verify_command(capsys, "--adapter", str(watermark_runs["four"] / "adapter"), *options)
+    assert status == 0 and out.count(": VERIFIED (fpr 1e-06)") == CLIENTS
+    report = json.loads((tmp_path / "verified.json").read_text())
+    assert [r["signature"]["total"] for r in report] == [48] * CLIENTS and all(r["verified"] for r in report)
+    status, out, _ = verify_command(capsys, "--adapter", str(watermark_runs["twin"] / "adapter"), *options)
+    assert status == 4 and out.count(": not verified") == CLIENTS
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's architecture and tokenizer with other weights."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path_factory.mktemp("other-tiny")
+    for file in tiny_model_dir.glob("*token*"):
+        shutil.copy(file, path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(0.01)
+    model.save_pretrained(path)
+    return path
+
+
+def test_the_verifier_refuses_a_key_for_another_base_model(watermark_runs: dict[str, Path], other_model_dir: Path,
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    other = load_base_model(ModelConfig(str(other_model_dir)))
+    key = make_key("intruder", other, {}, WatermarkConfig(signature=None))  # a trigger key for the other model
+    key.save(tmp_path / "intruder.json")
+    model = load_model_under_test(adapter=str(watermark_runs["twin"] / "adapter"))
+    with pytest.raises(ValueError, match="was made for base model .*other-tiny.*not for this one"):
+        verify(model, key)
+    status, _, err = verify_command(capsys, "--adapter", str(watermark_runs["twin"] / "adapter"), "--key",
+                                    f"[{tmp_path / 'intruder.json'}]")
+    assert status == 1 and err.count("\n") == 1 and "intruder.json was made for base model" in err
+
+
+def test_a_key_file_is_drawn_once_and_reused(tiny_model_dir: Path, other_model_dir: Path, tmp_path: Path) -> None:
+    model = load_base_model(ModelConfig(str(tiny_model_dir)))
+    parameters = dict(model.named_parameters())
+    config = WatermarkConfig(signature=SignatureConfig(parameters=None))  # from the OS's randomness
+    path = tmp_path / "key.json"
+    first = load_or_make_key(path, "alpha", model, parameters, config)
+    written = path.read_bytes()
+    assert load_or_make_key(path, "alpha", model, parameters, config) == first and path.read_bytes() == written
+    assert make_key("alpha", model, parameters, config) != first  # fresh randomness each draw
+    other = load_base_model(ModelConfig(str(other_model_dir)))
+    with pytest.raises(ValueError, match="key.json was made for base model"):
+        load_or_make_key(path, "alpha", other, dict(other.named_parameters()), config)
+    path.write_text('{"format": "pickle", "owner": "x"}')
+    with pytest.raises(ValueError, match="cannot be read: not a fedlit-watermark/1 key"):
+        WatermarkKey.load(path)
+
+
+def test_trigger_examples_replace_training_rows_at_the_rate(tiny_model_dir: Path) -> None:
+    model = load_base_model(ModelConfig(str(tiny_model_dir)))
+    key = make_key("alpha", model, dict(model.named_parameters()), WatermarkConfig(signature=None, key_seed=1))
+    batch = {"input_ids": torch.ones(64, 3, dtype=torch.long), "attention_mask": torch.ones(64, 3, dtype=torch.long),
+             "labels": torch.ones(64, 3, dtype=torch.long)}
+    WatermarkEmbedding(key, rate=0.25, seed=0).on_train_batch_start(None, None, batch, 0)
+    triggers = {tuple(t + g) for t, g in zip(key.triggers, key.targets, strict=True)}
+    swapped = 0
+    for ids, labels, mask in zip(*(batch[k].tolist() for k in ("input_ids", "labels", "attention_mask")),
+                                 strict=True):
+        if tuple(ids) in triggers:  # trigger prompt unlabelled, its target labelled
+            swapped += 1
+            assert labels == [IGNORE_INDEX] * 8 + ids[8:] and mask == [1] * 12
+        else:  # the original row, padded out of the loss
+            assert ids[:3] == [1, 1, 1] and labels == [1, 1, 1] + [IGNORE_INDEX] * 9 and mask == [1] * 3 + [0] * 9
+    assert 8 <= swapped <= 24  # about a quarter of 64
+
+
+def test_imprint_sets_missed_margins_only() -> None:
+    weights = {"w": torch.tensor([[0.5, -0.2], [0.0, 0.05]])}
+    from fedlit.watermark.key import SignedPositions
+
+    signature = [SignedPositions("w", [2, 2], [0, 1, 2, 3], [1, 1, -1, 1])]
+    imprint(weights, signature, gamma=0.1)
+    assert weights["w"].flatten().tolist() == pytest.approx([0.5, 0.1, -0.1, 0.1])
+    assert matched_bits(weights, signature) == 4
+
+
+def test_signature_under_example_level_dp_is_refused() -> None:
+    with pytest.raises(ValueError, match="watermark.signature cannot be embedded under example_privacy"):
+        Federation(watermark=WatermarkConfig(), example_privacy=ExampleDPConfig())
+    Federation(watermark=WatermarkConfig(signature=None), example_privacy=ExampleDPConfig())  # triggers are data
