@@ -30,11 +30,13 @@ prepare: setup
 run: prepare
 	$(BIN)/fedlit fit --config $(CONFIG) --output_dir $(OUTPUT_DIR) $(ARGS)
 
-# the longer deployment runs (a SuperNode or the server killed, FedHeteroLLM) take minutes each: `make test-deployment`
+# the longer deployment runs (secure aggregation over Flower, a SuperNode or the server killed, FedHeteroLLM) take
+# minutes each: `make test-deployment`; `make test` deploys one round in the clear
 test: prepare
 	$(BIN)/python -m pytest -m "not deployment_long and not long" $(PYTEST_ARGS)
 
-# SIGKILL of the driver under Ray, SIGINT besides SIGTERM: each part is in `make test` (kept inside CI's 15 min)
+# costly combinations whose parts are in `make test` (kept inside CI's 15 min): SIGKILL of the driver under Ray, SIGINT
+# besides SIGTERM, Ray == Local for FedAdam, client-level DP and one worker, the DP configs on Ray
 test-long: prepare
 	$(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 

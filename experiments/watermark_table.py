@@ -10,7 +10,9 @@ and the global held-out loss:
   round of clients that do not embed;
 - composition: the same run under secure aggregation, under client-level DP (clipping alone, clipping + noise);
 - capacity: more sign bits per client, up to a quarter of all LoRA B entries each;
-- utility on the which-play task (answer-set accuracy) with and without keys.
+- utility on the which-play task (answer-set accuracy) with and without keys;
+- FedOST: the owner's signature imprinted on the adapter blocks, on the plugged-in model after the clients tuned
+  them (configs/fedost.yaml), and on the model before the imprint.
 
 Results are kept in the JSON file as they come; a rerun skips rows already there.
 
@@ -40,12 +42,13 @@ from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.client import Client
 from fedlit.data import GLOBAL, DataConfig
 from fedlit.loop import FederatedLoop
+from fedlit.models import ModelConfig, load_base_model
 from fedlit.payload import Payload
 from fedlit.privacy import ClientDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg
 from fedlit.validation import validate
-from fedlit.watermark import WatermarkKey, verify
+from fedlit.watermark import WatermarkKey, load_model_under_test, verify
 
 OTHER_PLAYS = ["othello", "king_lear"]  # the attacker's fine-tuning text: none of the clients' plays
 
@@ -150,6 +153,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/fedhomo_watermark.yaml")
     parser.add_argument("--task-config", default="configs/task_which_play.yaml")
+    parser.add_argument("--fedost-config", default="configs/fedost.yaml")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/watermark_table"))
     parser.add_argument("--json", type=Path, default=Path("outputs/watermark_table.json"))
     parser.add_argument("--only", nargs="*", help="run only these rows (names as in the JSON)")
@@ -157,7 +161,7 @@ def main() -> None:
     quiet_libraries()
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
     out = args.output_dir
-    key_dir = out / "keys"
+    key_dir = (out / "keys").resolve()
     base, data = compose_base(args.config, out, f"--watermark.key_dir={key_dir}", "--watermark.key_seed=0")
     watermark = base.federation.watermark
     initial = base.module_factory().trainable_state_dict()
@@ -205,13 +209,13 @@ def main() -> None:
                                                                 strategy=FedAvg()))
     row("secure aggregation", lambda: scored("secagg", secure_aggregation=SecureAggregationConfig()))
     clip = float(np.median(trained("twin", watermark=None).update_norms))
-    for sigma in (0.0, 1.0):
+    for sigma in (0.0, 0.03):  # clipping alone; the mildest noise of README's DP table
         row(f"client-level DP: clip {clip:.3g}, noise multiplier {sigma:g}", lambda sigma=sigma: scored(
             f"dp-{sigma:g}", privacy=ClientDPConfig(noise_multiplier=sigma, clip_norm=clip, delta=1e-3)))
     for bits in (2048, 92160):
         def capacity(bits: int = bits) -> dict:
             wide = dataclasses.replace(watermark, signature=dataclasses.replace(watermark.signature, bits=bits),
-                                       key_dir=str(out / f"keys-{bits}"))
+                                       key_dir=str((out / f"keys-{bits}").resolve()))
             return {**scored(f"bits-{bits}", key_dir=out / f"keys-{bits}", watermark=wide), "bits": bits}
         row(f"{bits} sign bits per client", capacity)
 
@@ -219,7 +223,7 @@ def main() -> None:
     task_initial = task.module_factory().trainable_state_dict()
 
     def which_play(with_keys: bool) -> dict:
-        task_watermark = dataclasses.replace(watermark, key_dir=str(out / "task-keys"))
+        task_watermark = dataclasses.replace(watermark, key_dir=str((out / "task-keys").resolve()))
         marked_run = trained_run("task-marked", task, task_initial, out, strategy=task.federation.strategy,
                                  watermark=task_watermark)
         found = marked_run if with_keys else trained_run("task-twin", task, task_initial, out,
@@ -229,7 +233,28 @@ def main() -> None:
 
     row("which-play task: watermarked", lambda: which_play(True))
     row("which-play task: no watermark", lambda: which_play(False))
+    row("FedOST: owner's signature on the plugged-in model", lambda: fedost_owner(args.fedost_config, out))
     print_table(results)
+
+
+def fedost_owner(config: str, out: Path) -> dict:
+    """configs/fedost.yaml with the owner's signature imprinted on its adapter blocks' MLP weights; scored on the
+    plugged-in model after the clients tuned the blocks, and on the model before the imprint."""
+    cli = fit_parser("fedost")
+    owner = {"signature": {"bits": 128, "gamma": 0.02, "parameters": "mlp"}, "trigger": None, "key_seed": 0}
+    directory = out / "fedost"
+    shutil.rmtree(directory, ignore_errors=True)
+    parsed = cli.parse_args(["--config", config, "--output_dir", str(directory), "--progress", "false",
+                             "--loggers", "[]", "--owner_watermark", json.dumps(owner)])
+    report = compose("fedost", parsed, cli).fit()
+    key = WatermarkKey.load(directory / "watermark_keys" / "owner.json")
+    plugged = verify(load_model_under_test(model=str(directory / "plugged_in")), key)
+    before = verify(load_base_model(ModelConfig()), key)
+    return {"sign_mean": plugged.signature.rate, "sign_min": plugged.signature.rate, "trigger_mean": float("nan"),
+            "verified": int(plugged.verified), "keys": 1, "p_sign": plugged.signature.p_value,
+            "sign_before_imprint": before.signature.rate, "verified_before_imprint": int(before.verified),
+            "loss": report["plug_in"]["loss"], "choice_accuracy": report["plug_in"]["choice_accuracy"],
+            "loss_full_zero_shot": report["full_zero_shot"]["loss"]}
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -238,7 +263,7 @@ def print_table(results: dict[str, Any]) -> None:
         table.add_column(column)
     for name, r in results.items():
         table.add_row(name, f"{r['sign_mean']:.1%} / {r['sign_min']:.1%}", f"{r['trigger_mean']:.1%}",
-                      f"{r['verified']}/4", f"{r['loss']:.3f}" + (f" (acc {r['choice_accuracy']:.3f})"
+                      f"{r['verified']}/{r.get('keys', 4)}", f"{r['loss']:.3f}" + (f" (acc {r['choice_accuracy']:.3f})"
                                                                    if "choice_accuracy" in r else ""))
     Console().print(table)
 

@@ -161,22 +161,23 @@ class ClientApp(SecAggParty):
             raise ValueError(f"client '{self.client_id}' has no state directory for its error-feedback residual")
         return ResidualStore(client_state_dir(self.state_dir, run_id, self.client_id))
 
-    def watermark_key_path(self, run_id: str) -> Path:
-        """``watermark.key_dir/<client id>.json``, else ``watermark_key.json`` in the client's state directory."""
-        if self.watermark.key_dir is not None:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.client_id):
-                raise ValueError(f"client id '{self.client_id}' cannot name a key file in watermark.key_dir: use "
-                                 "letters, digits, '.', '_' or '-', or leave key_dir unset")
-            return Path(self.watermark.key_dir) / f"{self.client_id}.json"
-        if self.state_dir is None:
-            raise ValueError(f"client '{self.client_id}' has no state directory for its watermark key: set "
-                             "watermark.key_dir")
-        return client_state_dir(self.state_dir, run_id, self.client_id) / "watermark_key.json"
+    def watermark_key_path(self) -> Path:
+        """``watermark.key_dir/<client id>.json``; a relative ``key_dir`` is under the client's state directory."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.client_id):
+            raise ValueError(f"client id '{self.client_id}' cannot name its watermark key file: use letters, digits, "
+                             "'.', '_' or '-'")
+        directory = Path(self.watermark.key_dir)
+        if not directory.is_absolute():
+            if self.state_dir is None:
+                raise ValueError(f"client '{self.client_id}' has no state directory for its watermark key: give "
+                                 "watermark.key_dir as an absolute path")
+            directory = self.state_dir / directory
+        return directory / f"{self.client_id}.json"
 
     def fit(self, ins: FitIns) -> FitRes:
         began = time.perf_counter()
         feedback = ins.compression is not None and ins.compression.error_feedback
-        watermark = (ClientWatermark(self.watermark, self.watermark_key_path(ins.run_id))
+        watermark = (ClientWatermark(self.watermark, self.watermark_key_path())
                      if self.watermark is not None else None)
         result = self.client.fit(ins, self.module_factory, self.trainer_kwargs,
                                  masker=self._state() if ins.masked else None,

@@ -102,6 +102,17 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def test_one_deployed_round_matches_local_backend(deployment, tiny_model_dir, plays_jsonl):
+    """The default suite's deployment run: one round in the clear (every ClientApp message starts a process that
+    loads fedlit, so each protocol stage costs seconds; masking is checked end to end below, in the long suite)."""
+    settings = {**fedhomo(tiny_model_dir), "rounds": 1, "secure_aggregation": None}
+    config = server_config(deployment.root, "clear", settings)
+    assert "jsonl" not in config.read_text()  # the server's config names no client's data
+    assert deployment.deploy(config).wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
+    assert_same_run(deployment.root / "clear", run_locally("fit", settings, deployment.root / "local-1", plays_jsonl))
+
+
+@pytest.mark.deployment_long
 def test_deployment_with_secure_aggregation_matches_local_backend(deployment, local_reference, tiny_model_dir):
     config = server_config(deployment.root, "flower", fedhomo(tiny_model_dir))
     assert "jsonl" not in config.read_text()  # the server's config names no client's data

@@ -53,7 +53,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize(("setting", "workers"), [(setting, 2) for setting in SETTINGS] + [("fedavg", 1)])
+# the settings that keep state across rounds (masking, error feedback) and plain FedAvg in the default suite; the
+# rest, whose server step runs in the driver whatever the backend, in `make test-long` (CI's 15 minutes)
+IN_LONG = {"fedadam", "client-dp"}
+
+
+@pytest.mark.parametrize(("setting", "workers"), [
+    pytest.param(setting, 2, marks=[pytest.mark.long] if setting in IN_LONG else []) for setting in SETTINGS
+] + [pytest.param("fedavg", 1, marks=pytest.mark.long)])
 def test_local_and_ray_give_identical_runs(make_loop, tmp_path, one_thread, setting, workers):
     local = make_loop(rounds=2, output_dir=tmp_path / "local", backend=LocalBackend(), **SETTINGS[setting]()).fit()
     remote = make_loop(rounds=2, output_dir=tmp_path / "ray", backend=RayBackend(num_workers=workers),
@@ -139,7 +146,8 @@ def test_the_deadline_holds_on_ray_and_the_stuck_worker_is_replaced(make_loop, t
     assert loop.trained_rounds == [1]
 
 
-@pytest.mark.parametrize("config", ["fedhetero", "fedco", "fedost", "fedhomo_dp", "example_dp"])
+@pytest.mark.parametrize("config", ["fedhetero", "fedco", "fedost", pytest.param("fedhomo_dp", marks=pytest.mark.long),
+                                    pytest.param("example_dp", marks=pytest.mark.long)])
 def test_every_algorithm_runs_on_ray(config, tmp_path, tiny_model_dir, plays_jsonl):
     """Each algorithm's shipped config (tiny model, one round) on two Ray workers."""
     from pathlib import Path

@@ -83,8 +83,7 @@ def watermark_runs(tiny_model_dir: Path, plays_jsonl: Path, tmp_path_factory: py
 
 
 def keys_of(run: Path) -> dict[str, WatermarkKey]:
-    return {path.parent.name.rsplit("-", 1)[0]: WatermarkKey.load(path)
-            for path in sorted(run.glob("client_state/*/*/watermark_key.json"))}
+    return {path.stem: WatermarkKey.load(path) for path in sorted(run.glob("client_state/watermark_keys/*.json"))}
 
 
 def conflicting(keys: dict[str, WatermarkKey]) -> set[tuple[str, int]]:
@@ -141,7 +140,7 @@ def verify_command(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str,
 
 
 def test_verify_command(watermark_runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    keys = sorted(str(p) for p in watermark_runs["four"].glob("client_state/*/*/watermark_key.json"))
+    keys = sorted(str(p) for p in watermark_runs["four"].glob("client_state/watermark_keys/*.json"))
     options = ["--key", json.dumps(keys), "--output", str(tmp_path / "verified.json")]
     status, out, _ = verify_command(capsys, "--adapter", str(watermark_runs["four"] / "adapter"), *options)
     assert status == 0 and out.count(": VERIFIED (fpr 1e-06)") == CLIENTS

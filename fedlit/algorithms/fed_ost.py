@@ -192,8 +192,8 @@ def fed_ost(
         offsite: adapter blocks (front/back) and the emulator's share of the middle blocks.
         distillation: optional server-side distillation of the emulator on public data (``steps > 0``).
         peft: ``None`` tunes the adapter blocks fully (as in the paper); a ``LoraConfig`` puts LoRA on them.
-        owner_watermark: the owner's signature, imprinted on the adapter blocks before they are packaged (key in
-            ``key_dir/owner.json``, else ``output_dir/owner_watermark_key.json``); verify the plugged-in model with
+        owner_watermark: the owner's signature, imprinted on the adapter blocks before they are packaged (its key
+            in ``key_dir/owner.json``, a relative ``key_dir`` under ``output_dir``); verify the plugged-in model with
             ``fedlit verify --model output_dir/plugged_in``.
         optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`;
             ``federation.output_dir`` also gets ``client_package/`` (all a client receives), ``plugged_in/`` and
@@ -204,8 +204,7 @@ def fed_ost(
     # the owner's (never a client's), in full precision: the emulator is cut from it and the adapters go back in
     full_model = functools.cache(functools.partial(load_base_model, dataclasses.replace(model, quantization=None)))
     if owner_watermark is not None:
-        key_dir = owner_watermark.key_dir
-        key_path = Path(key_dir) / "owner.json" if key_dir else Path(federation.output_dir) / "owner_watermark_key.json"
+        key_path = Path(federation.output_dir) / owner_watermark.key_dir / "owner.json"  # absolute key_dir: as is
         full_model = functools.cache(functools.partial(imprint_owner_watermark, full_model, offsite, owner_watermark,
                                                        key_path))
     package = federation.backend.client_package(

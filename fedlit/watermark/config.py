@@ -80,8 +80,9 @@ class WatermarkConfig:
         signature: the feature watermark (``None``: none).
         trigger: the backdoor watermark (``None``: none).
         clients: the clients that embed (``None``: every client). In a deployment each party decides for itself.
-        key_dir: where each client keeps its key file ``<client id>.json`` (an existing one is reused: one key
-            per client across runs); ``None``: the client's own state directory of the run. Keys never travel.
+        key_dir: where each client keeps its key file ``<client id>.json`` (an existing one is reused); a relative
+            path is under the client's own state directory (``output_dir/client_state`` in a simulation, the party's
+            ``state-dir`` in a deployment). Keys never travel.
         key_seed: draw every key from this seed and the client id (reproducible experiments; whoever knows it can
             rebuild the keys); ``None``: from the operating system's randomness.
     """
@@ -89,7 +90,7 @@ class WatermarkConfig:
     signature: SignatureConfig | None = field(default_factory=SignatureConfig)
     trigger: TriggerConfig | None = field(default_factory=TriggerConfig)
     clients: list[str] | None = None
-    key_dir: str | None = None
+    key_dir: str = "watermark_keys"
     key_seed: int | None = None
 
     def __post_init__(self) -> None:
