@@ -229,3 +229,16 @@ def test_signature_under_example_level_dp_is_refused() -> None:
     with pytest.raises(ValueError, match="watermark.signature cannot be embedded under example_privacy"):
         Federation(watermark=WatermarkConfig(), example_privacy=ExampleDPConfig())
     Federation(watermark=WatermarkConfig(signature=None), example_privacy=ExampleDPConfig())  # triggers are data
+
+
+def test_a_watermarked_run_resumes_bit_identically_and_keys_are_reused(make_loop, tmp_path: Path) -> None:
+    """Keys from the OS's randomness in one absolute key_dir: the second run and its resume read them back."""
+    key_dir = tmp_path / "keys"
+    watermark = WatermarkConfig(signature=SignatureConfig(bits=16, gamma=0.2), trigger=TriggerConfig(rate=0.5),
+                                key_dir=str(key_dir))
+    reference = make_loop(rounds=2, output_dir=tmp_path / "reference", watermark=watermark).fit()
+    keys = {p.name: p.read_bytes() for p in key_dir.glob("*.json")}
+    make_loop(rounds=1, output_dir=tmp_path / "interrupted", watermark=watermark).fit()
+    resumed = make_loop(rounds=2, output_dir=tmp_path / "interrupted", watermark=watermark).fit(resume=True)
+    assert len(keys) == 3 and keys == {p.name: p.read_bytes() for p in key_dir.glob("*.json")}
+    assert list(resumed) == list(reference) and all(torch.equal(resumed[n], reference[n]) for n in reference)
