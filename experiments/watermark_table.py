@@ -79,11 +79,11 @@ def scores(base: FederatedLoop, payload: Payload, keys: list[WatermarkKey], loss
     return {
         "sign_mean": float(np.mean([r.signature.rate for r in results])),
         "sign_min": float(min(r.signature.rate for r in results)),
-        "trigger_mean": float(np.mean([r.trigger.rate for r in results])),
-        "trigger_base": float(np.mean([r.trigger.baseline for r in results])),
+        "trigger_mean": float(np.mean([r.trigger.rate if r.trigger else np.nan for r in results])),
+        "trigger_base": float(np.mean([r.trigger.baseline if r.trigger else np.nan for r in results])),
         "verified": sum(r.verified for r in results),
         "sign_verified": sum(r.signature.verified for r in results),
-        "trigger_verified": sum(r.trigger.verified for r in results),
+        "trigger_verified": sum(r.trigger is not None and r.trigger.verified for r in results),
         "max_p_sign": float(max(r.signature.p_value for r in results)),
         "loss": held_out_loss(base, payload) if loss is None else loss,
     }
@@ -222,17 +222,21 @@ def main() -> None:
     task, _ = compose_base(args.task_config, out / "task", "--evaluation.generate_max_new_tokens=0")
     task_initial = task.module_factory().trainable_state_dict()
 
-    def which_play(with_keys: bool) -> dict:
+    def which_play(name: str, keys: str = "task-keys", **changes: Any) -> dict:
+        """The which-play run ``name`` scored with the keys in ``keys`` (drawn by the watermarked run)."""
         task_watermark = dataclasses.replace(watermark, key_dir=str((out / "task-keys").resolve()))
-        marked_run = trained_run("task-marked", task, task_initial, out, strategy=task.federation.strategy,
-                                 watermark=task_watermark)
-        found = marked_run if with_keys else trained_run("task-twin", task, task_initial, out,
-                                                         strategy=task.federation.strategy, watermark=None)
-        marks = scores(task, found.payload, keys_in(out / "task-keys"), found.final["loss"])
+        trained_run("task-marked", task, task_initial, out, strategy=task.federation.strategy,
+                    watermark=task_watermark)
+        found = trained_run(name, task, task_initial, out, **{"strategy": task.federation.strategy,
+                                                              "watermark": task_watermark, **changes})
+        marks = scores(task, found.payload, keys_in(out / keys), found.final["loss"])
         return {**marks, "choice_accuracy": found.final["choice_accuracy"]}
 
-    row("which-play task: watermarked", lambda: which_play(True))
-    row("which-play task: no watermark", lambda: which_play(False))
+    row("which-play task: watermarked", lambda: which_play("task-marked"))
+    row("which-play task: no watermark", lambda: which_play("task-twin", watermark=None))
+    signature_only = dataclasses.replace(watermark, trigger=None, key_dir=str((out / "task-signature-keys").resolve()))
+    row("which-play task: signature only", lambda: which_play("task-signature", "task-signature-keys",
+                                                              watermark=signature_only))
     row("FedOST: owner's signature on the plugged-in model", lambda: fedost_owner(args.fedost_config, out))
     print_table(results)
 
