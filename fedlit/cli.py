@@ -28,6 +28,7 @@ from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.federation import FEDERATION_KEYS, Federation
 from fedlit.loop import NothingTrained, RunInterrupted, default_loggers
 from fedlit.run_dir import OutputDirError, check_fresh, lock_output_dir
+from fedlit.watermark import Verification
 
 # Exit statuses: 0 the run trained what it was asked to; 1 an error, named in one line; 2 a command-line or
 # config error found while parsing; 3 nothing trained (every round skipped); 128 + signal number when
@@ -153,7 +154,8 @@ def run_verify(config: Namespace) -> int:
     return 0 if all(r.verified for _, r in results) else EXIT_NOT_VERIFIED
 
 
-def verification_line(result: Any) -> str:
+def verification_line(result: Verification) -> str:
+    """One key's scores and verdict, as ``fedlit verify`` prints them."""
     parts = []
     if result.signature is not None:
         s = result.signature
