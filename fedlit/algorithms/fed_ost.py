@@ -92,15 +92,14 @@ def client_emulator(package: Path, model: ModelConfig, plan: list[int], offsite:
 def imprint_owner_watermark(load: Callable[[], PreTrainedModel], offsite: OffsiteConfig, config: WatermarkConfig,
                             key_path: Path) -> PreTrainedModel:
     """The full model that ``load`` returns with the owner's ownership watermark on its adapter blocks, before any
-    client gets them:
-    its key's sign pattern among those blocks' weights (``config.signature.parameters`` filters them), each missing
-    its margin set to it (:func:`~fedlit.watermark.imprint`). The owner does not train, so no trigger; the key file
-    stays with the owner."""
+    client gets them: its key's sign pattern among those blocks' weights (``config.signature.parameters`` filters
+    them), each missing its margin set to it (:func:`~fedlit.watermark.imprint`). The owner does not train, so no
+    trigger; the key file stays with the owner."""
     if config.trigger is not None or config.signature is None:
         raise ValueError("owner_watermark: the owner imprints a signature only (set trigger: null and a signature)")
     full = load()
     prefix, blocks = decoder_blocks(full)
-    ends = (*range(offsite.front), *range(len(blocks) - offsite.back, len(blocks)))
+    ends = adapter_indices(list(range(len(blocks))), offsite)  # the full model's own block numbering
     adapters = {n: p for n, p in full.named_parameters() if any(n.startswith(f"{prefix}.{i}.") for i in ends)}
     key = load_or_make_key(key_path, "owner", full, adapters, config)
     imprint(adapters, key.signature, key.gamma)

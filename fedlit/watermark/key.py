@@ -164,7 +164,9 @@ def make_key(owner: str, model: nn.Module, parameters: Mapping[str, torch.Tensor
         key.signature = draw_signature(parameters, config.signature, generator)
     if config.trigger is not None:
         vocab_size = base.get_input_embeddings().weight.shape[0]
-        candidates = trigger_candidates(min(vocab_size, len(tokenizer) if tokenizer else vocab_size), tokenizer)
+        if tokenizer is not None:  # embedding rows past the tokenizer's vocabulary are padding
+            vocab_size = min(vocab_size, len(tokenizer))
+        candidates = trigger_candidates(vocab_size, tokenizer)
         key.triggers, key.targets = draw_triggers(config.trigger, candidates, generator)
         key.candidates = len(candidates)
     return key
