@@ -42,13 +42,13 @@ from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.client import Client
 from fedlit.data import GLOBAL, DataConfig
 from fedlit.loop import FederatedLoop
-from fedlit.models import ModelConfig, load_base_model
+from fedlit.models import ModelConfig, load_base_model, load_trained_model
 from fedlit.payload import Payload
 from fedlit.privacy import ClientDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg
 from fedlit.validation import validate
-from fedlit.watermark import WatermarkKey, load_model_under_test, verify
+from fedlit.watermark import WatermarkKey, verify
 
 OTHER_PLAYS = ["othello", "king_lear"]  # the attacker's fine-tuning text: none of the clients' plays
 
@@ -252,7 +252,7 @@ def fedost_owner(config: str, out: Path) -> dict:
                              "--loggers", "[]", "--owner_watermark", json.dumps(owner)])
     report = compose("fedost", parsed, cli).fit()
     key = WatermarkKey.load(directory / "watermark_keys" / "owner.json")
-    plugged = verify(load_model_under_test(model=str(directory / "plugged_in")), key)
+    plugged = verify(load_trained_model(model=str(directory / "plugged_in")), key)
     before = verify(load_base_model(ModelConfig()), key)
     return {"sign_mean": plugged.signature.rate, "sign_min": plugged.signature.rate, "trigger_mean": float("nan"),
             "verified": int(plugged.verified), "keys": 1, "p_sign": plugged.signature.p_value,

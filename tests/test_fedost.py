@@ -182,15 +182,15 @@ def test_distillation_brings_the_emulator_closer_to_the_full_model(deep_model_di
 
 def test_the_owners_watermark_survives_client_tuning_and_its_key_stays_with_the_owner(tiny_model_dir, plays_jsonl,
                                                                                       tmp_path):
-    from fedlit.models import load_base_model
-    from fedlit.watermark import SignatureConfig, WatermarkConfig, WatermarkKey, load_model_under_test, verify
+    from fedlit.models import load_base_model, load_trained_model
+    from fedlit.watermark import SignatureConfig, WatermarkConfig, WatermarkKey, verify
 
     owner = WatermarkConfig(signature=SignatureConfig(bits=48, gamma=0.2, parameters=None), trigger=None, key_seed=3)
     run = run_fed_ost(tiny_model_dir, plays_jsonl, tmp_path, offsite=OffsiteConfig(0, 1, 1.0), owner_watermark=owner)
     run.fit()
     key = WatermarkKey.load(tmp_path / "ost" / "watermark_keys" / "owner.json")
     assert key.bits == 48 and all(p.parameter.startswith("model.layers.1.") for p in key.signature)  # adapter block
-    plugged = verify(load_model_under_test(model=str(tmp_path / "ost" / "plugged_in")), key)
+    plugged = verify(load_trained_model(model=str(tmp_path / "ost" / "plugged_in")), key)
     assert plugged.signature.rate == 1.0 and plugged.verified  # after the clients tuned the adapter block
     assert not verify(load_base_model(ModelConfig(str(tiny_model_dir))), key).verified  # the model before the imprint
     assert not [p for p in (tmp_path / "ost" / "client_package").rglob("*") if "watermark" in p.name]

@@ -1,7 +1,8 @@
-"""Private inference (InferDPT): the token perturbation mechanism."""
+"""Private inference (InferDPT): the perturbation, its cache and inversion, both sides, and `fedlit infer`."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,7 +11,11 @@ import torch
 from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fedlit.privacy.inference import CandidateTable, usable_tokens
+from fedlit.backends import LocalBackend
+from fedlit.cli import main
+from fedlit.inference import GenerationServer, InferenceConfig, ModelSpec, Query, private_inference
+from fedlit.inference.client import InferenceApps
+from fedlit.privacy.inference import CandidateTable, candidate_table, usable_tokens
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +59,103 @@ def test_epsilon_infinity_keeps_the_prompt_and_zero_is_uniform(table) -> None:
     assert torch.allclose(probabilities, torch.full_like(probabilities, 1 / len(probabilities)))
     with pytest.raises(ValueError, match="epsilon must be >= 0"):
         candidates.perturb(ids, -1.0, generator)
+
+
+def test_the_candidate_table_is_built_once_then_read_back(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    built = candidate_table(model, tokenizer, k=8, directory=tmp_path)
+    (path,) = tmp_path.glob("*-k8.safetensors")
+    monkeypatch.setattr(CandidateTable, "build", lambda *a, **k: pytest.fail("built again instead of read back"))
+    again = candidate_table(model, tokenizer, k=8, directory=tmp_path)
+    for name in ("tokens", "neighbours", "scores"):
+        assert torch.equal(getattr(built, name), getattr(again, name))
+    with pytest.raises(ValueError, match="built for"):
+        CandidateTable.load(path, "another-model-k8")
+
+
+def test_inversion_is_the_maximum_likelihood_original_of_each_draw(table) -> None:
+    _, candidates = table
+    for epsilon in (0.0, 2.0, 12.0):
+        guess = candidates.inversion(epsilon)
+        for observed in candidates.tokens[::7].tolist():  # brute force: every row that can draw it
+            best, chosen = -1.0, None
+            for token in candidates.tokens.tolist():
+                ids, probabilities = candidates.probabilities(token, epsilon)
+                hit = (ids == observed).nonzero()
+                if len(hit):
+                    p = float(probabilities[hit[0, 0]])
+                    if p > best + 1e-12 or (abs(p - best) <= 1e-12 and token == observed):
+                        best, chosen = p, token
+            assert guess[observed] == chosen, (epsilon, observed)
+    assert all(k == v for k, v in candidates.inversion(math.inf).items())
+
+
+class RecordingServer(GenerationServer):
+    """The server as the test inspects it: everything it received."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.received: list = []
+
+    def answer(self, query):
+        self.received.append(query)
+        return super().answer(query)
+
+
+def test_the_clear_prompts_never_reach_the_server(tiny_model_dir: Path, tmp_path: Path) -> None:
+    prompts = {"alice": ["SPEAKER0:\nthe king is dead and the queen", "what light is in the window"],
+               "bob": ["to be or not to be that is the question"]}
+    outputs = {c: str(tmp_path / f"{c}.jsonl") for c in prompts}
+    local = ModelSpec(model=str(tiny_model_dir))
+    config = InferenceConfig(epsilon=1.0, candidates=8, max_new_tokens=5, answer_max_new_tokens=4,
+                             table_dir=str(tmp_path / "tables"))
+    model, tokenizer = local.load()
+    server = RecordingServer(model, tokenizer)
+    replies = private_inference(LocalBackend(), InferenceApps(prompts, outputs, config, local), server, prompts)
+    assert replies == {"alice": {"answers": 2}, "bob": {"answers": 1}}
+    assert all(type(q) is Query for q in server.received)
+    received = [p for q in server.received for p in q.prompts]
+    clear = [p for c in prompts.values() for p in c]
+    assert len(received) == 3 and not set(received) & set(clear)
+    audit = {c: [json.loads(line) for line in Path(outputs[c]).read_text().splitlines()] for c in prompts}
+    assert [r["sent"] for c in prompts for r in audit[c]] == received  # the audit records exactly what left
+    assert [r["prompt"] for c in prompts for r in audit[c]] == clear
+    rows = audit["alice"]  # the answer: the local model's greedy continuation of the extraction input, by hand
+    inputs = tokenizer(config.extraction_template.format(continuation=rows[0]["continuation"],
+                                                         prompt=rows[0]["prompt"]), return_tensors="pt")
+    by_hand = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert rows[0]["answer"] == tokenizer.decode(by_hand[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_fedlit_infer_writes_answers_and_refuses_bad_input_in_one_line(tiny_model_dir: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "the king is dead"}\n"what light is in the window"\n')
+    common = ["infer", "--prompts", str(prompts), "--server.model", str(tiny_model_dir), "--max_new_tokens", "4"]
+    clear = tmp_path / "clear.jsonl"
+    with pytest.raises(SystemExit) as done:
+        main([*common, "--no_private", "--output", str(clear)])
+    assert done.value.code == 0
+    rows = [json.loads(line) for line in clear.read_text().splitlines()]
+    assert [r["sent"] for r in rows] == ["the king is dead", "what light is in the window"]
+    assert all(r["answer"] == r["continuation"] and r["epsilon"] is None for r in rows)
+    private = [*common, "--local.model", str(tiny_model_dir), "--candidates", "8", "--epsilon", ".inf",
+               "--table_dir", str(tmp_path / "tables"), "--answer_max_new_tokens", "3"]
+    with pytest.raises(SystemExit) as done:
+        main([*private, "--output", str(tmp_path / "inf.jsonl")])
+    assert done.value.code == 0  # epsilon inf: what leaves is the prompt itself (the no-noise end of the scale)
+    assert [json.loads(line)["sent"] for line in (tmp_path / "inf.jsonl").read_text().splitlines()] == \
+        [r["sent"] for r in rows]
+    capsys.readouterr()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"text": "no prompt key"}\n')
+    for argv, message in [([*common, "--no_private", "--output", str(clear)], f"--output {clear} exists"),
+                          ([*common, "--output", str(tmp_path / "x.jsonl")], "needs a local model"),
+                          (["infer", "--prompts", str(bad), "--server.model", str(tiny_model_dir), "--output",
+                            str(tmp_path / "y.jsonl")], f"prompts file {bad} line 2")]:
+        with pytest.raises(SystemExit) as failed:
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert failed.value.code == 1 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "y.jsonl").exists()

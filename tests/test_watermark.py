@@ -16,7 +16,7 @@ from fedlit.cli import main
 from fedlit.data import DataConfig
 from fedlit.data.datamodule import IGNORE_INDEX
 from fedlit.federation import Federation
-from fedlit.models import ModelConfig, load_base_model
+from fedlit.models import ModelConfig, load_base_model, load_trained_model
 from fedlit.privacy import ExampleDPConfig
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg
@@ -26,7 +26,6 @@ from fedlit.watermark import (
     WatermarkConfig,
     WatermarkKey,
     binomial_tail,
-    load_model_under_test,
     load_or_make_key,
     make_key,
     sign_loss,
@@ -98,11 +97,11 @@ def conflicting(keys: dict[str, WatermarkKey]) -> set[tuple[str, int]]:
 
 def test_one_clients_watermark_is_detected_in_full_and_not_on_its_twin(watermark_runs: dict[str, Path]) -> None:
     (key,) = keys_of(watermark_runs["single"]).values()
-    marked = verify(load_model_under_test(adapter=str(watermark_runs["single"] / "adapter")), key)
+    marked = verify(load_trained_model(adapter=str(watermark_runs["single"] / "adapter")), key)
     assert marked.signature.matched == marked.signature.total == 48 and marked.signature.p_value == 0.5 ** 48
     assert marked.trigger.rate > 0.5 and marked.trigger.baseline == 0  # the base model predicts none
     assert marked.verified and marked.signature.verified and marked.trigger.verified
-    twin = verify(load_model_under_test(adapter=str(watermark_runs["twin"] / "adapter")), key)
+    twin = verify(load_trained_model(adapter=str(watermark_runs["twin"] / "adapter")), key)
     assert not twin.verified and 0.25 < twin.signature.rate < 0.75 and twin.signature.p_value > 1e-3
     assert twin.trigger.matched == 0
 
@@ -111,9 +110,9 @@ def test_four_clients_keys_are_all_verified_on_the_aggregated_adapter(watermark_
     keys = keys_of(watermark_runs["four"])
     assert len(keys) == CLIENTS
     clash = conflicting(keys)
-    model = load_model_under_test(adapter=str(watermark_runs["four"] / "adapter"))
+    model = load_trained_model(adapter=str(watermark_runs["four"] / "adapter"))
     parameters = dict(model.named_parameters())
-    twin = load_model_under_test(adapter=str(watermark_runs["twin"] / "adapter"))
+    twin = load_trained_model(adapter=str(watermark_runs["twin"] / "adapter"))
     for key in keys.values():
         assert verify(model, key).signature.verified
         values, signs = marked_values(parameters, key.signature)
@@ -172,7 +171,7 @@ def test_the_verifier_refuses_a_key_for_another_base_model(watermark_runs: dict[
     other = load_base_model(ModelConfig(str(other_model_dir)))
     key = make_key("intruder", other, {}, WatermarkConfig(signature=None))  # a trigger key for the other model
     key.save(tmp_path / "intruder.json")
-    model = load_model_under_test(adapter=str(watermark_runs["twin"] / "adapter"))
+    model = load_trained_model(adapter=str(watermark_runs["twin"] / "adapter"))
     with pytest.raises(ValueError, match="was made for base model .*other-tiny.*not for this one"):
         verify(model, key)
     status, _, err = verify_command(capsys, "--adapter", str(watermark_runs["twin"] / "adapter"), "--key",

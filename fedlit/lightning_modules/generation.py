@@ -40,6 +40,19 @@ def greedy_answers(model, prompts: list[torch.Tensor], max_new_tokens: int, pad_
     return [row[width:] for row in output]
 
 
+def generate_texts(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_new_tokens: int,
+                   batch_size: int = 16) -> list[str]:
+    """Greedy continuation of each text (tokenized without special tokens), decoded, in batches."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        prompts = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id],
+                                device=device) for t in texts[start:start + batch_size]]
+        rows = greedy_answers(model, prompts, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        out.extend(tokenizer.decode(row, skip_special_tokens=True) for row in rows)
+    return out
+
+
 def exact_matches(predictions: list[torch.Tensor], answers: list[torch.Tensor],
                   tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     """1.0 where the decoded prediction equals the reference answer after :func:`normalise`, else 0.0."""

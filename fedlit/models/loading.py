@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftConfig, PeftModel
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.models.default import DEFAULT_MODEL, prepare_default_model
@@ -132,3 +134,22 @@ def _layer_dropped(model: PreTrainedModel, config: ModelConfig) -> PreTrainedMod
         return model
     smaller, _ = build_emulator(model, OffsiteConfig(1, 1, (config.keep_blocks - 2) / (blocks - 2)))
     return smaller
+
+
+def load_trained_model(adapter: str | None = None, model: str | None = None, base: str | None = None,
+                       dtype: str = "float32") -> nn.Module:
+    """A trained model to verify or query: the peft ``adapter`` directory loaded with plain peft on its base
+    (``base``, else the base its ``adapter_config.json`` names), or the full model directory ``model`` (e.g.
+    FedOST's plugged-in model, or the default model's name)."""
+    if (adapter is None) == (model is None):
+        raise ValueError("give either an adapter directory or a full model (directory or name), not both")
+    if model is not None:
+        return load_base_model(ModelConfig(model, dtype=dtype))
+    try:
+        config = PeftConfig.from_pretrained(adapter)
+    except (OSError, ValueError) as error:
+        raise OSError(f"adapter {adapter}: not a peft adapter directory ({error})") from None
+    name = base or config.base_model_name_or_path
+    if not name:
+        raise ValueError(f"adapter {adapter} does not name its base model: give it with --base")
+    return PeftModel.from_pretrained(load_base_model(ModelConfig(name, dtype=dtype)), adapter)

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedlit.io import atomic_write_bytes
+from fedlit.models.identity import base_of, model_fingerprint
 from fedlit.watermark.config import SignatureConfig, TriggerConfig, WatermarkConfig
 
 KEY_FORMAT = "fedlit-watermark/1"
@@ -78,24 +79,6 @@ class WatermarkKey:
         except OSError as error:
             raise OSError(f"watermark key {path} cannot be read: {error.strerror or error}") from None
         return cls.from_json(data, str(path))
-
-
-def base_of(model: nn.Module) -> nn.Module:
-    """The frozen base under a ``PeftModel`` (the model itself otherwise)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A hash of the base model's architecture and input embeddings (in bfloat16, so a float32 and a bfloat16
-    load of the same weights agree; embeddings are never k-bit quantized)."""
-    base = base_of(model)
-    config = base.config
-    digest = hashlib.sha256()
-    for name in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"):
-        digest.update(f"{name}={getattr(config, name, None)};".encode())
-    embeddings = base.get_input_embeddings().weight.detach()
-    digest.update(embeddings.to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def key_generator(config: WatermarkConfig, owner: str) -> torch.Generator:

@@ -13,11 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from peft import PeftConfig, PeftModel
 from scipy.stats import binom
 from torch import nn
 
-from fedlit.models import ModelConfig, load_base_model
 from fedlit.watermark.key import WatermarkKey, check_key
 from fedlit.watermark.signature import matched_bits
 
@@ -103,21 +101,3 @@ def verify(model: nn.Module, key: WatermarkKey, fpr: float = DEFAULT_FPR, source
         p_value = binomial_tail(matched, total, 1 / key.candidates)
         trigger = Score(matched, total, p_value, p_value <= level, baseline)
     return Verification(key.owner, fpr, signature, trigger)
-
-
-def load_model_under_test(adapter: str | None = None, model: str | None = None, base: str | None = None,
-                          dtype: str = "float32") -> nn.Module:
-    """The model to verify: the peft ``adapter`` directory loaded with plain peft on its base (``base``, else the
-    base its ``adapter_config.json`` names), or the full model directory ``model`` (e.g. FedOST's plugged-in)."""
-    if (adapter is None) == (model is None):
-        raise ValueError("give either an adapter directory (--adapter) or a model directory (--model)")
-    if model is not None:
-        return load_base_model(ModelConfig(model, dtype=dtype))
-    try:
-        config = PeftConfig.from_pretrained(adapter)
-    except (OSError, ValueError) as error:
-        raise OSError(f"adapter {adapter}: not a peft adapter directory ({error})") from None
-    name = base or config.base_model_name_or_path
-    if not name:
-        raise ValueError(f"adapter {adapter} does not name its base model: give it with --base")
-    return PeftModel.from_pretrained(load_base_model(ModelConfig(name, dtype=dtype)), adapter)

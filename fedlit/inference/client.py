@@ -1,0 +1,197 @@
+"""The client's side of private inference (InferDPT): it perturbs its prompts before they leave, and its own local
+model extracts the answer from the server's continuation and the clear prompt. The clear prompts, the answers and
+the audit record (what was sent, what came back) stay with the client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from fedlit.inference.messages import Continuations, Query
+from fedlit.io import atomic_write_bytes
+from fedlit.lightning_modules.generation import generate_texts
+from fedlit.models import ModelConfig, load_tokenizer, load_trained_model
+from fedlit.privacy.inference import CandidateTable, candidate_table
+from fedlit.seeds import client_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSpec:
+    """A model to load where it is used (so a backend's worker loads it, not the caller).
+
+    Args:
+        model: a full model: a directory (e.g. FedOST's plugged_in), a hub name, or ``smollm2-135m-instruct``.
+        adapter: or a peft adapter directory (e.g. a run's ``adapter``).
+        base: the adapter's base model (default: the one its adapter_config.json names).
+        dtype: the weights' dtype.
+    """
+
+    model: str | None = None
+    adapter: str | None = None
+    base: str | None = None
+    dtype: str = "float32"
+
+    def load(self) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+        model = load_trained_model(self.adapter, self.model, self.base, self.dtype)
+        name = self.model or self.base or model.peft_config["default"].base_model_name_or_path
+        return model, load_tokenizer(ModelConfig(name))
+
+
+@dataclass
+class InferenceConfig:
+    """How a client asks.
+
+    Args:
+        private: perturb each prompt before it leaves (else it travels in the clear and the server's continuation
+            is the answer).
+        epsilon: the per-token privacy parameter (``.inf`` in YAML or on the command line: no perturbation; a
+            prompt of ``n`` perturbed tokens spends ``n * epsilon``).
+        candidates: the size of each token's candidate set (its nearest tokens in embedding space).
+        max_new_tokens: tokens the server generates per prompt.
+        answer_max_new_tokens: tokens the local model generates for the answer.
+        extraction_template: the local model's input, from the server's ``{continuation}`` and the clear
+            ``{prompt}``; the answer is the local model's greedy continuation of it.
+        seed: seeds the perturbation (with the client id).
+        table_dir: where the candidate table is cached (default: ``<fedlit cache>/candidates``).
+    """
+
+    private: bool = True
+    epsilon: float = 6.0
+    candidates: int = 64
+    max_new_tokens: int = 32
+    answer_max_new_tokens: int = 32
+    extraction_template: str = "{continuation}\n\n{prompt}"
+    seed: int = 0
+    table_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epsilon < 0 or math.isnan(self.epsilon):
+            raise ValueError(f"epsilon must be >= 0 (or inf), got {self.epsilon}")
+        for name in ("candidates", "max_new_tokens", "answer_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        missing = {"{continuation}", "{prompt}"} - {p for p in ("{continuation}", "{prompt}")
+                                                    if p in self.extraction_template}
+        if missing:
+            raise ValueError(f"extraction_template must contain {' and '.join(sorted(missing))}")
+
+
+class InferenceClientApp:
+    """One client's private inference: :meth:`query` answers the server's call with the prompts as they may leave,
+    :meth:`extract` takes the continuations back, writes the answers and the audit record to ``output`` (JSON lines:
+    prompt, sent, continuation, answer, epsilon) and returns only how many it wrote.
+
+    Args:
+        client_id: who asks (seeds the perturbation).
+        prompts: the clear prompts; they never leave this object.
+        config: how to ask.
+        output: the client's local answers file.
+        local: the client's own model (the candidate table's embeddings, and the extraction); needed when private.
+    """
+
+    def __init__(self, client_id: str, prompts: list[str], config: InferenceConfig, output: Path,
+                 local: ModelSpec | None = None) -> None:
+        if config.private and local is None:
+            raise ValueError(f"client '{client_id}': private inference needs a local model (its embeddings pick "
+                             "the candidates, and it extracts the answer)")
+        self.client_id, self.prompts, self.config, self.output = client_id, prompts, config, Path(output)
+        self.local = local.load() if config.private else None
+        self.sent: list[str] = []
+
+    def table(self) -> CandidateTable:
+        model, tokenizer = self.local
+        directory = Path(self.config.table_dir) if self.config.table_dir else None
+        return candidate_table(model, tokenizer, self.config.candidates, directory)
+
+    def query(self, _: object = None) -> Query:
+        """The prompts as they leave: perturbed (the mechanism's draw per usable token) when private."""
+        if not self.config.private:
+            self.sent = list(self.prompts)
+        else:
+            _, tokenizer = self.local
+            table = self.table()
+            generator = torch.Generator().manual_seed(client_seed(self.config.seed, 0, self.client_id))
+            self.sent = [tokenizer.decode(table.perturb(tokenizer(p, add_special_tokens=False)["input_ids"],
+                                                        self.config.epsilon, generator))
+                         for p in self.prompts]
+        return Query(self.sent, self.config.max_new_tokens)
+
+    def extract(self, continuations: Continuations) -> dict[str, int]:
+        """Answer each clear prompt from the server's continuation; write the answers file; return the count."""
+        if len(continuations.texts) != len(self.prompts):
+            raise ValueError(f"client '{self.client_id}': {len(continuations.texts)} continuations for "
+                             f"{len(self.prompts)} prompts")
+        answers = (self.extracted(continuations.texts) if self.config.private else list(continuations.texts))
+        rows = [{"prompt": p, "sent": s, "continuation": c, "answer": a,
+                 "epsilon": self.config.epsilon if self.config.private else None}
+                for p, s, c, a in zip(self.prompts, self.sent, continuations.texts, answers, strict=True)]
+        atomic_write_bytes(self.output, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        log.info("client '%s' wrote %d answers to %s", self.client_id, len(rows), self.output)
+        return {"answers": len(rows)}
+
+    def extracted(self, continuations: list[str]) -> list[str]:
+        """The local model's greedy answer to each extraction input (the template over continuation and prompt)."""
+        model, tokenizer = self.local
+        texts = [self.config.extraction_template.format(continuation=c, prompt=p)
+                 for c, p in zip(continuations, self.prompts, strict=True)]
+        return generate_texts(model.eval(), tokenizer, texts, self.config.answer_max_new_tokens)
+
+
+@dataclass
+class InferenceApps:
+    """Builds each client's :class:`InferenceClientApp`: plain data, so a backend can ship it to its workers (where
+    each app loads its local model)."""
+
+    prompts: dict[str, list[str]]
+    outputs: dict[str, str]
+    config: InferenceConfig
+    local: ModelSpec | None = None
+
+    def __call__(self, client_id: str) -> InferenceClientApp:
+        return InferenceClientApp(client_id, self.prompts[client_id], self.config, Path(self.outputs[client_id]),
+                                  self.local)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a JSON list or a JSON-lines file; each item a string or an object with a ``prompt`` string.
+    A malformed file is refused naming the file and the line or item."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise OSError(f"prompts file {path}: {error.strerror or error}") from None
+    if path.suffix == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"prompts file {path}: not valid JSON ({error})") from None
+        if not isinstance(items, list):
+            raise ValueError(f"prompts file {path}: expected a JSON list of prompts")
+        where = [f"item {i}" for i in range(len(items))]
+    else:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        items, where = [], [f"line {n}" for n, _ in lines]
+        for n, line in lines:
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"prompts file {path} line {n}: not valid JSON ({error.msg})") from None
+    prompts = []
+    for item, at in zip(items, where, strict=True):
+        prompt = item.get("prompt") if isinstance(item, dict) else item
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompts file {path} {at}: expected a non-empty string or an object with a 'prompt' "
+                             "string")
+        prompts.append(prompt)
+    if not prompts:
+        raise ValueError(f"prompts file {path}: no prompts")
+    return prompts
