@@ -122,7 +122,7 @@ def test_the_clear_prompts_never_reach_the_server(tiny_model_dir: Path, tmp_path
     assert [r["sent"] for c in prompts for r in audit[c]] == received  # the audit records exactly what left
     assert [r["prompt"] for c in prompts for r in audit[c]] == clear
     rows = audit["alice"]  # the answer: the local model's greedy continuation of the extraction input, by hand
-    inputs = tokenizer(config.extraction_template.format(continuation=rows[0]["continuation"],
+    inputs = tokenizer(config.extraction_template.format(sent=rows[0]["sent"], continuation=rows[0]["continuation"],
                                                          prompt=rows[0]["prompt"]), return_tensors="pt")
     by_hand = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert rows[0]["answer"] == tokenizer.decode(by_hand[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -159,3 +159,43 @@ def test_fedlit_infer_writes_answers_and_refuses_bad_input_in_one_line(tiny_mode
         err = capsys.readouterr().err.strip()
         assert failed.value.code == 1 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.jsonl").exists() and not (tmp_path / "y.jsonl").exists()
+
+
+def test_the_shipped_infer_config_runs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = Path(__file__).parent.parent / "configs" / "infer.yaml"
+    output = tmp_path / "answers.jsonl"
+    with pytest.raises(SystemExit) as done:
+        main(["infer", "--config", str(config), "--server.adapter", "null", "--server.model", str(tiny_model_dir),
+              "--local.model", str(tiny_model_dir), "--candidates", "8", "--table_dir", str(tmp_path),
+              "--max_new_tokens", "3", "--answer_max_new_tokens", "2", "--prompt", "the king is dead",
+              "--output", str(output)])
+    assert done.value.code == 0
+    (row,) = [json.loads(line) for line in output.read_text().splitlines()]
+    assert row["prompt"] == "the king is dead" and row["epsilon"] == 6.0 and row["sent"] != row["prompt"]
+
+
+@pytest.mark.long
+def test_on_ray_the_clients_prompts_and_model_live_in_a_worker(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    from fedlit.backends import RayBackend
+
+    prompts = {"alice": ["the king is dead"], "bob": ["what light is in the window", "to be or not"]}
+    outputs = {c: str(tmp_path / f"{c}.jsonl") for c in prompts}
+    local = ModelSpec(model=str(tiny_model_dir))
+    config = InferenceConfig(epsilon=2.0, candidates=8, max_new_tokens=3, answer_max_new_tokens=2,
+                             table_dir=str(tmp_path / "tables"))
+    model, tokenizer = local.load()
+    server = RecordingServer(model, tokenizer)
+    try:
+        replies = private_inference(RayBackend(num_workers=2), InferenceApps(prompts, outputs, config, local), server,
+                                    prompts)
+    finally:
+        ray.shutdown()
+    assert replies == {"alice": {"answers": 1}, "bob": {"answers": 2}}  # query and extract met the same worker
+    received = [p for q in server.received for p in q.prompts]
+    audit = [json.loads(line) for c in prompts for line in Path(outputs[c]).read_text().splitlines()]
+    assert sorted(r["sent"] for r in audit) == sorted(received)
+    assert not set(received) & {p for c in prompts.values() for p in c}

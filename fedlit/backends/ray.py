@@ -18,6 +18,10 @@ from fedlit.backends.messages import ClientFailure
 
 log = logging.getLogger(__name__)
 
+# Methods that open state a client keeps for the calls after them (a secure-aggregation round's keys, a private
+# inference query's perturbed prompts): the client stays on the worker that answered until the next opening.
+OPENING_METHODS = frozenset({"secagg_setup", "query"})
+
 
 class _Worker:
     """One Ray actor: the client-app factory (and so the frozen base) once, on a :class:`ClientHost` (the driver
@@ -117,15 +121,15 @@ class RayBackend(Backend):
         return {client_id: replies[client_id] for client_id in requests}
 
     def _worker_for(self, method: str, client_id: str, free: set[int]) -> int | None:
-        """The worker for this request: the one holding the client's round state, else any free one (a round
-        setup places the client there)."""
-        if method != "secagg_setup" and client_id in self.placement:
+        """The worker for this request: the one holding the client's round state, else any free one (a method that
+        opens such state places the client there)."""
+        if method not in OPENING_METHODS and client_id in self.placement:
             index = self.placement[client_id]
             return index if index in free else None
         if not free:
             return None
         index = min(free)
-        if method == "secagg_setup":
+        if method in OPENING_METHODS:
             self.placement[client_id] = index
         return index
 

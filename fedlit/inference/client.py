@@ -58,8 +58,10 @@ class InferenceConfig:
         candidates: the size of each token's candidate set (its nearest tokens in embedding space).
         max_new_tokens: tokens the server generates per prompt.
         answer_max_new_tokens: tokens the local model generates for the answer.
-        extraction_template: the local model's input, from the server's ``{continuation}`` and the clear
-            ``{prompt}``; the answer is the local model's greedy continuation of it.
+        extraction_template: the local model's input, from the server's ``{continuation}``, the clear ``{prompt}``
+            and, optionally, the prompt as ``{sent}``; the answer is the local model's greedy continuation of it.
+            The default shows the local model the server's exchange (perturbed prompt and its continuation) as an
+            example before the clear prompt, so even a small model can copy the answer's form and content.
         seed: seeds the perturbation (with the client id).
         table_dir: where the candidate table is cached (default: ``<fedlit cache>/candidates``).
     """
@@ -69,7 +71,7 @@ class InferenceConfig:
     candidates: int = 64
     max_new_tokens: int = 32
     answer_max_new_tokens: int = 32
-    extraction_template: str = "{continuation}\n\n{prompt}"
+    extraction_template: str = "{sent}{continuation}\n\n{prompt}"
     seed: int = 0
     table_dir: str | None = None
 
@@ -141,8 +143,8 @@ class InferenceClientApp:
     def extracted(self, continuations: list[str]) -> list[str]:
         """The local model's greedy answer to each extraction input (the template over continuation and prompt)."""
         model, tokenizer = self.local
-        texts = [self.config.extraction_template.format(continuation=c, prompt=p)
-                 for c, p in zip(continuations, self.prompts, strict=True)]
+        texts = [self.config.extraction_template.format(sent=s, continuation=c, prompt=p)
+                 for s, c, p in zip(self.sent, continuations, self.prompts, strict=True)]
         return generate_texts(model.eval(), tokenizer, texts, self.config.answer_max_new_tokens)
 
 
