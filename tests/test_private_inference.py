@@ -103,16 +103,26 @@ class RecordingServer(GenerationServer):
         return super().answer(query)
 
 
-def test_the_clear_prompts_never_reach_the_server(tiny_model_dir: Path, tmp_path: Path) -> None:
-    prompts = {"alice": ["SPEAKER0:\nthe king is dead and the queen", "what light is in the window"],
-               "bob": ["to be or not to be that is the question"]}
-    outputs = {c: str(tmp_path / f"{c}.jsonl") for c in prompts}
-    local = ModelSpec(model=str(tiny_model_dir))
+PROMPTS = {"alice": ["SPEAKER0:\nthe king is dead and the queen", "what light is in the window"],
+           "bob": ["to be or not to be that is the question"]}
+
+
+def ask(model_dir: Path, directory: Path, backend, prompts: dict[str, list[str]]):
+    """Every client's prompts through ``backend`` to a recording server on the tiny model; the replies, the server,
+    the clients' answers files and the settings."""
+    outputs = {c: str(directory / f"{c}.jsonl") for c in prompts}
+    local = ModelSpec(model=str(model_dir))
     config = InferenceConfig(epsilon=1.0, candidates=8, max_new_tokens=5, answer_max_new_tokens=4,
-                             table_dir=str(tmp_path / "tables"))
-    model, tokenizer = local.load()
-    server = RecordingServer(model, tokenizer)
-    replies = private_inference(LocalBackend(), InferenceApps(prompts, outputs, config, local), server, prompts)
+                             table_dir=str(directory / "tables"))
+    server = RecordingServer(*local.load())
+    replies = private_inference(backend, InferenceApps(prompts, outputs, config, local), server, prompts)
+    return replies, server, outputs, config
+
+
+def test_the_clear_prompts_never_reach_the_server(tiny_model_dir: Path, tmp_path: Path) -> None:
+    prompts = PROMPTS
+    replies, server, outputs, config = ask(tiny_model_dir, tmp_path, LocalBackend(), prompts)
+    model, tokenizer = server.model, server.tokenizer
     assert replies == {"alice": {"answers": 2}, "bob": {"answers": 1}}
     assert all(type(q) is Query for q in server.received)
     received = [p for q in server.received for p in q.prompts]
@@ -182,20 +192,12 @@ def test_on_ray_the_clients_prompts_and_model_live_in_a_worker(tiny_model_dir: P
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     from fedlit.backends import RayBackend
 
-    prompts = {"alice": ["the king is dead"], "bob": ["what light is in the window", "to be or not"]}
-    outputs = {c: str(tmp_path / f"{c}.jsonl") for c in prompts}
-    local = ModelSpec(model=str(tiny_model_dir))
-    config = InferenceConfig(epsilon=2.0, candidates=8, max_new_tokens=3, answer_max_new_tokens=2,
-                             table_dir=str(tmp_path / "tables"))
-    model, tokenizer = local.load()
-    server = RecordingServer(model, tokenizer)
     try:
-        replies = private_inference(RayBackend(num_workers=2), InferenceApps(prompts, outputs, config, local), server,
-                                    prompts)
+        replies, server, outputs, _ = ask(tiny_model_dir, tmp_path, RayBackend(num_workers=2), PROMPTS)
     finally:
         ray.shutdown()
-    assert replies == {"alice": {"answers": 1}, "bob": {"answers": 2}}  # query and extract met the same worker
+    assert replies == {"alice": {"answers": 2}, "bob": {"answers": 1}}  # query and extract met the same worker
     received = [p for q in server.received for p in q.prompts]
-    audit = [json.loads(line) for c in prompts for line in Path(outputs[c]).read_text().splitlines()]
+    audit = [json.loads(line) for c in PROMPTS for line in Path(outputs[c]).read_text().splitlines()]
     assert sorted(r["sent"] for r in audit) == sorted(received)
-    assert not set(received) & {p for c in prompts.values() for p in c}
+    assert not set(received) & {p for c in PROMPTS.values() for p in c}
