@@ -201,3 +201,12 @@ def test_on_ray_the_clients_prompts_and_model_live_in_a_worker(tiny_model_dir: P
     audit = [json.loads(line) for c in PROMPTS for line in Path(outputs[c]).read_text().splitlines()]
     assert sorted(r["sent"] for r in audit) == sorted(received)
     assert not set(received) & {p for c in PROMPTS.values() for p in c}
+
+
+def test_settings_that_cannot_work_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"extraction_template must contain \{continuation\}"):
+        InferenceConfig(extraction_template="{prompt}")
+    with pytest.raises(ValueError, match="epsilon must be >= 0"):
+        InferenceConfig(epsilon=-1)
+    with pytest.raises(ValueError, match="candidates must be >= 1"):
+        InferenceConfig(candidates=0)

@@ -81,10 +81,9 @@ class InferenceConfig:
         for name in ("candidates", "max_new_tokens", "answer_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        missing = {"{continuation}", "{prompt}"} - {p for p in ("{continuation}", "{prompt}")
-                                                    if p in self.extraction_template}
+        missing = [field for field in ("{continuation}", "{prompt}") if field not in self.extraction_template]
         if missing:
-            raise ValueError(f"extraction_template must contain {' and '.join(sorted(missing))}")
+            raise ValueError(f"extraction_template must contain {' and '.join(missing)}")
 
 
 class InferenceClientApp:

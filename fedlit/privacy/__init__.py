@@ -1,4 +1,5 @@
-"""Differential privacy: client-level DP-FedAvg with an RDP accountant."""
+"""Differential privacy: client-level DP-FedAvg with an RDP accountant, example-level DP-SGD, and the token
+perturbation of private inference (:mod:`fedlit.privacy.inference`)."""
 
 from fedlit.privacy.client_dp import (
     ClientDPConfig,
