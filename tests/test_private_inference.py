@@ -184,7 +184,6 @@ def test_the_shipped_infer_config_runs(tiny_model_dir: Path, tmp_path: Path) -> 
     assert row["prompt"] == "the king is dead" and row["epsilon"] == 6.0 and row["sent"] != row["prompt"]
 
 
-@pytest.mark.long
 def test_on_ray_the_clients_prompts_and_model_live_in_a_worker(tiny_model_dir: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     import sys
