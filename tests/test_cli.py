@@ -107,7 +107,7 @@ def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, play
 
 def command_of(settings: dict) -> str:
     return ("fedost" if "offsite" in settings else "fedhetero" if "teachers" in settings
-            else "fedco" if "slm" in settings else "fit")
+            else "fedco" if "slm" in settings else "fedkseed" if "zeroth_order" in settings else "fit")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])

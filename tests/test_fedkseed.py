@@ -1,0 +1,108 @@
+"""FedKSeed: the two-point estimate, replay of the seed history, what travels, and runs through the loop."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from peft import LoraConfig
+from torch.func import functional_call
+
+from fedlit.algorithms import fed_kseed
+from fedlit.data import DataConfig
+from fedlit.federation import Federation
+from fedlit.lightning_modules.causal_lm import shifted_token_loss
+from fedlit.lightning_modules.zeroth_order import COEFFICIENTS, ZerothOrderConfig, direction, replay
+from fedlit.models import ModelConfig
+from fedlit.payload import to_bytes
+from fedlit.strategies import FedAvg
+
+LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1)
+
+
+def build(model_dir: Path, data: Path, output_dir: Path, rounds: int = 2, trainable: str = "peft", **zeroth):
+    return fed_kseed(
+        model=ModelConfig(str(model_dir)),
+        data=DataConfig(source=str(data), num_clients=3, val_examples_per_client=4, global_val_examples=6,
+                        batch_size=4, max_length=32),
+        trainable=trainable, peft=LORA, zeroth_order=ZerothOrderConfig(**{"seeds": 64, "lr": 1e-2, **zeroth}),
+        federation=Federation(strategy=FedAvg(clients_per_round=2), rounds=rounds, output_dir=str(output_dir),
+                              loggers=[], progress=False, trainer={"max_steps": 3, "accelerator": "cpu"}),
+    )
+
+
+def batch_of(loop) -> dict[str, torch.Tensor]:
+    return next(iter(next(iter(loop.clients.values())).datamodule.train_dataloader()))
+
+
+def test_the_estimate_is_the_finite_difference_along_the_seeds_direction(tiny_model_dir, plays_jsonl, tmp_path):
+    loop = build(tiny_model_dir, plays_jsonl, tmp_path / "run")
+    module, batch, seed, scale = loop.module_factory(), batch_of(loop), 12345, 1e-3
+    module.model.eval()
+    params = dict(module._trainable_parameters())
+    z = direction(params, seed)
+
+    def loss_at(step: float) -> float:  # out of place, through torch.func: an independent path
+        moved = {name: p.detach() + step * z[name] for name, p in params.items()}
+        logits = functional_call(module.model, moved, kwargs={"input_ids": batch["input_ids"],
+                                                              "attention_mask": batch["attention_mask"]}).logits
+        return float(shifted_token_loss(logits, batch["labels"])[0])
+
+    before = {name: p.detach().clone() for name, p in params.items()}
+    gradient, _ = module.projected_gradient(batch, seed)
+    assert gradient == pytest.approx((loss_at(scale) - loss_at(-scale)) / (2 * scale), rel=1e-3, abs=1e-4)
+    assert all(torch.equal(before[n], p) for n, p in params.items())  # the weights are left exactly as they were
+    loss, _ = shifted_token_loss(module(batch), batch["labels"])  # and it estimates the directional derivative
+    loss.backward()
+    exact = sum(float((p.grad * z[n]).sum()) for n, p in params.items())
+    assert gradient == pytest.approx(exact, rel=0.05, abs=1e-3)
+
+
+def test_replaying_the_history_rebuilds_the_trained_weights_bit_for_bit(tiny_model_dir, plays_jsonl, tmp_path):
+    loop = build(tiny_model_dir, plays_jsonl, tmp_path / "run")
+    module = loop.module_factory()
+    client = next(iter(loop.clients.values()))
+    L.seed_everything(7)
+    L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=client.datamodule)
+    assert len(module.steps) == 5
+    trained = {n: p.detach().clone() for n, p in module._trainable_parameters().items()}
+    rebuilt = {n: t.clone() for n, t in module.initial.items()}
+    replay(rebuilt, module.seeds, module.steps, module.config.lr)
+    assert all(torch.equal(rebuilt[n], trained[n]) for n in trained)
+    assert not all(torch.equal(module.initial[n], trained[n]) for n in trained)
+    coefficients = module.trainable_state_dict()[COEFFICIENTS]  # the steps, summed per seed, are what travels
+    for index, gradient in module.steps:
+        coefficients[index] -= gradient
+    assert torch.allclose(coefficients, torch.zeros_like(coefficients), atol=1e-12)
+
+
+def test_what_travels_is_k_coefficients_whatever_the_model_size(tiny_model_dir, plays_jsonl, tmp_path):
+    adapter = build(tiny_model_dir, plays_jsonl, tmp_path / "a").module_factory()
+    full = build(tiny_model_dir, plays_jsonl, tmp_path / "b", trainable="full").module_factory()
+    sizes = [sum(p.numel() for p in m._trainable_parameters().values()) for m in (adapter, full)]
+    assert sizes[1] > 20 * sizes[0]
+    assert len(to_bytes(adapter.trainable_state_dict())) == len(to_bytes(full.trainable_state_dict())) < 64 * 8 + 200
+
+
+def test_a_fedkseed_run_logs_kilobytes_and_resumes_bit_identically(tiny_model_dir, plays_jsonl, tmp_path):
+    whole = build(tiny_model_dir, plays_jsonl, tmp_path / "whole", rounds=2)
+    whole.fit()
+    with open(tmp_path / "whole" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    sent = [float(r["bytes_sent"]) for r in rows if r.get("bytes_sent") not in (None, "")]
+    assert sent and max(sent) < 1024  # 64 float64 coefficients and the safetensors header
+    build(tiny_model_dir, plays_jsonl, tmp_path / "split", rounds=1).fit()
+    build(tiny_model_dir, plays_jsonl, tmp_path / "split", rounds=2).fit(resume=True)
+    assert whole.global_payload[COEFFICIENTS].count_nonzero() > 0
+    assert torch.equal(whole.global_payload[COEFFICIENTS], _coefficients(tmp_path / "split"))
+    assert (tmp_path / "whole" / "adapter" / "adapter_model.safetensors").is_file()  # the rebuilt peft adapter
+
+
+def _coefficients(run: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(run / "adapter" / "fedkseed_coefficients.safetensors")[COEFFICIENTS]
