@@ -46,9 +46,10 @@ def quiet_libraries() -> None:
 
     datasets_quiet()
     transformers_quiet()
-    # fedlit rewrites the CSVLogger's file from the checkpointed history on resume: nothing is lost
+    # fedlit rewrites the CSVLogger's file from the checkpointed history on resume: nothing is lost; FedKSeed's
+    # client trains its model in eval mode on purpose (no dropout between the two passes of an estimate)
     for message in ("`loftq_config` specified", "`is_gradient_checkpointing` is deprecated", ".*LeafSpec",
-                    "Experiment logs directory .* exists and is not empty"):
+                    "Experiment logs directory .* exists and is not empty", "Found .* module.* in eval mode"):
         warnings.filterwarnings("ignore", message=message)
 
 
