@@ -106,3 +106,13 @@ def _coefficients(run: Path) -> torch.Tensor:
     from safetensors.torch import load_file
 
     return load_file(run / "adapter" / "fedkseed_coefficients.safetensors")[COEFFICIENTS]
+
+
+def test_fedkseed_pro_samples_the_seeds_that_mattered_more_often() -> None:
+    uniform, pro = ZerothOrderConfig(seeds=8), ZerothOrderConfig(seeds=8, pro_alpha=3.0)
+    coefficients = torch.tensor([0.0, 0.5, -2.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    assert torch.equal(uniform.probabilities(coefficients), torch.full((8,), 1 / 8, dtype=torch.float64))
+    assert torch.equal(pro.probabilities(torch.zeros(8)), torch.full((8,), 1 / 8, dtype=torch.float64))
+    p = pro.probabilities(coefficients)
+    expected = torch.exp(3.0 * coefficients.abs() / 2.0)
+    assert torch.allclose(p, expected / expected.sum()) and int(p.argmax()) == 2

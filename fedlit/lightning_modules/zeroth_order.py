@@ -34,12 +34,16 @@ class ZerothOrderConfig:
         lr: the step size along each direction.
         scale: the perturbation's size ``s`` in the two-point estimate.
         seed: draws the K candidate seeds.
+        pro_alpha: FedKSeed-Pro: sample seed ``j`` with probability proportional to ``exp(pro_alpha * a_j)``,
+            ``a_j`` the min-max normalised amplitude of its global coefficient (the paper's importance, from the
+            accumulated coefficient rather than the mean amplitude of its gradients); ``None``: uniform.
     """
 
     seeds: int = 1024
     lr: float = 1e-3
     scale: float = 1e-3
     seed: int = 0
+    pro_alpha: float | None = None
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.lr <= 0 or self.scale <= 0:
@@ -48,6 +52,14 @@ class ZerothOrderConfig:
 
     def candidate_seeds(self) -> list[int]:
         return np.random.default_rng([self.seed, 0x5EED]).integers(0, 2**62, self.seeds).tolist()
+
+    def probabilities(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Each seed's sampling probability given the global coefficients (uniform unless ``pro_alpha``)."""
+        amplitude = coefficients.abs().double()
+        spread = amplitude.max() - amplitude.min()
+        if self.pro_alpha is None or spread == 0:
+            return torch.full((self.seeds,), 1 / self.seeds, dtype=torch.float64)
+        return torch.softmax(self.pro_alpha * (amplitude - amplitude.min()) / spread, dim=0)
 
 
 def direction(tensors: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -88,6 +100,7 @@ class ZerothOrderModule(CausalLMModule):
         self.automatic_optimization = False
         self.config, self.initial, self.seeds = config, initial, config.candidate_seeds()
         self.coefficients = torch.zeros(config.seeds, dtype=torch.float64)
+        self.seed_probabilities = config.probabilities(self.coefficients)
         self.steps: list[tuple[int, float]] = []  # this fit's (seed index, projected gradient), in order
 
     def on_fit_start(self) -> None:
@@ -113,7 +126,7 @@ class ZerothOrderModule(CausalLMModule):
         return (plus - minus) / (2 * self.config.scale), (plus + minus) / 2
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        index = int(torch.randint(self.config.seeds, (1,), generator=self.generator))
+        index = int(torch.multinomial(self.seed_probabilities, 1, generator=self.generator))
         gradient, loss = self.projected_gradient(batch, self.seeds[index])
         replay(self._trainable_parameters(), self.seeds, [(index, gradient)], self.config.lr)
         self.coefficients[index] += gradient
@@ -135,6 +148,7 @@ class ZerothOrderModule(CausalLMModule):
         """Take the coefficients and rebuild the weights from ``w0`` by replaying them (seeds in index order)."""
         check_compatible(self.trainable_state_dict(), payload, who)
         self.coefficients = payload[COEFFICIENTS].to(torch.float64).clone()
+        self.seed_probabilities = self.config.probabilities(self.coefficients)
         params = self._trainable_parameters()
         with torch.no_grad():
             for name, p in params.items():
