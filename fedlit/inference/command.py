@@ -47,6 +47,11 @@ def run_infer(config: Namespace, parser: ArgumentParser) -> int:
     prompts = read_prompts(config.prompts) if config.prompts else [config.prompt]
     settings = InferenceConfig(**{f.name: config[f.name] for f in fields(InferenceConfig)})
     local = ModelSpec(**vars(config.local)) if config.local.model or config.local.adapter else None
+    if not (config.server.model or config.server.adapter):
+        raise ValueError("give the server's model: --server.model NAME_OR_DIR or --server.adapter DIR")
+    if settings.private and local is None:
+        raise ValueError("private inference needs a local model (its embeddings pick the candidates, it extracts "
+                         "the answer): --local.model NAME_OR_DIR or --local.adapter DIR, or --no_private")
     apps = InferenceApps({CLIENT: prompts}, {CLIENT: str(output)}, settings, local)
     model, tokenizer = ModelSpec(**vars(config.server)).load()
     server = GenerationServer(model, tokenizer, settings.max_new_tokens)
