@@ -31,3 +31,15 @@ def test_the_vocabulary_map_takes_exact_twins_then_the_nearest_by_edit_distance(
     # " king" and " queen" have exact twins; " kings" is 1 edit from " king" (and 2 from " kin"); "xyz" is 1 from
     # "xy"; the byte-level newline is the target's "\n"
     assert vocabulary_map(source, target).tolist() == [1, 0, 1, 5, 4]
+
+
+def test_the_map_between_two_real_tokenizers_is_computed_once(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    from transformers import AutoTokenizer
+
+    from fedlit.data import token_alignment
+
+    ours = AutoTokenizer.from_pretrained(tiny_model_dir)
+    mapped = token_alignment.cached_vocabulary_map(ours, ours, tmp_path)
+    assert mapped.tolist() == list(range(len(ours)))  # a vocabulary maps onto itself
+    monkeypatch.setattr(token_alignment, "vocabulary_map", lambda *a: pytest.fail("computed again"))
+    assert token_alignment.cached_vocabulary_map(ours, ours, tmp_path).tolist() == mapped.tolist()

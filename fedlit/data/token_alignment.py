@@ -4,9 +4,16 @@ different tokenizers needs both: logits live on positions and vocabularies that 
 
 from __future__ import annotations
 
+import hashlib
+import io
+from pathlib import Path
+
 import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
+from transformers import PreTrainedTokenizerBase
+
+from fedlit.io import atomic_write_bytes, cache_dir
 
 # How byte-level BPE (GPT-2, SmolLM2) and SentencePiece spell a leading space or a newline inside a token.
 _MARKERS = str.maketrans({"Ġ": " ", "▁": " ", "Ċ": "\n"})
@@ -32,6 +39,27 @@ def vocabulary_map(source: list[str], target: list[str]) -> np.ndarray:
         if found is None:
             found = process.extractOne(text, texts, scorer=Levenshtein.distance)[2]
         mapped[index] = found
+    return mapped
+
+
+def vocabulary(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The tokenizer's entries by id."""
+    return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+
+
+def cached_vocabulary_map(source: PreTrainedTokenizerBase, target: PreTrainedTokenizerBase,
+                          directory: Path | None = None) -> np.ndarray:
+    """:func:`vocabulary_map` of two tokenizers, computed once per pair and cached (a plain ``.npy`` array, read
+    without pickle) under ``directory`` (default ``<fedlit cache>/vocabulary_maps``), keyed by both vocabularies."""
+    first, second = vocabulary(source), vocabulary(target)
+    key = hashlib.sha256("\x00".join(first).encode() + b"\x01" + "\x00".join(second).encode()).hexdigest()[:32]
+    path = (directory or cache_dir() / "vocabulary_maps") / f"{key}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    mapped = vocabulary_map(first, second)
+    buffer = io.BytesIO()
+    np.save(buffer, mapped, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
     return mapped
 
 
