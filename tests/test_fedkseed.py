@@ -52,7 +52,7 @@ def test_the_estimate_is_the_finite_difference_along_the_seeds_direction(tiny_mo
         return float(shifted_token_loss(logits, batch["labels"])[0])
 
     before = {name: p.detach().clone() for name, p in params.items()}
-    gradient, _ = module.projected_gradient(batch, seed)
+    gradient, _ = module.projected_gradient(batch, z)
     assert gradient == pytest.approx((loss_at(scale) - loss_at(-scale)) / (2 * scale), rel=1e-3, abs=1e-4)
     assert all(torch.equal(before[n], p) for n, p in params.items())  # the weights are left exactly as they were
     loss, _ = shifted_token_loss(module(batch), batch["labels"])  # and it estimates the directional derivative

@@ -4,9 +4,9 @@ the audit record (what was sent, what came back) stay with the client."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from fedlit.inference.messages import Continuations, Query
 from fedlit.io import atomic_write_bytes
 from fedlit.lightning_modules.generation import generate_texts
 from fedlit.models import ModelConfig, load_tokenizer, load_trained_model
-from fedlit.privacy.inference import CandidateTable, candidate_table
+from fedlit.privacy.inference import CandidateTable, candidate_table, check_epsilon
 from fedlit.seeds import client_seed
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ class InferenceConfig:
     table_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.epsilon < 0 or math.isnan(self.epsilon):
-            raise ValueError(f"epsilon must be >= 0 (or inf), got {self.epsilon}")
+        check_epsilon(self.epsilon)
         for name in ("candidates", "max_new_tokens", "answer_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -108,7 +107,9 @@ class InferenceClientApp:
         self.local = local.load() if config.private else None
         self.sent: list[str] = []
 
+    @functools.cached_property
     def table(self) -> CandidateTable:
+        """The local model's candidate table (from the disk cache after the first build), once per app."""
         model, tokenizer = self.local
         directory = Path(self.config.table_dir) if self.config.table_dir else None
         return candidate_table(model, tokenizer, self.config.candidates, directory)
@@ -119,7 +120,7 @@ class InferenceClientApp:
             self.sent = list(self.prompts)
         else:
             _, tokenizer = self.local
-            table = self.table()
+            table = self.table
             generator = torch.Generator().manual_seed(client_seed(self.config.seed, 0, self.client_id))
             self.sent = [tokenizer.decode(table.perturb(tokenizer(p, add_special_tokens=False)["input_ids"],
                                                         self.config.epsilon, generator))

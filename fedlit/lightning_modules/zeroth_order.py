@@ -71,10 +71,15 @@ def direction(tensors: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch
 
 
 @torch.no_grad()
+def move(tensors: Mapping[str, torch.Tensor], z: Mapping[str, torch.Tensor], coefficient: float) -> None:
+    """``w += coefficient * z`` in place."""
+    for name, values in z.items():
+        tensors[name].add_(values, alpha=coefficient)
+
+
 def step_along(tensors: Mapping[str, torch.Tensor], seed: int, coefficient: float) -> None:
     """``w += coefficient * z(seed)`` in place."""
-    for name, z in direction(tensors, seed).items():
-        tensors[name].add_(z, alpha=coefficient)
+    move(tensors, direction(tensors, seed), coefficient)
 
 
 @torch.no_grad()
@@ -112,14 +117,14 @@ class ZerothOrderModule(CausalLMModule):
         return shifted_token_loss(self(batch), batch["labels"])[0]
 
     @torch.no_grad()
-    def projected_gradient(self, batch: dict[str, torch.Tensor], seed: int) -> tuple[float, float]:
-        """``(L(w + s z) - L(w - s z)) / 2s`` along ``z(seed)``, and the mean of the two losses (the loss at ``w``
-        to second order); the weights are left exactly as they were."""
+    def projected_gradient(self, batch: dict[str, torch.Tensor], z: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+        """``(L(w + s z) - L(w - s z)) / 2s`` along ``z``, and the mean of the two losses (the loss at ``w`` to second
+        order); the weights are left exactly as they were."""
         params = self._trainable_parameters()
         saved = {name: p.detach().clone() for name, p in params.items()}
-        step_along(params, seed, self.config.scale)
+        move(params, z, self.config.scale)
         plus = float(self.loss(batch))
-        step_along(params, seed, -2 * self.config.scale)
+        move(params, z, -2 * self.config.scale)
         minus = float(self.loss(batch))
         for name, p in params.items():
             p.copy_(saved[name])
@@ -127,8 +132,10 @@ class ZerothOrderModule(CausalLMModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         index = int(torch.multinomial(self.seed_probabilities, 1, generator=self.generator))
-        gradient, loss = self.projected_gradient(batch, self.seeds[index])
-        replay(self._trainable_parameters(), self.seeds, [(index, gradient)], self.config.lr)
+        params = self._trainable_parameters()
+        z = direction(params, self.seeds[index])  # drawn once for both passes and the step (what replay redraws)
+        gradient, loss = self.projected_gradient(batch, z)
+        move(params, z, -self.config.lr * gradient)
         self.coefficients[index] += gradient
         self.steps.append((index, gradient))
         self.optimizers().step()  # counts the step for Lightning (max_steps); it moves nothing (lr 0)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load, save
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -29,6 +30,12 @@ from fedlit.models.identity import model_fingerprint
 log = logging.getLogger(__name__)
 
 TABLE_FORMAT = "fedlit-candidates/1"
+
+
+def check_epsilon(epsilon: float) -> None:
+    """The mechanism's epsilon: any number >= 0, or inf (no perturbation)."""
+    if epsilon < 0 or math.isnan(epsilon):
+        raise ValueError(f"epsilon must be >= 0 (or inf), got {epsilon}")
 
 
 def usable_tokens(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
@@ -76,14 +83,11 @@ class CandidateTable:
     @classmethod
     def load(cls, path: Path, tag: str = "") -> CandidateTable:
         """A table :meth:`save` wrote (tensors only: loading runs no code); one for another ``tag`` is refused."""
-        from safetensors import safe_open
-
         with safe_open(path, "pt") as handle:
             metadata = handle.metadata() or {}
-        if metadata.get("format") != TABLE_FORMAT or metadata.get("tag") != tag:
-            raise ValueError(f"candidate table {path}: built for {metadata.get('tag')!r}, not {tag!r}")
-        tensors = load(Path(path).read_bytes())
-        return cls(tensors["tokens"], tensors["neighbours"], tensors["scores"])
+            if metadata.get("format") != TABLE_FORMAT or metadata.get("tag") != tag:
+                raise ValueError(f"candidate table {path}: built for {metadata.get('tag')!r}, not {tag!r}")
+            return cls(*(handle.get_tensor(name) for name in ("tokens", "neighbours", "scores")))
 
     def row(self, token: int) -> int | None:
         row = int(self.rows[token]) if 0 <= token < len(self.rows) else -1
@@ -99,8 +103,7 @@ class CandidateTable:
 
     def perturb(self, ids: list[int], epsilon: float, generator: torch.Generator) -> list[int]:
         """Each usable token replaced by a draw of the mechanism; other tokens (special, punctuation) kept."""
-        if epsilon < 0 or math.isnan(epsilon):
-            raise ValueError(f"epsilon must be >= 0 (or inf), got {epsilon}")
+        check_epsilon(epsilon)
         if math.isinf(epsilon):
             return list(ids)
         out = []
