@@ -1,7 +1,8 @@
 """The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` (FedHomoLLM), ``fedlit fedhetero``
 (FedHeteroLLM), ``fedlit fedco`` (FedCoLLM), ``fedlit fedost`` (offsite-tuning), ``fedlit fedkseed`` (zeroth-order
-along shared seeds), ``fedlit sweep`` (a W&B sweep file run offline), ``fedlit verify`` (ownership watermarks),
-``fedlit infer`` (private inference), ``fedlit deploy`` and ``fedlit prepare``.
+along shared seeds), ``fedlit fedmkt`` (mutual knowledge transfer across tokenizers), ``fedlit sweep`` (a W&B sweep
+file run offline), ``fedlit verify`` (ownership watermarks), ``fedlit infer`` (private inference), ``fedlit deploy``
+and ``fedlit prepare``.
 
 Options follow LightningCLI / jsonargparse: every config key is also a command-line option
 (``--trainer.max_steps 20``, ``--peft.init_args.r 16``), and ``--print_config`` shows the merged config.
@@ -23,7 +24,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.loggers import Logger
 
-from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_kseed, fed_ost
+from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_kseed, fed_mkt, fed_ost
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.federation import FEDERATION_KEYS, Federation
@@ -63,6 +64,8 @@ ALGORITHMS = {
               {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
     "fedkseed": (fed_kseed, "run FedKSeed: zeroth-order steps along K shared seeds, K coefficients on the wire",
                  {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
+    "fedmkt": (fed_mkt, "run FedMKT: a server LLM and client SLMs (any tokenizers) trade top-k logits on public text",
+               {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
     "fedost": (fed_ost, "run federated offsite-tuning (FedOST): adapters against an emulator, plugged back in",
                None),
 }

@@ -20,15 +20,17 @@ from fedlit.callbacks import (
     ErrorFeedback,
     ExampleLevelDP,
     MaskedAggregation,
+    PersonalState,
     UpdateClipping,
     UpdateCompression,
     WatermarkEmbedding,
 )
 from fedlit.compression.payloads import decode_global
-from fedlit.compression.residual import ResidualStore, client_state_dir
+from fedlit.compression.residual import ResidualStore
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
-from fedlit.payload import Payload, from_bytes, to_bytes
+from fedlit.payload import Payload, canonical, from_bytes, to_bytes
+from fedlit.round_store import RoundStore, client_state_dir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import encode
 from fedlit.secure.party import SecAggParty
@@ -45,11 +47,11 @@ ModuleFactory = Callable[[], CausalLMModule]
 CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {**QUIET_TRAINER, "limit_val_batches": 0}
 
 
-# The client mods, in the order they act when a fit ends (each reads what the one before it left): the watermark
-# (acts while training only), DP-SGD accounting, error feedback (the last rounding error added back), update
-# clipping and noise (client-level DP), compression (quantized on the wire), adapter extraction, masking (secure
-# aggregation).
-CLIENT_MODS = ("watermark", "dp_sgd", "error_feedback", "clipping", "compression", "extraction", "masking")
+# The client mods, in the order they act when a fit ends (each reads what the one before it left): the client's own
+# state (kept between its fits, never sent), the watermark (acts while training only), DP-SGD accounting, error
+# feedback (the last rounding error added back), update clipping and noise (client-level DP), compression (quantized
+# on the wire), adapter extraction, masking (secure aggregation).
+CLIENT_MODS = ("personal", "watermark", "dp_sgd", "error_feedback", "clipping", "compression", "extraction", "masking")
 
 
 @dataclass
@@ -75,20 +77,24 @@ class ClientWatermark:
 @dataclass
 class Client:
     """A client's id and data; ``module_factory``, when set, builds its own LightningModule (a client-specific
-    teacher, say) in place of the loop's."""
+    teacher, say) in place of the loop's. A ``personal`` client is evaluated on its own module and keeps whatever
+    trainable state of its own that module has between fits (FedMKT's SLMs: their adapters, unless they are
+    federated; see :class:`~fedlit.callbacks.PersonalState`)."""
 
     client_id: str
     datamodule: CausalLMDataModule
     module_factory: ModuleFactory | None = None
+    personal: bool = False
 
     def mods(self, ins: FitIns, global_payload: Payload, masker: SecAggClient | None,
-             residuals: ResidualStore | None, watermark: WatermarkEmbedding | None = None
-             ) -> dict[str, Callback | None]:
+             residuals: ResidualStore | None, watermark: WatermarkEmbedding | None = None,
+             personal: RoundStore | None = None) -> dict[str, Callback | None]:
         """The fit's client mods by name, in :data:`CLIENT_MODS` order (``None``: not used this fit); ``residuals``
         is the client's error-feedback store when ``ins.compression`` asks for error feedback, else ``None``;
-        ``watermark`` embeds the client's own key."""
+        ``watermark`` embeds the client's own key; ``personal`` keeps the client's own state."""
         clipping, compression = ins.clip_norm is not None, ins.compression
         return {
+            "personal": PersonalState(personal, ins.server_round) if personal is not None else None,
             "watermark": watermark,
             "dp_sgd": ExampleLevelDP(ins.example_dp, self.datamodule.batch_size, ins.seed) if ins.example_dp else None,
             "error_feedback": (ErrorFeedback(self.client_id, global_payload, residuals, ins.server_round)
@@ -104,7 +110,7 @@ class Client:
 
     def fit(self, ins: FitIns, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
             masker: SecAggClient | None = None, residuals: ResidualStore | None = None,
-            watermark: ClientWatermark | None = None) -> FitRes:
+            watermark: ClientWatermark | None = None, personal: RoundStore | None = None) -> FitRes:
         """Train from the global adapter in ``ins`` with one plain ``Trainer.fit``; return the update as bytes.
 
         With a ``masker`` (secure aggregation) the bytes are the encoded masked input and neither the tensors nor
@@ -113,12 +119,13 @@ class Client:
         ``ins.example_dp`` the local training is DP-SGD on random-subset batches; the metrics then count its
         ``dp_sgd_steps``. With ``ins.compression`` the update travels quantized (and the global adapter came
         quantized too when ``downlink``); the client's rounding error waits in ``residuals`` for its next fit. With
-        a ``watermark`` the client embeds its own key while it trains (nothing about it is in the reply).
+        a ``watermark`` the client embeds its own key while it trains (nothing about it is in the reply). With a
+        ``personal`` store the fit starts from the client's own state and leaves its new state there.
         """
         L.seed_everything(ins.seed, workers=True, verbose=False)
         module = (self.module_factory or module_factory)()
         embedding = watermark.embedding(self.client_id, module, ins.seed) if watermark is not None else None
-        mods = self.mods(ins, received_global(ins, module), masker, residuals, embedding)
+        mods = self.mods(ins, received_global(ins, module), masker, residuals, embedding, personal)
         self.datamodule.random_subsets = mods["dp_sgd"] is not None
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *filter(None, mods.values())]
@@ -161,6 +168,15 @@ class ClientApp(SecAggParty):
             raise ValueError(f"client '{self.client_id}' has no state directory for its error-feedback residual")
         return ResidualStore(client_state_dir(self.state_dir, run_id, self.client_id))
 
+    def personal_store(self) -> RoundStore | None:
+        """Where a personal client keeps its own state: ``<state dir>/personal/<client>`` (not per run: a fresh run
+        refuses an output directory that holds ``client_state``)."""
+        if not self.client.personal:
+            return None
+        if self.state_dir is None:
+            raise ValueError(f"client '{self.client_id}' has no state directory for its own state")
+        return RoundStore(client_state_dir(self.state_dir, "personal", self.client_id), "state")
+
     def watermark_key_path(self) -> Path:
         """``watermark.key_dir/<client id>.json``; a relative ``key_dir`` is under the client's state directory."""
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.client_id):
@@ -181,15 +197,21 @@ class ClientApp(SecAggParty):
                      if self.watermark is not None else None)
         result = self.client.fit(ins, self.module_factory, self.trainer_kwargs,
                                  masker=self._state() if ins.masked else None,
-                                 residuals=self.residuals(ins.run_id) if feedback else None, watermark=watermark)
+                                 residuals=self.residuals(ins.run_id) if feedback else None, watermark=watermark,
+                                 personal=self.personal_store())
         result.seconds = round(time.perf_counter() - began, 3)
         return result
 
     def evaluate(self, global_wire: bytes) -> dict[str, float]:
         """The global adapter's metrics on this client's held-out split (and its size, ``num_examples``): the
-        evaluating module is the loop's, whatever module this client trains."""
-        module = self.module_factory()
+        evaluating module is the loop's, whatever module this client trains, except for a personal client: its
+        own module with its newest own state."""
+        store = self.personal_store()
+        module = (self.client.module_factory or self.module_factory)() if store is not None else self.module_factory()
         module.load_trainable_state_dict(from_bytes(global_wire), who="the global adapter")
+        if store is not None:
+            found = store.load()
+            module.load_personal_state_dict(canonical(found) if found is not None else None)
         datamodule = self.client.datamodule
         (metrics,) = validate(module, {self.client.client_id: datamodule}, self.trainer_kwargs).values()
         return {**metrics, "num_examples": len(datamodule.val_dataset)}

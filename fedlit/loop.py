@@ -58,6 +58,9 @@ class ServerStep(Protocol):
     server's model (the federated one's rows leave it empty).
     """
 
+    def initial(self, payload: Payload) -> Payload:
+        """The global payload of round 1, from the loop module's initial one."""
+
     def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
         """Take the aggregated adapter; return the one clients get next round, and training rows."""
 
@@ -263,6 +266,8 @@ class FederatedLoop:
             if self.report is not None:
                 self.report()
             self.global_payload = module.trainable_state_dict()
+            if self.server_step is not None:
+                self.global_payload = self.server_step.initial(self.global_payload)
             self._evaluate(module, 0)
             self._end_round(0)
             start = 1

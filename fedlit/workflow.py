@@ -77,8 +77,11 @@ class PlainWorkflow(Workflow):
         return update
 
     def row(self, client_id: str, update: Update, global_payload: Payload) -> dict[str, Any]:
-        return {"num_examples": update.num_examples,
-                "update_norm": float(np.linalg.norm(flatten(update.payload) - flatten(global_payload)))}
+        """The update's L2 distance from the global payload over its floating-point tensors (token ids, such as
+        FedMKT's top-k ids, are labels, not coordinates)."""
+        floats = [name for name, t in global_payload.items() if t.is_floating_point()]
+        distance = flatten({n: update.payload[n] for n in floats}) - flatten({n: global_payload[n] for n in floats})
+        return {"num_examples": update.num_examples, "update_norm": float(np.linalg.norm(distance))}
 
     def aggregate(self, strategy: Strategy, global_payload: Payload, updates: list[Update]) -> Payload:
         return strategy.aggregate(global_payload, updates)

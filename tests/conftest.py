@@ -62,6 +62,28 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_tokenizer_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer Llama with a different tokenizer (SentencePiece-style unigram, "▁" for spaces, 200 entries) trained on
+    the same text: a model the tiny one shares no vocabulary layout with."""
+    path = tmp_path_factory.mktemp("other-tokenizer-llama")
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>"], unk_token="<pad>")
+    tokenizer.train_from_iterator([r["text"] for r in play_records()] + ["SPEAKER0:\n"], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<pad>")
+    fast.save_pretrained(path)
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=len(fast), hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=fast.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def plays_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "plays.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in play_records()))

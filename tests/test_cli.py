@@ -89,6 +89,12 @@ def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, play
         tiny = {"name_or_path": str(tiny_model_dir), "keep_blocks": None}
         extra += ["--teachers", json.dumps({f"client-00{i}": tiny for i in range(3)}),
                   "--mentee", json.dumps(tiny)]
+    elif command == "fedmkt":  # the tiny model as LLM and every SLM; public text: the test plays but one
+        tiny = {"name_or_path": str(tiny_model_dir), "keep_blocks": None}
+        extra += ["--llm", json.dumps(tiny), "--slm", json.dumps(tiny), "--slms", "null",
+                  "--transfer.source", str(plays_jsonl), "--transfer.exclude", '{"play": ["alpha"]}',
+                  "--transfer.examples", "8", "--transfer.server_steps", "2",
+                  "--transfer.template", "{character}: {text} ({play})", "--transfer.max_length", "32"]
     elif command == "fedco":  # the tiny model as LLM and (uncut) SLM; public text: the test plays but one
         tiny = {"name_or_path": str(tiny_model_dir), "keep_blocks": None}
         public = {"steps": 2, "source": str(plays_jsonl), "exclude": {"play": ["alpha"]}, "max_length": 32}
@@ -107,7 +113,8 @@ def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, play
 
 def command_of(settings: dict) -> str:
     return ("fedost" if "offsite" in settings else "fedhetero" if "teachers" in settings
-            else "fedco" if "slm" in settings else "fedkseed" if "zeroth_order" in settings else "fit")
+            else "fedmkt" if "transfer" in settings else "fedco" if "slm" in settings
+            else "fedkseed" if "zeroth_order" in settings else "fit")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -117,10 +124,11 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
     answer_set = settings.get("evaluation", {}).get("choices")
     command = command_of(settings)
     main(shipped_config_args(config, tmp_path, tiny_model_dir, plays_jsonl))
-    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    exported = "knowledge" if command == "fedmkt" else "adapter_model"  # FedMKT's global state: the LLM's logits
+    assert (tmp_path / "run" / "adapter" / f"{exported}.safetensors").is_file()
     if command == "fedost":
         assert (tmp_path / "run" / "plugged_in" / "config.json").is_file()
-    if command == "fedco":
+    if command in ("fedco", "fedmkt"):
         assert (tmp_path / "run" / "llm_adapter" / "adapter_model.safetensors").is_file()
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

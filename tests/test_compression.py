@@ -9,9 +9,10 @@ import torch
 from fedlit.compression import CompressionConfig
 from fedlit.compression.bits import pack_bits, unpack_bits
 from fedlit.compression.quantize import dequantize, error_bound, from_wire, quantize, quantize_to_grid, to_wire
-from fedlit.compression.residual import ResidualStore, client_state_dir
+from fedlit.compression.residual import ResidualStore
 from fedlit.payload import flatten, to_bytes
 from fedlit.privacy import ClientDPConfig
+from fedlit.round_store import client_state_dir
 from fedlit.secure import SecureAggregationConfig
 from fedlit.secure.simulation import SecureRound
 from fedlit.seeds import client_seed

@@ -19,12 +19,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.algorithms.federation import federated_loop
+from fedlit.algorithms.server_llm import ServerLLM
 from fedlit.callbacks.emulator_construction import write_client_package
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig
 from fedlit.data.public import public_blocks, public_dataloader
 from fedlit.federation import Federation
-from fedlit.io import atomic_directory
 from fedlit.lightning_modules import (
     CausalLMModule,
     DistillationConfig,
@@ -39,7 +39,7 @@ from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload
-from fedlit.validation import server_trainer, validate
+from fedlit.validation import server_trainer
 
 
 def distil(llm: CausalLMModule, slm: CausalLMModule, config: DistillationConfig, loss: DistillationLossConfig,
@@ -56,7 +56,7 @@ def distil(llm: CausalLMModule, slm: CausalLMModule, config: DistillationConfig,
             if f"{side}_loss_epoch" in trainer.callback_metrics}
 
 
-class CoTuningServer:
+class CoTuningServer(ServerLLM):
     """The server's half of FedCoLLM, as the loop's :class:`~fedlit.loop.ServerStep`: it holds the LLM and its
     adapter; after each aggregation the aggregated SLM adapter and the LLM adapter distil into each other for
     ``config.steps`` on the public data (``steps: 0`` leaves plain FedAvg), and the SLM adapter that comes
@@ -66,17 +66,15 @@ class CoTuningServer:
     def __init__(self, llm: Callable[[], PeftModule], slm_factory: Callable[[], PeftModule],
                  config: DistillationConfig, loss: DistillationLossConfig, tokenizer: PreTrainedTokenizerBase,
                  held_out: Mapping[str, CausalLMDataModule], trainer_kwargs: dict[str, Any]) -> None:
-        self.llm_factory, self.slm_factory, self.config, self.loss = llm, slm_factory, config, loss
-        self.tokenizer, self.held_out, self.trainer_kwargs = tokenizer, dict(held_out), trainer_kwargs
-
-    @functools.cached_property
-    def llm(self) -> PeftModule:
-        """The LLM with its adapter, built on first use: only where the server step runs (never on a party)."""
-        return self.llm_factory()
+        super().__init__(llm, held_out, trainer_kwargs)
+        self.slm_factory, self.config, self.loss, self.tokenizer = slm_factory, config, loss, tokenizer
 
     @functools.cached_property
     def blocks(self) -> Dataset | None:
         return public_blocks(self.config, self.tokenizer) if self.config.steps > 0 else None
+
+    def initial(self, payload: Payload) -> Payload:
+        return payload
 
     def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
         if self.config.steps <= 0:
@@ -86,21 +84,6 @@ class CoTuningServer:
         losses = distil(self.llm, slm, self.config, self.loss, self.tokenizer, self.trainer_kwargs, seed, self.blocks)
         rows = [{"client": "server", "split": "train", "model": side, "loss": loss} for side, loss in losses.items()]
         return slm.trainable_state_dict(), rows
-
-    def evaluate(self) -> list[dict[str, Any]]:
-        results = validate(self.llm, self.held_out, self.trainer_kwargs)
-        return [{"client": party, "split": "val", "model": "llm", **values,
-                 "num_examples": len(self.held_out[party].val_dataset)} for party, values in results.items()]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"llm_adapter": self.llm.trainable_state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.llm.load_trainable_state_dict(state["llm_adapter"], who="the checkpoint's server LLM adapter")
-
-    def save(self, directory: Path) -> None:
-        with atomic_directory(directory / "llm_adapter") as tmp:
-            self.llm.save_adapter(tmp)
 
 
 def client_slm(llm: PreTrainedModel, slm: PreTrainedModel, init: DistillationConfig, loss: DistillationLossConfig,

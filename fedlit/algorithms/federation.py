@@ -24,15 +24,17 @@ def federated_loop(
     fingerprint: Mapping[str, Any],
     client_factories: Mapping[str, ModuleFactory] | None = None,
     server_step: ServerStep | None = None,
+    personal: bool = False,
 ) -> FederatedLoop:
     """A FederatedLoop over ``federated``'s clients that writes the partition report when it starts afresh;
     ``client_factories`` give clients their own module (``module_factory`` still builds the one that
-    evaluates); ``server_step`` runs after each aggregation; ``fingerprint`` names the setup a resume must
+    evaluates); ``personal`` clients keep their own state between fits and are evaluated on their own module;
+    ``server_step`` runs after each aggregation; ``fingerprint`` names the setup a resume must
     match (model, data, peft, ...)."""
     report = functools.partial(write_partition_report, federated, Path(federation.output_dir),
                                console=None if federation.progress else Console(quiet=True))
     return FederatedLoop(
-        clients=[Client(cid, dm, (client_factories or {}).get(cid)) for cid, dm in federated.clients.items()],
+        clients=[Client(cid, dm, (client_factories or {}).get(cid), personal) for cid, dm in federated.clients.items()],
         module_factory=module_factory,
         federation=federation,
         global_val=federated.global_val,

@@ -32,8 +32,8 @@ class PublicDataConfig:
     batch_size: int = 8
 
 
-def public_blocks(config: PublicDataConfig, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    """The public records minus ``exclude``, templated, tokenized and packed into ``max_length`` blocks."""
+def public_texts(config: PublicDataConfig) -> list[str]:
+    """The public records minus ``exclude``, each written out by ``template``."""
     records = load_records(config.source)
     for column, values in config.exclude.items():
         if column not in records.column_names:
@@ -41,8 +41,13 @@ def public_blocks(config: PublicDataConfig, tokenizer: PreTrainedTokenizerBase) 
                            f"(columns: {records.column_names})")
         records = records.filter(lambda value, excluded=frozenset(values): value not in excluded,
                                  input_columns=column)
-    pairs = Dataset.from_dict({"prompt": [""] * len(records),
-                               "response": [config.template.format(**r) for r in records]})
+    return [config.template.format(**r) for r in records]
+
+
+def public_blocks(config: PublicDataConfig, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    """:func:`public_texts`, tokenized and packed into ``max_length`` blocks."""
+    texts = public_texts(config)
+    pairs = Dataset.from_dict({"prompt": [""] * len(texts), "response": texts})
     return pack(tokenize(pairs, tokenizer, config.max_length), config.max_length)
 
 

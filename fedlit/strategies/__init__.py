@@ -4,6 +4,7 @@ from fedlit.strategies.base import Strategy, weighted_average
 from fedlit.strategies.dp import DPFedAvg
 from fedlit.strategies.fedavg import FedAvg
 from fedlit.strategies.fedopt import FedAdagrad, FedAdam, FedAdaptive, FedAvgM, FedYogi, pseudo_gradient
+from fedlit.strategies.knowledge import KnowledgeGathering
 from fedlit.strategies.median import FedMedian
 from fedlit.strategies.robust import FedAvgNormBound, FedTrimmedMean
 
@@ -18,6 +19,7 @@ __all__ = [
     "FedMedian",
     "FedTrimmedMean",
     "FedYogi",
+    "KnowledgeGathering",
     "Strategy",
     "pseudo_gradient",
     "weighted_average",

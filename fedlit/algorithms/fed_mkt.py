@@ -1,0 +1,238 @@
+"""FedMKT (Fan et al., COLING 2025; FATE-LLM 2.x): a server LLM and client small LMs (SLMs), of different
+architectures and tokenizers, teach each other through their top-k logits on shared public texts. Each round a
+client tunes its SLM's LoRA on its private data while distilling from the LLM's knowledge, then sends its own
+knowledge; the server carries every client's knowledge into its tokenisation and vocabulary, distils its LLM's LoRA
+from the best teacher per text (dual minimum cross-entropy) and broadcasts its new knowledge."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+from peft import LoraConfig, PeftConfig
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
+from fedlit.algorithms.federation import federated_loop
+from fedlit.algorithms.server_llm import ServerLLM
+from fedlit.data.datamodule import CausalLMDataModule
+from fedlit.data.federated import GLOBAL, DataConfig, FederatedData
+from fedlit.data.public import public_texts
+from fedlit.federation import Federation
+from fedlit.lightning_modules import DistillationLossConfig, EvaluationConfig, OptimizerConfig, PeftModule
+from fedlit.lightning_modules.knowledge_transfer import (
+    KnowledgeRecord,
+    KnowledgeTransferConfig,
+    KnowledgeTransferModule,
+    PublicDistillation,
+    knowledge_payload,
+)
+from fedlit.lightning_modules.peft_module import build_peft_model
+from fedlit.lightning_modules.public_knowledge import (
+    PREFIX,
+    Knowledge,
+    KnowledgeBridge,
+    PublicTeacher,
+    PublicTexts,
+    chosen,
+    dual_min_selection,
+)
+from fedlit.loop import FederatedLoop
+from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.payload import Payload, canonical
+from fedlit.strategies import KnowledgeGathering
+from fedlit.strategies.knowledge import split
+from fedlit.validation import server_trainer
+
+Mode = Literal["heterogeneous", "homogeneous", "llm_to_slm"]
+
+
+class MutualTransferServer(ServerLLM):
+    """FedMKT's server step: the LLM's knowledge goes out in round 1 (:meth:`initial`); after each round it distils
+    from the clients' knowledge (``transfer.server_steps``; none in ``llm_to_slm`` mode) and sends its new
+    knowledge, with the FedAvg'd SLM adapter when there is one."""
+
+    def __init__(self, llm: Callable[[], PeftModule], public: PublicTexts, bridges: Mapping[str, KnowledgeBridge],
+                 config: KnowledgeTransferConfig, loss: DistillationLossConfig, learns: bool,
+                 held_out: Mapping[str, CausalLMDataModule], trainer_kwargs: dict[str, Any]) -> None:
+        super().__init__(llm, held_out, trainer_kwargs)
+        self.public, self.bridges, self.config, self.loss, self.learns = public, dict(bridges), config, loss, learns
+        self.knowledge: Knowledge | None = None
+
+    def _own_knowledge(self) -> Knowledge:
+        self.knowledge = knowledge_payload(self.llm, self.public, self.config, "the server LLM's public knowledge")
+        return self.knowledge
+
+    def initial(self, payload: Payload) -> Payload:
+        _, rest = split(payload, PREFIX)
+        return canonical({**self._own_knowledge().payload(), **rest})
+
+    def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+        # the clients' knowledge is "<client id>/knowledge.*" (KnowledgeGathering); the rest is the averaged adapter
+        clients = sorted({name.split("/", 1)[0] for name in payload if "/" in name})
+        rest = canonical({n: t for n, t in payload.items() if "/" not in n})
+        rows: list[dict[str, Any]] = []
+        if self.learns and self.config.server_steps > 0 and clients:
+            carried = [self.bridges[c].carry(Knowledge.from_payload(payload, f"{c}/{PREFIX}")) for c in clients]
+            best, taught = dual_min_selection(self.knowledge.ce, torch.stack([k.ce for k in carried]))
+            loss = self._distil(PublicTeacher(self.public, chosen(carried, best), taught), seed)
+            rows.append({"client": "server", "split": "train", "model": "llm", "loss": loss,
+                         "num_examples": int(taught.sum())})
+            self._own_knowledge()
+        return canonical({**self.knowledge.payload(), **rest}), rows
+
+    def _distil(self, teacher: PublicTeacher, seed: int) -> float:
+        """``transfer.server_steps`` of :class:`PublicDistillation` on shuffled public texts; the mean loss."""
+        texts = DataLoader(range(len(self.public)), batch_size=self.config.batch_size, shuffle=True,
+                           generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        trainer = server_trainer(self.trainer_kwargs, max_steps=self.config.server_steps)
+        trainer.fit(PublicDistillation(self.llm, teacher, self.loss, self.config.server_lr), texts)
+        return float(trainer.callback_metrics["llm_loss_epoch"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "knowledge": self.knowledge.payload()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.knowledge = Knowledge.from_payload(state["knowledge"])
+
+
+def refuse_unsupported(federation: Federation) -> None:
+    """Knowledge is not an adapter update: the features that work on update vectors do not apply."""
+    for key in ("secure_aggregation", "privacy", "example_privacy", "compression", "watermark"):
+        if getattr(federation, key) is not None:
+            raise ValueError(f"fedmkt: {key} works on adapter updates, not on the top-k logits FedMKT exchanges; "
+                             "leave it unset")
+    if federation.faults.max_update_norm is not None:
+        raise ValueError("fedmkt: faults.max_update_norm bounds adapter updates; logits are checked for NaN/Inf "
+                         "instead: leave it unset")
+
+
+def check_mode(mode: str, fedavg: bool, slms: Mapping[str, ModelConfig], slm: ModelConfig) -> None:
+    if mode not in ("heterogeneous", "homogeneous", "llm_to_slm"):
+        raise ValueError(f"mode must be heterogeneous, homogeneous or llm_to_slm, got {mode!r}")
+    if fedavg and mode != "homogeneous":
+        raise ValueError(f"fedavg averages the clients' SLM adapters: only in mode homogeneous, not {mode}")
+    if mode == "homogeneous" and any(config != slm for config in slms.values()):
+        raise ValueError("mode homogeneous: every client trains the same slm; slms names other models for "
+                         f"{sorted(c for c, config in slms.items() if config != slm)}")
+
+
+def fitting_texts(config: KnowledgeTransferConfig, tokenizers: list[PreTrainedTokenizerBase]) -> list[str]:
+    """The first ``config.examples`` public texts of 2..``max_length`` tokens for every tokenizer."""
+    texts = public_texts(config)
+    for tokenizer in tokenizers:
+        if texts:
+            counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            texts = [t for t, n in zip(texts, counts, strict=True) if 2 <= n <= config.max_length]
+    if not texts:
+        raise ValueError(f"transfer: no public text of '{config.source}' fits max_length {config.max_length} tokens "
+                         "for every tokenizer")
+    return texts[: config.examples]
+
+
+@dataclasses.dataclass
+class SmallModel:
+    """One SLM as the clients that train it get it: their module factory, and the adapter they start from."""
+
+    module: Callable[[], KnowledgeTransferModule]
+    initial: Payload
+
+
+def client_data(data: DataConfig, federation: Federation, tokenizers: Mapping[str, PreTrainedTokenizerBase],
+                slm_of: Callable[[str], str]) -> tuple[FederatedData, CausalLMDataModule | None]:
+    """Each client's data in its own SLM's tokenisation, and the server's held-out split in the LLM's (``llm``)."""
+    built = {name: federation.backend.federated_data(data, tokenizer) for name, tokenizer in tokenizers.items()}
+    first = next(iter(built.values()))
+    if first.held_by_parties:
+        raise ValueError("fedmkt does not run on a Flower deployment yet: use the local or ray backend")
+    clients = {cid: built[slm_of(cid)].clients[cid] for cid in first.clients}
+    return dataclasses.replace(first, clients=clients, global_val=None), built["llm"].global_val
+
+
+def fed_mkt(
+    llm: ModelConfig = ModelConfig(),  # noqa: B008 - frozen-by-convention config defaults
+    slm: ModelConfig = ModelConfig(keep_blocks=8),  # noqa: B008
+    slms: dict[str, ModelConfig] | None = None,
+    mode: Mode = "heterogeneous",
+    fedavg: bool = False,
+    transfer: KnowledgeTransferConfig = KnowledgeTransferConfig(),  # noqa: B008
+    loss: DistillationLossConfig = DistillationLossConfig(),  # noqa: B008
+    data: DataConfig = DataConfig(),  # noqa: B008
+    peft: PeftConfig | None = None,
+    llm_peft: PeftConfig | None = None,
+    optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+    evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
+    federation: Federation | None = None,
+) -> FederatedLoop:
+    """Compose a FedMKT run.
+
+    Args:
+        llm: the server's large model (default: the offline SmolLM2-135M-Instruct).
+        slm: the clients' small model (default: the LLM cut to 8 blocks); ``slms`` gives named clients another one
+            (any architecture and tokenizer: knowledge is carried across tokenizers).
+        mode: ``heterogeneous`` (each client its own SLM; LLM and SLMs teach each other), ``homogeneous`` (every
+            client the same ``slm``; with ``fedavg`` its adapter is also averaged each round), ``llm_to_slm`` (the
+            LLM only teaches).
+        transfer: the public texts, top-k, the server's distillation steps and learning rate.
+        loss: the CE/KD mix and temperature on both sides.
+        peft: the SLMs' adapter (default LoRA r=8 on q_proj and v_proj); ``llm_peft``: the LLM's (default: as peft).
+        data, optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`. Evaluation scores
+            each client's own SLM on its held-out split and the LLM (rows ``model: llm``) on the server's. Secure
+            aggregation, DP and compression work on adapter updates and are refused. Outputs: ``llm_adapter/``,
+            ``adapter/knowledge.safetensors`` (the LLM's last knowledge), each client's own adapter under
+            ``client_state/personal`` (unless ``fedavg``: then ``adapter/`` also holds the averaged one).
+    """
+    federation = federation or Federation()
+    slms = dict(slms or {})
+    check_mode(mode, fedavg, slms, slm)
+    refuse_unsupported(federation)
+    seed, peft = federation.seed, peft or LoraConfig(**DEFAULT_LORA)
+    configs = {"llm": llm, **{repr(c): c for c in [slm, *slms.values()]}}
+    tokenizers = {name: load_tokenizer(config) for name, config in configs.items()}
+    texts = fitting_texts(transfer, list(tokenizers.values()))
+    federated, held_out = client_data(data, federation, tokenizers, lambda cid: repr(slms.get(cid, slm)))
+    unknown = sorted(set(slms) - set(federated.clients))
+    if unknown:
+        raise ValueError(f"slms: no client {unknown} (clients: {sorted(federated.clients)})")
+    llm_public = PublicTexts.encode(texts, tokenizers["llm"], transfer.max_length)
+    llm_base = functools.cache(functools.partial(load_base_model, llm))  # the server's: never a party's
+    small, bridges = {}, {}
+    for name, config in configs.items():
+        if name == "llm":
+            continue
+        tokenizer = tokenizers[name]
+        public = PublicTexts.encode(texts, tokenizer, transfer.max_length)
+        model = build_peft_model(load_base_model(config), copy.deepcopy(peft), seed=seed)
+        initial = canonical({n: p for n, p in model.named_parameters() if p.requires_grad})
+        to_slm = KnowledgeBridge(llm_public, public, tokenizers["llm"], tokenizer)
+        bridges[name] = KnowledgeBridge(public, llm_public, tokenizer, tokenizers["llm"])
+        small[name] = SmallModel(functools.partial(KnowledgeTransferModule, model, public, to_slm, transfer, loss,
+                                                   fedavg, initial, optimizer, evaluation, tokenizer), initial)
+    slm_of = {cid: repr(slms.get(cid, slm)) for cid in federated.clients}
+
+    def llm_module() -> PeftModule:
+        return PeftModule(build_peft_model(llm_base(), copy.deepcopy(llm_peft or peft), seed=seed), optimizer,
+                          evaluation, tokenizers["llm"])
+
+    start = Knowledge.empty(len(texts), transfer.max_length, transfer.top_k).payload()
+    if fedavg:
+        start.update(small[repr(slm)].initial)
+    server_step = MutualTransferServer(
+        llm_module, llm_public, {cid: bridges[slm_of[cid]] for cid in federated.clients}, transfer, loss,
+        learns=mode != "llm_to_slm", held_out={GLOBAL: held_out} if held_out is not None else {},
+        trainer_kwargs=federation.trainer)
+    return federated_loop(
+        federated, functools.partial(KnowledgeRecord, canonical(start)),
+        federation.replace(strategy=KnowledgeGathering(federation.strategy, PREFIX)),
+        fingerprint={"llm": llm, "slm": slm, "slms": slms, "mode": mode, "fedavg": fedavg, "transfer": transfer,
+                     "loss": loss, "data": data, "peft": peft, "llm_peft": llm_peft},
+        client_factories={cid: small[slm_of[cid]].module for cid in federated.clients},
+        server_step=server_step, personal=True,
+    )

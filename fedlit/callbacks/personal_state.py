@@ -1,0 +1,28 @@
+"""A client's own trainable state between its fits (FedMKT's SLM adapters): read at the start of a fit, written at
+its end, where the client runs; it never travels."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from fedlit.payload import canonical
+from fedlit.round_store import RoundStore
+
+
+class PersonalState(Callback):
+    """Loads the module's newest own state from before ``server_round`` (its initial state when there is none) and
+    stores the state it ends the fit with as round ``server_round``'s. The module provides
+    ``personal_state_dict()`` and ``load_personal_state_dict(state or None)``."""
+
+    def __init__(self, store: RoundStore, server_round: int) -> None:
+        self.store, self.server_round = store, server_round
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        found = self.store.load(before=self.server_round)
+        pl_module.load_personal_state_dict(canonical(found) if found is not None else None)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = pl_module.personal_state_dict()
+        if state is not None:
+            self.store.save(self.server_round, state)
