@@ -29,7 +29,7 @@ from fedlit.compression.payloads import decode_global
 from fedlit.compression.residual import ResidualStore
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
-from fedlit.payload import Payload, canonical, from_bytes, to_bytes
+from fedlit.payload import Payload, canonical, changes_to_bytes, from_bytes
 from fedlit.round_store import RoundStore, client_state_dir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import encode
@@ -140,7 +140,8 @@ class Client:
             return FitRes(encode(mods["masking"].masked), 0, update.metrics)
         if mods["compression"] is not None:
             return FitRes(mods["compression"].wire, update.num_examples, update.metrics)
-        return FitRes(to_bytes(update.payload), update.num_examples, update.metrics)
+        return FitRes(changes_to_bytes(update.payload, mods["extraction"].global_payload), update.num_examples,
+                      update.metrics)
 
 
 def received_global(ins: FitIns, module: CausalLMModule) -> Payload:

@@ -23,6 +23,48 @@ def from_bytes(data: bytes) -> Payload:
     return OrderedDict(sorted(load_bytes(data).items()))
 
 
+# How a tensor with few changed entries travels: its name plus these suffixes (no parameter name has a "#").
+CHANGED_INDICES, CHANGED_VALUES = "#changed_indices", "#changed_values"
+
+
+def changes_to_bytes(payload: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> bytes:
+    """An update's wire form given the payload it started from: a tensor whose changed entries are few enough travels
+    as their flat indices (int32) and new values, bit-exact (FedKSeed's K coefficients change only at the seeds its
+    steps drew: O(steps) bytes), any other tensor whole (a LoRA update changes every entry)."""
+    wire = {}
+    for name, tensor in payload.items():
+        before = start.get(name)
+        if before is not None and before.shape == tensor.shape and before.dtype == tensor.dtype:
+            flat, changed = tensor.flatten(), (tensor.flatten() != before.flatten()).nonzero().flatten()
+            if len(changed) * (4 + tensor.element_size()) < tensor.numel() * tensor.element_size():
+                wire[name + CHANGED_INDICES], wire[name + CHANGED_VALUES] = changed.to(torch.int32), flat[changed]
+                continue
+        wire[name] = tensor
+    return to_bytes(wire)
+
+
+def changes_from_bytes(data: bytes, start: Payload) -> Payload:
+    """Inverse of :func:`changes_to_bytes`; malformed changes (an unknown tensor, indices out of range, values of
+    another count or dtype) raise a ValueError naming the tensor."""
+    wire, payload = from_bytes(data), OrderedDict()
+    for key, tensor in wire.items():
+        if key.endswith(CHANGED_VALUES):
+            continue
+        if not key.endswith(CHANGED_INDICES):
+            payload[key] = tensor
+            continue
+        name = key.removesuffix(CHANGED_INDICES)
+        values, before = wire.get(name + CHANGED_VALUES), start.get(name)
+        indices = tensor.long()
+        if (before is None or values is None or values.shape != indices.shape or values.dtype != before.dtype
+                or (len(indices) and not 0 <= int(indices.min()) <= int(indices.max()) < before.numel())):
+            raise ValueError(f"the changes sent for tensor '{name}' do not fit the global payload")
+        flat = before.flatten().clone()
+        flat[indices] = values
+        payload[name] = flat.reshape(before.shape)
+    return canonical(payload)
+
+
 def canonical(payload: dict[str, torch.Tensor]) -> Payload:
     """Detached CPU copies in sorted key order, so that equal payloads compare and serialise equally."""
     return OrderedDict((name, payload[name].detach().to("cpu").clone()) for name in sorted(payload))

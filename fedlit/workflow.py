@@ -14,7 +14,7 @@ from fedlit.backends.messages import ClientFailure, FitIns, FitRes
 from fedlit.compression.config import CompressionConfig
 from fedlit.compression.payloads import decode_update, encode_global
 from fedlit.faults import update_problem
-from fedlit.payload import Payload, Update, flatten, from_bytes, to_bytes
+from fedlit.payload import Payload, Update, changes_from_bytes, flatten, to_bytes
 from fedlit.strategies import Strategy
 
 
@@ -68,7 +68,7 @@ class PlainWorkflow(Workflow):
         return backend.call("fit", requests, on_reply)
 
     def accept(self, client_id: str, reply: FitRes, global_payload: Payload, max_update_norm: float | None) -> Update:
-        payload = (from_bytes(reply.wire) if self.compression is None
+        payload = (changes_from_bytes(reply.wire, global_payload) if self.compression is None
                    else decode_update(reply.wire, global_payload, self.compression))
         update = Update(client_id, payload, reply.num_examples, reply.metrics)
         problem = update_problem(global_payload, update.payload, max_update_norm)

@@ -23,14 +23,15 @@ from fedlit.strategies import FedAvg
 LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1)
 
 
-def build(model_dir: Path, data: Path, output_dir: Path, rounds: int = 2, trainable: str = "peft", **zeroth):
+def build(model_dir: Path, data: Path, output_dir: Path, rounds: int = 2, trainable: str = "peft", steps: int = 3,
+          **zeroth):
     return fed_kseed(
         model=ModelConfig(str(model_dir)),
         data=DataConfig(source=str(data), num_clients=3, val_examples_per_client=4, global_val_examples=6,
                         batch_size=4, max_length=32),
         trainable=trainable, peft=LORA, zeroth_order=ZerothOrderConfig(**{"seeds": 64, "lr": 1e-2, **zeroth}),
         federation=Federation(strategy=FedAvg(clients_per_round=2), rounds=rounds, output_dir=str(output_dir),
-                              loggers=[], progress=False, trainer={"max_steps": 3, "accelerator": "cpu"}),
+                              loggers=[], progress=False, trainer={"max_steps": steps, "accelerator": "cpu"}),
     )
 
 
@@ -80,12 +81,25 @@ def test_replaying_the_history_rebuilds_the_trained_weights_bit_for_bit(tiny_mod
     assert torch.allclose(coefficients, torch.zeros_like(coefficients), atol=1e-12)
 
 
-def test_what_travels_is_k_coefficients_whatever_the_model_size(tiny_model_dir, plays_jsonl, tmp_path):
+def test_what_travels_is_one_index_and_coefficient_per_local_step(tiny_model_dir, plays_jsonl, tmp_path):
+    """A client sends the coefficients its steps changed (int32 index + float64 value each): O(local steps), the same
+    for the adapter and for every weight of the model (31x more), however many seeds K there are."""
     adapter = build(tiny_model_dir, plays_jsonl, tmp_path / "a").module_factory()
     full = build(tiny_model_dir, plays_jsonl, tmp_path / "b", trainable="full").module_factory()
     sizes = [sum(p.numel() for p in m._trainable_parameters().values()) for m in (adapter, full)]
     assert sizes[1] > 20 * sizes[0]
-    assert len(to_bytes(adapter.trainable_state_dict())) == len(to_bytes(full.trainable_state_dict())) < 64 * 8 + 200
+    sent = {}
+    for trainable in ("peft", "full"):
+        for steps in (3, 9):
+            loop = build(tiny_model_dir, plays_jsonl, tmp_path / f"{trainable}-{steps}", rounds=1, trainable=trainable,
+                         steps=steps, seeds=1024)
+            loop.fit()
+            sent[trainable, steps] = {r["bytes_sent"] for r in loop.history if r["split"] == "train"}
+    assert sent["peft", 3] == sent["full", 3] and sent["peft", 9] == sent["full", 9]
+    header = len(to_bytes({"x#changed_indices": torch.zeros(0, dtype=torch.int32), "x#changed_values": torch.zeros(0)}))
+    for steps in (3, 9):  # at most one entry per step (a seed drawn twice changes one entry)
+        assert all(header < size <= header + 100 + 12 * steps for size in sent["peft", steps])
+    assert max(sent["peft", 3]) < min(sent["peft", 9]) and max(sent["peft", 9]) < 1024 * 8 / 20
 
 
 def test_a_fedkseed_run_logs_kilobytes_and_resumes_bit_identically(tiny_model_dir, plays_jsonl, tmp_path):

@@ -3,7 +3,7 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from fedlit.payload import Update, check_compatible, from_bytes, to_bytes
+from fedlit.payload import Update, changes_from_bytes, changes_to_bytes, check_compatible, from_bytes, to_bytes
 from fedlit.strategies import FedAvg, weighted_average
 
 
@@ -64,3 +64,20 @@ def test_client_sampling_errors():
         FedAvg(clients_per_round=3).configure_round(1, ["a", "b"], seed=0)
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
         FedAvg(clients_per_round=1.5)
+
+
+def test_an_update_with_few_changes_travels_as_them_bit_exact_and_malformed_changes_are_refused():
+    start = OrderedDict([("coefficients", torch.zeros(1024, dtype=torch.float64)), ("lora", torch.randn(4, 8))])
+    update = OrderedDict((n, t.clone()) for n, t in start.items())
+    update["coefficients"][[3, 700]] = torch.tensor([0.1, -2.5e-7], dtype=torch.float64)
+    update["lora"] += 1e-3  # every entry changes: it travels whole
+    wire = changes_to_bytes(update, start)
+    back = changes_from_bytes(wire, start)
+    assert all(torch.equal(back[n], update[n]) for n in update) and list(back) == sorted(update)
+    assert len(wire) < len(to_bytes(update)) - 1024 * 8 + 200  # two (index, value) pairs instead of 8 KiB
+    assert len(changes_to_bytes(start, start)) < 400  # nothing changed: nothing but the header (two tensors)
+    tampered = to_bytes({"coefficients#changed_indices": torch.tensor([5000], dtype=torch.int32),
+                         "coefficients#changed_values": torch.tensor([1.0], dtype=torch.float64),
+                         "lora": update["lora"]})
+    with pytest.raises(ValueError, match="tensor 'coefficients' do not fit the global payload"):
+        changes_from_bytes(tampered, start)
