@@ -188,11 +188,14 @@ def test_knowledge_is_kept_per_client_and_the_rest_averaged():
     ({"mode": "both"}, "mode must be heterogeneous, homogeneous or llm_to_slm"),
     ({"secure_aggregation": SecureAggregationConfig()}, "fedmkt: secure_aggregation works on adapter updates"),
     ({"slms": {"nobody": None}}, r"slms: no client \['nobody'\]"),
+    ({"transfer": None}, "transfer: no public text of '.*' fits max_length 2 tokens for every tokenizer"),
 ])
 def test_settings_that_cannot_apply_are_refused_by_name(overrides, message, tiny_model_dir, other_tokenizer_model_dir,
                                                         plays_jsonl, tmp_path):
     if "slms" in overrides:
         overrides = {"slms": {"nobody": ModelConfig(str(other_tokenizer_model_dir))}}
+    if "transfer" in overrides:
+        overrides = {"transfer": transfer(plays_jsonl, max_length=2)}
     with pytest.raises(ValueError, match=message):
         build(tiny_model_dir, other_tokenizer_model_dir, plays_jsonl, tmp_path / "run", **overrides)
 
