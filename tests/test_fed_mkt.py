@@ -73,9 +73,10 @@ def test_heterogeneous_run_trains_the_llm_and_every_clients_own_slm(tiny_model_d
     history = rows(tmp_path / "run" / "metrics.csv")
     assert {(r["round"], r["model"]) for r in history if r["client"] == "server"} == {("1", "llm"), ("2", "llm")}
     assert {r["round"] for r in history if r["model"] == "llm" and r["split"] == "val"} == {"0", "1", "2"}
-    # only knowledge travels: 12 texts x 24 positions x top-4 (int32 id + float32 value) + 12 cross-entropies
+    # only knowledge travels: at most 12 texts x 24 positions x top-4 (int32 id + float32 value) + 12 cross-entropies
+    # (padding rows equal the global knowledge's zeros, so a tensor may travel as its changed entries)
     sent = {int(r["bytes_sent"]) for r in history if r["split"] == "train" and r["client"] != "server"}
-    assert len(sent) == 1 and 12 * 24 * 4 * 8 + 12 * 4 < sent.pop() < 12 * 24 * 4 * 8 + 12 * 4 + 400
+    assert all(12 * 8 * 4 * 8 < size < 12 * 24 * 4 * 8 + 12 * 4 + 400 for size in sent)
     states = own_states(tmp_path / "run")
     assert len(states) == 3
     for cid in loop.clients:  # every client's own adapter moved, the other tokenizer's too
@@ -215,3 +216,21 @@ def test_llm_to_slm_leaves_the_llm_and_homogeneous_fedavg_shares_the_adapter(tin
     adapter = {n for n in final if not n.startswith("knowledge.")}
     assert adapter and all("lora_" in n for n in adapter)
     assert not (tmp_path / "shared" / "client_state" / "personal").exists()
+
+
+def test_only_the_response_is_knowledge_for_either_tokenizer(tiny_model_dir, other_tokenizer_model_dir):
+    texts = ["Fair is foul and foul is fair.\nPlay: beta", "Out, damned spot!\nPlay: beta"]
+    starts = [text.index(" beta") for text in texts]
+    for directory in (tiny_model_dir, other_tokenizer_model_dir):
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        public = PublicTexts.encode(texts, tokenizer, 40, starts)
+        for i in range(2):
+            assert tokenizer.decode(public.input_ids[i, public.scored[i]]).strip() == "beta"
+        model = CausalLMModule(AutoModelForCausalLM.from_pretrained(directory)).eval()
+        knowledge = knowledge_of(model, public, 3, 2)
+        assert (knowledge.values[~public.scored] == 0).all() and (knowledge.values[public.scored] != 0).all()
+        scored = public.scored[1].nonzero().flatten()
+        with torch.no_grad():
+            logits = model(public.batch(torch.tensor([1])))[0]
+        by_hand = F.cross_entropy(logits[scored - 1], public.input_ids[1, scored], reduction="sum") / len(" beta")
+        assert torch.allclose(knowledge.ce[1], by_hand)

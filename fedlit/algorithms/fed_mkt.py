@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from peft import LoraConfig, PeftConfig
 from torch.utils.data import DataLoader
@@ -124,17 +125,24 @@ def check_mode(mode: str, fedavg: bool, slms: Mapping[str, ModelConfig], slm: Mo
                          f"{sorted(c for c, config in slms.items() if config != slm)}")
 
 
-def fitting_texts(config: KnowledgeTransferConfig, tokenizers: list[PreTrainedTokenizerBase]) -> list[str]:
-    """The first ``config.examples`` public texts of 2..``max_length`` tokens for every tokenizer."""
-    texts = public_texts(config)
+def fitting_texts(config: KnowledgeTransferConfig, tokenizers: list[PreTrainedTokenizerBase]
+                  ) -> tuple[list[str], list[int]]:
+    """``config.examples`` public texts spread evenly over those of 2..``max_length`` tokens for every tokenizer (the
+    records come play by play: the first ones would all be one play's), and where each one's response starts."""
+    prompts = public_texts(config)
+    responses = (public_texts(dataclasses.replace(config, template=config.response_template))
+                 if config.response_template else [""] * len(prompts))
+    pairs = list(zip(prompts, responses, strict=True))
     for tokenizer in tokenizers:
-        if texts:
-            counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            texts = [t for t, n in zip(texts, counts, strict=True) if 2 <= n <= config.max_length]
-    if not texts:
+        if pairs:
+            counts = [len(ids) for ids in tokenizer([p + r for p, r in pairs], add_special_tokens=False)["input_ids"]]
+            pairs = [pair for pair, n in zip(pairs, counts, strict=True) if 2 <= n <= config.max_length]
+    if not pairs:
         raise ValueError(f"transfer: no public text of '{config.source}' fits max_length {config.max_length} tokens "
                          "for every tokenizer")
-    return texts[: config.examples]
+    chosen = np.unique(np.linspace(0, len(pairs) - 1, min(config.examples, len(pairs))).round().astype(int))
+    starts = [len(pairs[i][0]) if config.response_template else 0 for i in chosen]  # no response: the whole text
+    return [pairs[i][0] + pairs[i][1] for i in chosen], starts
 
 
 @dataclasses.dataclass
@@ -196,19 +204,19 @@ def fed_mkt(
     seed, peft = federation.seed, peft or LoraConfig(**DEFAULT_LORA)
     configs = {"llm": llm, **{repr(c): c for c in [slm, *slms.values()]}}
     tokenizers = {name: load_tokenizer(config) for name, config in configs.items()}
-    texts = fitting_texts(transfer, list(tokenizers.values()))
+    texts, response_starts = fitting_texts(transfer, list(tokenizers.values()))
     federated, held_out = client_data(data, federation, tokenizers, lambda cid: repr(slms.get(cid, slm)))
     unknown = sorted(set(slms) - set(federated.clients))
     if unknown:
         raise ValueError(f"slms: no client {unknown} (clients: {sorted(federated.clients)})")
-    llm_public = PublicTexts.encode(texts, tokenizers["llm"], transfer.max_length)
+    llm_public = PublicTexts.encode(texts, tokenizers["llm"], transfer.max_length, response_starts)
     llm_base = functools.cache(functools.partial(load_base_model, llm))  # the server's: never a party's
     small, bridges = {}, {}
     for name, config in configs.items():
         if name == "llm":
             continue
         tokenizer = tokenizers[name]
-        public = PublicTexts.encode(texts, tokenizer, transfer.max_length)
+        public = PublicTexts.encode(texts, tokenizer, transfer.max_length, response_starts)
         model = build_peft_model(load_base_model(config), copy.deepcopy(peft), seed=seed)
         initial = canonical({n: p for n, p in model.named_parameters() if p.requires_grad})
         to_slm = KnowledgeBridge(llm_public, public, tokenizers["llm"], tokenizer)

@@ -37,13 +37,17 @@ class KnowledgeTransferConfig(PublicDataConfig):
     tokenizer; longer texts are left out by their length in characters).
 
     Args:
-        examples: public texts used (the first ones that fit).
+        response_template: the part of each public text that is knowledge (``str.format`` over the record, appended
+            to ``template``'s text): only its tokens' predictions travel and count in the cross-entropies, as the
+            loss covers responses only in instruction data ("": the whole text).
+        examples: public texts used, spread evenly over those that fit.
         top_k: logits per position that travel.
         server_steps: the LLM's distillation steps per round (0: the LLM only teaches).
         server_lr: its AdamW learning rate.
         public_batch_size: public texts in each client step's distillation batch.
     """
 
+    response_template: str = ""
     examples: int = 256
     top_k: int = 16
     server_steps: int = 8

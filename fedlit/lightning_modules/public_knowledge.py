@@ -25,28 +25,38 @@ PREFIX = "knowledge."
 @dataclass
 class PublicTexts:
     """The public texts as one tokenizer writes them (no special tokens): ``input_ids`` [N, length] right-padded,
-    ``lengths`` [N] tokens per text."""
+    ``lengths`` [N] tokens per text, ``scored`` [N, length]: the tokens whose prediction is knowledge (those of the
+    text's response, from character ``response_starts[i]`` on; never token 0, which nothing predicts)."""
 
     texts: list[str]
     tokens: list[list[str]]
     input_ids: torch.Tensor
     lengths: torch.Tensor
+    scored: torch.Tensor
+    response_chars: torch.Tensor
     pad_token_id: int
 
     @classmethod
-    def encode(cls, texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, length: int) -> PublicTexts:
+    def encode(cls, texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, length: int,
+               response_starts: Sequence[int] | None = None) -> PublicTexts:
         """Every text must fit ``length`` tokens: a cut text would no longer align with another tokenizer's."""
-        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        starts = list(response_starts) if response_starts is not None else [0] * len(texts)
+        encoded = [tokenizer(text, add_special_tokens=False, return_offsets_mapping=True) for text in texts]
+        ids = [e["input_ids"] for e in encoded]
         too_long = [i for i, row in enumerate(ids) if len(row) > length or len(row) < 2]
         if too_long:
             raise ValueError(f"public text {too_long[0]} ({texts[too_long[0]][:40]!r}...) is "
                              f"{len(ids[too_long[0]])} tokens for {tokenizer.name_or_path}'s tokenizer; public texts "
                              f"must be 2..{length} tokens (max_length) for every tokenizer")
         padded = torch.full((len(ids), length), tokenizer.pad_token_id, dtype=torch.long)
-        for i, row in enumerate(ids):
+        scored = torch.zeros(len(ids), length, dtype=torch.bool)
+        for i, (row, e) in enumerate(zip(ids, encoded, strict=True)):
             padded[i, : len(row)] = torch.tensor(row)
+            scored[i, : len(row)] = torch.tensor([begin >= starts[i] for begin, _ in e["offset_mapping"]])
+            scored[i, 0] = False
+        chars = torch.tensor([len(text) - start for text, start in zip(texts, starts, strict=True)])
         return cls(list(texts), [tokenizer.convert_ids_to_tokens(row) for row in ids], padded,
-                   torch.tensor([len(row) for row in ids]), tokenizer.pad_token_id)
+                   torch.tensor([len(row) for row in ids]), scored, chars, tokenizer.pad_token_id)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -56,14 +66,15 @@ class PublicTexts:
         lengths = self.lengths[indices]
         ids = self.input_ids[indices, : int(lengths.max())]
         mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-        return {"input_ids": ids, "attention_mask": mask.long(), "labels": ids.masked_fill(~mask, IGNORE_INDEX)}
+        labels = ids.masked_fill(~self.scored[indices, : ids.shape[1]], IGNORE_INDEX)
+        return {"input_ids": ids, "attention_mask": mask.long(), "labels": labels}
 
 
 @dataclass
 class Knowledge:
     """``ids`` (int32) / ``values`` [N, length, k]: row j of text i holds the k largest logits of the prediction of
-    token j (row 0 and padding: zeros); ``ce`` [N]: each text's cross-entropy in nats per character, comparable
-    across tokenizers (per token it would not be)."""
+    token j (rows of tokens that are not scored: zeros); ``ce`` [N]: each text's cross-entropy over its scored tokens
+    in nats per character of its response, comparable across tokenizers (per token it would not be)."""
 
     ids: torch.Tensor
     values: torch.Tensor
@@ -100,11 +111,11 @@ def knowledge_of(module: torch.nn.Module, public: PublicTexts, k: int, batch_siz
         batch = public.batch(indices)
         logits = module({name: t.to(device) for name, t in batch.items()}).float().cpu()
         for row, text in enumerate(indices.tolist()):
-            n = int(public.lengths[text])
-            top = TopKLogits.of(logits[row, : n - 1], k)
-            out.ids[text, 1:n], out.values[text, 1:n] = top.ids, top.values
-            loss = F.cross_entropy(logits[row, : n - 1], batch["input_ids"][row, 1:n], reduction="sum")
-            out.ce[text] = loss / len(public.texts[text])
+            scored = public.scored[text].nonzero().flatten()  # tokens j, predicted by the logits at j - 1
+            top = TopKLogits.of(logits[row, scored - 1], k)
+            out.ids[text, scored], out.values[text, scored] = top.ids.to(torch.int32), top.values
+            loss = F.cross_entropy(logits[row, scored - 1], batch["input_ids"][row, scored], reduction="sum")
+            out.ce[text] = loss / public.response_chars[text]
     return out
 
 
@@ -166,9 +177,8 @@ class PublicTeacher:
     def loss(self, student_logits: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
         """Top-k KD of ``student_logits`` (the batch of texts ``indices``) on the taught texts' positions (zero when
         none is taught)."""
-        lengths, width = self.public.lengths[indices], student_logits.shape[1]
-        positions = torch.arange(1, width)[None, :]
-        mask = ((positions < lengths[:, None]) & self.taught[indices][:, None]).to(student_logits.device)
+        width = student_logits.shape[1]
+        mask = (self.public.scored[indices, 1:width] & self.taught[indices][:, None]).to(student_logits.device)
         if not mask.any():
             return student_logits.sum() * 0.0
         rows = self.knowledge.ids[indices, 1:width].to(student_logits.device), \
