@@ -130,3 +130,24 @@ def test_fedkseed_pro_samples_the_seeds_that_mattered_more_often() -> None:
     p = pro.probabilities(coefficients)
     expected = torch.exp(3.0 * coefficients.abs() / 2.0)
     assert torch.allclose(p, expected / expected.sum()) and int(p.argmax()) == 2
+
+
+def test_a_client_whose_coefficients_turn_nan_is_excluded_under_the_fault_policy(tiny_model_dir, plays_jsonl,
+                                                                                  tmp_path, monkeypatch):
+    from fedlit.callbacks.adapter_extraction import AdapterExtraction
+
+    extract, diverged = AdapterExtraction.on_fit_end, []
+
+    def diverging(self, trainer, module):  # the first client to fit: its estimate blew up (every time it fits)
+        extract(self, trainer, module)
+        diverged.append(diverged[0] if diverged else self.client_id)
+        if self.client_id == diverged[0]:
+            self.update.payload[COEFFICIENTS][0] = float("nan")
+
+    monkeypatch.setattr(AdapterExtraction, "on_fit_end", diverging)
+    loop = build(tiny_model_dir, plays_jsonl, tmp_path / "run", rounds=2)
+    loop.fit()
+    excluded = [r for r in loop.history if r["split"] == "train" and r.get("excluded")]
+    assert excluded and {r["client"] for r in excluded} == {diverged[0]}
+    assert all("NaN" in r["excluded"] for r in excluded)
+    assert torch.isfinite(loop.global_payload[COEFFICIENTS]).all() and loop.global_payload[COEFFICIENTS].any()
