@@ -31,7 +31,7 @@ from fedlit.lightning_modules.knowledge_transfer import (
     KnowledgeTransferConfig,
     KnowledgeTransferModule,
     PublicDistillation,
-    knowledge_payload,
+    checked_knowledge,
 )
 from fedlit.lightning_modules.peft_module import build_peft_model
 from fedlit.lightning_modules.public_knowledge import (
@@ -66,7 +66,7 @@ class MutualTransferServer(ServerLLM):
         self.knowledge: Knowledge | None = None
 
     def _own_knowledge(self) -> Knowledge:
-        self.knowledge = knowledge_payload(self.llm, self.public, self.config, "the server LLM's public knowledge")
+        self.knowledge = checked_knowledge(self.llm, self.public, self.config, "the server LLM's public knowledge")
         return self.knowledge
 
     def initial(self, payload: Payload) -> Payload:

@@ -63,7 +63,7 @@ class KnowledgeTransferConfig(PublicDataConfig):
                              f"{self.server_lr}")
 
 
-def knowledge_payload(module: PeftModule, public: PublicTexts, config: KnowledgeTransferConfig, who: str) -> Knowledge:
+def checked_knowledge(module: PeftModule, public: PublicTexts, config: KnowledgeTransferConfig, who: str) -> Knowledge:
     """``module``'s knowledge on the public texts, checked finite before it travels."""
     was_training = module.training
     module.eval()
@@ -102,7 +102,7 @@ class KnowledgeTransferModule(PeftModule):
                                               who="the client's own adapter")
 
     def trainable_state_dict(self) -> Payload:
-        knowledge = knowledge_payload(self, self.public, self.config, "the client's public knowledge")
+        knowledge = checked_knowledge(self, self.public, self.config, "the client's public knowledge")
         adapter = super().trainable_state_dict() if self.share_adapter else {}
         return canonical({**knowledge.payload(), **adapter})
 
@@ -118,7 +118,7 @@ class KnowledgeTransferModule(PeftModule):
     def on_fit_start(self) -> None:
         if self.received is None:
             raise RuntimeError("a FedMKT client fits only after receiving the LLM's knowledge")
-        own = knowledge_payload(self, self.public, self.config, "the client's public knowledge")
+        own = checked_knowledge(self, self.public, self.config, "the client's public knowledge")
         carried = self.bridge.carry(self.received)
         _, taught = dual_min_selection(own.ce, carried.ce[None])
         self.teacher = PublicTeacher(self.public, carried, taught)
