@@ -25,11 +25,12 @@ from fedlit.callbacks import (
     UpdateCompression,
     WatermarkEmbedding,
 )
+from fedlit.callbacks.personal_state import restore
 from fedlit.compression.payloads import decode_global
 from fedlit.compression.residual import ResidualStore
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
-from fedlit.payload import Payload, canonical, changes_to_bytes, from_bytes
+from fedlit.payload import Payload, changes_to_bytes, from_bytes
 from fedlit.round_store import RoundStore, client_state_dir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import encode
@@ -211,8 +212,7 @@ class ClientApp(SecAggParty):
         module = (self.client.module_factory or self.module_factory)() if store is not None else self.module_factory()
         module.load_trainable_state_dict(from_bytes(global_wire), who="the global adapter")
         if store is not None:
-            found = store.load()
-            module.load_personal_state_dict(canonical(found) if found is not None else None)
+            restore(module, store)
         datamodule = self.client.datamodule
         (metrics,) = validate(module, {self.client.client_id: datamodule}, self.trainer_kwargs).values()
         return {**metrics, "num_examples": len(datamodule.val_dataset)}

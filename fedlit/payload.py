@@ -35,7 +35,8 @@ def changes_to_bytes(payload: dict[str, torch.Tensor], start: dict[str, torch.Te
     for name, tensor in payload.items():
         before = start.get(name)
         if before is not None and before.shape == tensor.shape and before.dtype == tensor.dtype:
-            flat, changed = tensor.flatten(), (tensor.flatten() != before.flatten()).nonzero().flatten()
+            flat = tensor.flatten()
+            changed = (flat != before.flatten()).nonzero().flatten()
             if len(changed) * (4 + tensor.element_size()) < tensor.numel() * tensor.element_size():
                 wire[name + CHANGED_INDICES], wire[name + CHANGED_VALUES] = changed.to(torch.int32), flat[changed]
                 continue
@@ -63,6 +64,12 @@ def changes_from_bytes(data: bytes, start: Payload) -> Payload:
         flat[indices] = values
         payload[name] = flat.reshape(before.shape)
     return canonical(payload)
+
+
+def split(payload: Payload, prefix: str) -> tuple[Payload, Payload]:
+    """(the tensors whose names start with ``prefix``, the others), each in ``payload``'s order."""
+    inside = OrderedDict((n, t) for n, t in payload.items() if n.startswith(prefix))
+    return inside, OrderedDict((n, t) for n, t in payload.items() if not n.startswith(prefix))
 
 
 def canonical(payload: dict[str, torch.Tensor]) -> Payload:

@@ -45,9 +45,9 @@ from fedlit.lightning_modules.public_knowledge import (
 )
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
-from fedlit.payload import Payload, canonical
+from fedlit.payload import Payload, canonical, split
 from fedlit.strategies import KnowledgeGathering
-from fedlit.strategies.knowledge import split
+from fedlit.strategies.knowledge import per_client
 from fedlit.validation import server_trainer
 
 Mode = Literal["heterogeneous", "homogeneous", "llm_to_slm"]
@@ -74,12 +74,10 @@ class MutualTransferServer(ServerLLM):
         return canonical({**self._own_knowledge().payload(), **rest})
 
     def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
-        # the clients' knowledge is "<client id>/knowledge.*" (KnowledgeGathering); the rest is the averaged adapter
-        clients = sorted({name.split("/", 1)[0] for name in payload if "/" in name})
-        rest = canonical({n: t for n, t in payload.items() if "/" not in n})
+        clients, rest = per_client(payload)  # each client's knowledge; the rest: the averaged adapter, if any
         rows: list[dict[str, Any]] = []
         if self.learns and self.config.server_steps > 0 and clients:
-            carried = [self.bridges[c].carry(Knowledge.from_payload(payload, f"{c}/{PREFIX}")) for c in clients]
+            carried = [self.bridges[c].carry(Knowledge.from_payload(clients[c])) for c in sorted(clients)]
             best, taught = dual_min_selection(self.knowledge.ce, torch.stack([k.ce for k in carried]))
             loss = self._distil(PublicTeacher(self.public, chosen(carried, best), taught), seed)
             rows.append({"client": "server", "split": "train", "model": "llm", "loss": loss,

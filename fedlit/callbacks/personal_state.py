@@ -10,6 +10,13 @@ from fedlit.payload import canonical
 from fedlit.round_store import RoundStore
 
 
+def restore(module: L.LightningModule, store: RoundStore, before: int | None = None) -> None:
+    """Give ``module`` its newest own state from ``store`` (earlier than round ``before`` when given), or tell it it
+    has none (it then takes its initial state)."""
+    found = store.load(before=before)
+    module.load_personal_state_dict(canonical(found) if found is not None else None)
+
+
 class PersonalState(Callback):
     """Loads the module's newest own state from before ``server_round`` (its initial state when there is none) and
     stores the state it ends the fit with as round ``server_round``'s. The module provides
@@ -19,8 +26,7 @@ class PersonalState(Callback):
         self.store, self.server_round = store, server_round
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        found = self.store.load(before=self.server_round)
-        pl_module.load_personal_state_dict(canonical(found) if found is not None else None)
+        restore(pl_module, self.store, before=self.server_round)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         state = pl_module.personal_state_dict()

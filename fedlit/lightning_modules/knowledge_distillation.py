@@ -33,6 +33,9 @@ class DistillationLossConfig:
             raise ValueError(f"distillation: kd_weight must be in [0, 1] and temperature > 0, "
                              f"got {self.kd_weight} and {self.temperature}")
 
+    def mix(self, ce: torch.Tensor, kd: torch.Tensor) -> torch.Tensor:
+        return (1 - self.kd_weight) * ce + self.kd_weight * kd
+
 
 @dataclass
 class DistillationConfig(PublicDataConfig):
@@ -63,7 +66,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """(loss, ce, kd): the student's CE on ``labels`` mixed with its KL to the (detached) teacher."""
     ce, _ = shifted_token_loss(student_logits, labels)
     kd = distillation_kl(student_logits, teacher_logits.detach(), labels, config.temperature)
-    return (1 - config.kd_weight) * ce + config.kd_weight * kd, ce, kd
+    return config.mix(ce, kd), ce, kd
 
 
 def check_shared_vocabulary(student: PreTrainedModel | int, teacher: PreTrainedModel | int,

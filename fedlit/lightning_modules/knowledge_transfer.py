@@ -4,7 +4,6 @@ Only knowledge travels (plus, in the homogeneous mode, the SLM adapter for FedAv
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from fedlit.lightning_modules.public_knowledge import (
     dual_min_selection,
     knowledge_of,
 )
-from fedlit.payload import Payload, canonical, check_compatible
+from fedlit.payload import Payload, canonical, check_compatible, split
 
 
 @dataclass
@@ -107,13 +106,12 @@ class KnowledgeTransferModule(PeftModule):
         return canonical({**knowledge.payload(), **adapter})
 
     def load_trainable_state_dict(self, payload: Payload, who: str = "client") -> None:
-        knowledge = {name: t for name, t in payload.items() if name.startswith(PREFIX)}
+        knowledge, adapter = split(payload, PREFIX)
         expected = Knowledge.empty(len(self.public), self.public.input_ids.shape[1], self.config.top_k).payload()
         check_compatible(expected, knowledge, who)
-        self.received = Knowledge.from_payload(payload)
+        self.received = Knowledge.from_payload(knowledge)
         if self.share_adapter:
-            super().load_trainable_state_dict(
-                OrderedDict((n, t) for n, t in payload.items() if not n.startswith(PREFIX)), who)
+            super().load_trainable_state_dict(adapter, who)
 
     def on_fit_start(self) -> None:
         if self.received is None:
@@ -130,9 +128,8 @@ class KnowledgeTransferModule(PeftModule):
         size = batch["input_ids"].shape[0]
         if len(taught):
             indices = taught[torch.randint(len(taught), (self.config.public_batch_size,))]
-            public = {name: t.to(self.device) for name, t in self.public.batch(indices).items()}
-            kd = self.teacher.loss(self(public), indices, self.loss_config.temperature)
-            loss = (1 - self.loss_config.kd_weight) * ce + self.loss_config.kd_weight * kd
+            kd = self.teacher.loss(self(self.public.batch(indices, self.device)), indices, self.loss_config.temperature)
+            loss = self.loss_config.mix(ce, kd)
             self.log("train_kd", kd, on_step=True, on_epoch=True, batch_size=size)
         else:
             loss = ce
@@ -153,11 +150,11 @@ class PublicDistillation(L.LightningModule):
         self.train()
 
     def training_step(self, indices: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        batch = {name: t.to(self.device) for name, t in self.teacher.public.batch(indices.cpu()).items()}
+        batch = self.teacher.public.batch(indices.cpu(), self.device)
         logits = self.student(batch)
         ce, _ = shifted_token_loss(logits, batch["labels"])
         kd = self.teacher.loss(logits, indices.cpu(), self.loss_config.temperature)
-        loss = (1 - self.loss_config.kd_weight) * ce + self.loss_config.kd_weight * kd
+        loss = self.loss_config.mix(ce, kd)
         self.log_dict({"llm_loss": loss, "llm_ce": ce, "llm_kd": kd}, on_step=True, on_epoch=True,
                       batch_size=len(indices))
         return loss

@@ -61,13 +61,14 @@ class PublicTexts:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Texts ``indices`` as a causal-LM batch cut to its longest text (padding masked out of the labels)."""
+    def batch(self, indices: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Texts ``indices`` as a causal-LM batch on ``device``, cut to its longest text; only scored tokens are
+        labelled."""
         lengths = self.lengths[indices]
         ids = self.input_ids[indices, : int(lengths.max())]
         mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
         labels = ids.masked_fill(~self.scored[indices, : ids.shape[1]], IGNORE_INDEX)
-        return {"input_ids": ids, "attention_mask": mask.long(), "labels": labels}
+        return {"input_ids": ids.to(device), "attention_mask": mask.long().to(device), "labels": labels.to(device)}
 
 
 @dataclass
@@ -108,13 +109,12 @@ def knowledge_of(module: torch.nn.Module, public: PublicTexts, k: int, batch_siz
     device = next(module.parameters()).device
     for start in range(0, len(public), batch_size):
         indices = torch.arange(start, min(start + batch_size, len(public)))
-        batch = public.batch(indices)
-        logits = module({name: t.to(device) for name, t in batch.items()}).float().cpu()
+        logits = module(public.batch(indices, device)).float().cpu()
         for row, text in enumerate(indices.tolist()):
             scored = public.scored[text].nonzero().flatten()  # tokens j, predicted by the logits at j - 1
             top = TopKLogits.of(logits[row, scored - 1], k)
             out.ids[text, scored], out.values[text, scored] = top.ids.to(torch.int32), top.values
-            loss = F.cross_entropy(logits[row, scored - 1], batch["input_ids"][row, scored], reduction="sum")
+            loss = F.cross_entropy(logits[row, scored - 1], public.input_ids[text, scored], reduction="sum")
             out.ce[text] = loss / public.response_chars[text]
     return out
 

@@ -8,14 +8,18 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from fedlit.payload import Payload, Update
+from fedlit.payload import Payload, Update, split
 from fedlit.strategies.base import Strategy
 
 
-def split(payload: Payload, prefix: str) -> tuple[Payload, Payload]:
-    """(the tensors named ``prefix``..., the others)."""
-    inside = OrderedDict((n, t) for n, t in payload.items() if n.startswith(prefix))
-    return inside, OrderedDict((n, t) for n, t in payload.items() if not n.startswith(prefix))
+def per_client(gathered: Payload) -> tuple[dict[str, Payload], Payload]:
+    """Undo :class:`KnowledgeGathering`'s naming: (client id -> its tensors under their own names, the rest)."""
+    clients: dict[str, Payload] = {}
+    rest = OrderedDict()
+    for name, tensor in gathered.items():
+        client, _, own = name.rpartition("/")
+        (clients.setdefault(client, OrderedDict()) if client else rest)[own] = tensor
+    return clients, rest
 
 
 class KnowledgeGathering(Strategy):
