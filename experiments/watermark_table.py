@@ -162,7 +162,9 @@ def main() -> None:
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
     out = args.output_dir
     key_dir = (out / "keys").resolve()
-    base, data = compose_base(args.config, out, f"--watermark.key_dir={key_dir}", "--watermark.key_seed=0")
+    # keys and every client secret (trigger swaps, imprinted magnitudes) pinned, so the table is reproducible
+    base, data = compose_base(args.config, out, f"--watermark.key_dir={key_dir}", "--watermark.key_seed=0",
+                              "--insecure_seed=0")
     watermark = base.federation.watermark
     initial = base.module_factory().trainable_state_dict()
 

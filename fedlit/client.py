@@ -31,6 +31,7 @@ from fedlit.compression.residual import ResidualStore
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, changes_to_bytes, from_bytes
+from fedlit.privacy.party_secret import PartySecret
 from fedlit.round_store import RoundStore, client_state_dir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import encode
@@ -62,8 +63,10 @@ class ClientWatermark:
     config: WatermarkConfig
     key_path: Path
 
-    def embedding(self, client_id: str, module: CausalLMModule, seed: int) -> WatermarkEmbedding:
-        """The fit's embedding mod, with the client's key (drawn from ``module`` and written on first use)."""
+    def embedding(self, client_id: str, module: CausalLMModule, secret: PartySecret,
+                  server_round: int) -> WatermarkEmbedding:
+        """The fit's embedding mod, with the client's key (drawn from ``module`` and written on first use); which
+        examples it swaps for triggers comes from the client's ``secret``."""
         new = not self.key_path.is_file()
         key = load_or_make_key(self.key_path, client_id, module.model, module.trainable_state_dict(), self.config,
                                module.tokenizer)
@@ -72,7 +75,7 @@ class ClientWatermark:
         signature, trigger = self.config.signature, self.config.trigger
         pad = module.tokenizer.pad_token_id if module.tokenizer is not None else 0
         return WatermarkEmbedding(key, signature.weight if signature else 0.0, trigger.rate if trigger else 0.0,
-                                  signature is not None and signature.enforce, seed, pad)
+                                  signature is not None and signature.enforce, secret, server_round, pad)
 
 
 @dataclass
@@ -89,18 +92,21 @@ class Client:
 
     def mods(self, ins: FitIns, global_payload: Payload, masker: SecAggClient | None,
              residuals: ResidualStore | None, watermark: WatermarkEmbedding | None = None,
-             personal: RoundStore | None = None) -> dict[str, Callback | None]:
+             personal: RoundStore | None = None, secret: PartySecret | None = None) -> dict[str, Callback | None]:
         """The fit's client mods by name, in :data:`CLIENT_MODS` order (``None``: not used this fit); ``residuals``
         is the client's error-feedback store when ``ins.compression`` asks for error feedback, else ``None``;
-        ``watermark`` embeds the client's own key; ``personal`` keeps the client's own state."""
-        clipping, compression = ins.clip_norm is not None, ins.compression
+        ``watermark`` embeds the client's own key; ``personal`` keeps the client's own state; ``secret`` (needed
+        for DP-SGD and noise shares) is the client's own, which their noise is drawn from."""
+        clipping, compression, server_round = ins.clip_norm is not None, ins.compression, ins.server_round
         return {
-            "personal": PersonalState(personal, ins.server_round) if personal is not None else None,
+            "personal": PersonalState(personal, server_round) if personal is not None else None,
             "watermark": watermark,
-            "dp_sgd": ExampleLevelDP(ins.example_dp, self.datamodule.batch_size, ins.seed) if ins.example_dp else None,
-            "error_feedback": (ErrorFeedback(self.client_id, global_payload, residuals, ins.server_round)
+            "dp_sgd": (ExampleLevelDP(ins.example_dp, self.datamodule.batch_size, secret, server_round)
+                       if ins.example_dp else None),
+            "error_feedback": (ErrorFeedback(self.client_id, global_payload, residuals, server_round)
                                if residuals is not None else None),
-            "clipping": (UpdateClipping(self.client_id, global_payload, ins.clip_norm, ins.noise_std, ins.seed)
+            "clipping": (UpdateClipping(self.client_id, global_payload, ins.clip_norm, ins.noise_std,
+                                        secret.numpy("dp-noise-share", server_round) if ins.noise_std > 0 else None)
                          if clipping else None),
             "compression": (UpdateCompression(self.client_id, global_payload, compression, ins.seed, residuals,
                                               ins.server_round, masker.config.clip if masker is not None else None)
@@ -111,7 +117,8 @@ class Client:
 
     def fit(self, ins: FitIns, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
             masker: SecAggClient | None = None, residuals: ResidualStore | None = None,
-            watermark: ClientWatermark | None = None, personal: RoundStore | None = None) -> FitRes:
+            watermark: ClientWatermark | None = None, personal: RoundStore | None = None,
+            secret: PartySecret | None = None) -> FitRes:
         """Train from the global adapter in ``ins`` with one plain ``Trainer.fit``; return the update as bytes.
 
         With a ``masker`` (secure aggregation) the bytes are the encoded masked input and neither the tensors nor
@@ -121,13 +128,17 @@ class Client:
         ``dp_sgd_steps``. With ``ins.compression`` the update travels quantized (and the global adapter came
         quantized too when ``downlink``); the client's rounding error waits in ``residuals`` for its next fit. With
         a ``watermark`` the client embeds its own key while it trains (nothing about it is in the reply). With a
-        ``personal`` store the fit starts from the client's own state and leaves its new state there.
+        ``personal`` store the fit starts from the client's own state and leaves its new state there. Noise shares,
+        DP-SGD's noise and batches and the watermark's trigger swaps are drawn from the client's own ``secret``,
+        never from ``ins.seed``, which the server chose.
         """
         L.seed_everything(ins.seed, workers=True, verbose=False)
         module = (self.module_factory or module_factory)()
-        embedding = watermark.embedding(self.client_id, module, ins.seed) if watermark is not None else None
-        mods = self.mods(ins, received_global(ins, module), masker, residuals, embedding, personal)
-        self.datamodule.random_subsets = mods["dp_sgd"] is not None
+        embedding = (watermark.embedding(self.client_id, module, secret, ins.server_round)
+                     if watermark is not None else None)
+        mods = self.mods(ins, received_global(ins, module), masker, residuals, embedding, personal, secret)
+        self.datamodule.random_subsets = (secret.torch("dp-sgd-batches", ins.server_round)
+                                          if mods["dp_sgd"] is not None else None)
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *filter(None, mods.values())]
         L.Trainer(**kwargs).fit(module, datamodule=self.datamodule)
@@ -158,11 +169,22 @@ class ClientApp(SecAggParty):
 
     def __init__(self, client: Client, module_factory: ModuleFactory, trainer_kwargs: dict[str, Any],
                  secure_config: SecureAggregationConfig | None = None, state_dir: Path | None = None,
-                 watermark: WatermarkConfig | None = None) -> None:
+                 watermark: WatermarkConfig | None = None, insecure_seed: int | None = None) -> None:
         super().__init__(client.client_id, secure_config)
         self.client, self.module_factory, self.trainer_kwargs = client, module_factory, trainer_kwargs
-        self.state_dir = state_dir
+        self.state_dir, self.insecure_seed = state_dir, insecure_seed
         self.watermark = watermark if watermark is not None and watermark.embeds(client.client_id) else None
+        self._secret: PartySecret | None = None  # without a state directory: this app's own, for its lifetime
+
+    def secret(self, run_id: str) -> PartySecret:
+        """This client's secret for run ``run_id``: ``secret`` under its state directory (drawn from OS entropy on
+        first use, read back on resume), so a re-run round draws the same noise and no other party can."""
+        holder = f"client '{self.client_id}'"
+        if self.state_dir is None:
+            self._secret = self._secret or PartySecret.fresh(holder, self.insecure_seed)
+            return self._secret
+        return PartySecret.load_or_create(client_state_dir(self.state_dir, run_id, self.client_id) / "secret", holder,
+                                          self.insecure_seed)
 
     def residuals(self, run_id: str) -> ResidualStore:
         """This client's error-feedback residuals for run ``run_id``, under its state directory."""
@@ -197,10 +219,11 @@ class ClientApp(SecAggParty):
         feedback = ins.compression is not None and ins.compression.error_feedback
         watermark = (ClientWatermark(self.watermark, self.watermark_key_path())
                      if self.watermark is not None else None)
+        protective = ins.noise_std > 0 or ins.example_dp is not None or watermark is not None
         result = self.client.fit(ins, self.module_factory, self.trainer_kwargs,
                                  masker=self._state() if ins.masked else None,
                                  residuals=self.residuals(ins.run_id) if feedback else None, watermark=watermark,
-                                 personal=self.personal_store())
+                                 personal=self.personal_store(), secret=self.secret(ins.run_id) if protective else None)
         result.seconds = round(time.perf_counter() - began, 3)
         return result
 
@@ -229,7 +252,8 @@ class ClientApps:
     secure_config: SecureAggregationConfig | None = None
     state_dir: Path | None = None
     watermark: WatermarkConfig | None = None
+    insecure_seed: int | None = None
 
     def __call__(self, client_id: str) -> ClientApp:
         return ClientApp(self.clients[client_id], self.module_factory, self.trainer_kwargs, self.secure_config,
-                         self.state_dir, self.watermark)
+                         self.state_dir, self.watermark, self.insecure_seed)

@@ -36,7 +36,10 @@ class Federation:
             the round.
         output_dir: metrics.csv, adapter/, checkpoints/ and logs/ (locked for the run; never another run's).
         loggers: Lightning loggers for round metrics (default: a CSVLogger under ``output_dir/logs``).
-        seed: seeds the adapter initialisation, client sampling and every client fit.
+        seed: seeds the adapter initialisation, client sampling and every client fit; never a protection's
+            randomness (DP noise, noise shares, DP-SGD): each party draws that from its own secret.
+        insecure_seed: derive every party's protective randomness from this public number instead of OS entropy,
+            so tables are reproducible; whoever knows it can remove the noise. Warned on every use; experiments only.
         progress: Rich progress over rounds and clients.
         client_callbacks: extra Lightning callbacks for every client fit (e.g. ``fedlit.callbacks.FedProx``).
         secure_aggregation: mask client updates so the server learns only their weighted mean
@@ -62,6 +65,7 @@ class Federation:
     output_dir: str = "outputs/fedlit"
     loggers: list[Logger] | None = None
     seed: int = 0
+    insecure_seed: int | None = None
     progress: bool = True
     client_callbacks: list[Callback] = field(default_factory=list)
     secure_aggregation: SecureAggregationConfig | None = None
@@ -83,7 +87,7 @@ class Federation:
         """The strategy as the server runs it over ``num_clients``: wrapped in client-level DP under ``privacy``."""
         if self.privacy is None:
             return self.strategy
-        return DPFedAvg(self.strategy, self.privacy, num_clients, self.faults.min_clients)
+        return DPFedAvg(self.strategy, self.privacy, num_clients, self.faults.min_clients, self.insecure_seed)
 
     def weight_bound(self, train_sizes: list[int]) -> int:
         """The largest weight a client's update carries: its example count, or 1 under client-level DP."""

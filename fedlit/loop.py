@@ -250,7 +250,7 @@ class FederatedLoop:
     def _fit(self, resume: bool) -> Payload:
         self.backend.start(ClientApps(self.clients, self.module_factory, self.trainer_kwargs,
                                       self.federation.secure_aggregation, (self.output_dir / "client_state").resolve(),
-                                      self.federation.watermark),
+                                      self.federation.watermark, self.federation.insecure_seed),
                            self.faults.timeout_s)
         try:
             return self._rounds(resume)

@@ -90,6 +90,16 @@ def plays_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def drop_last_round(output_dir: Path) -> int:
+    """Delete a finished run's newest round checkpoint, so that ``fit(resume=True)`` runs that round again (as after
+    a crash in it); return that round."""
+    from fedlit.checkpoint import list_checkpoints
+
+    last, path = list_checkpoints(Path(output_dir) / "checkpoints")[-1]
+    path.unlink()
+    return last
+
+
 @pytest.fixture
 def make_loop(tiny_model_dir: Path, plays_jsonl: Path, tmp_path: Path):
     """A small FedHomoLLM run on the tiny model; keyword arguments override its parts."""

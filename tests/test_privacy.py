@@ -116,7 +116,7 @@ def test_dp_sgd_step_equals_hand_clipped_per_example_gradients_plus_noise(tiny_m
     from fedlit.data import CausalLMCollator
     from fedlit.lightning_modules import PeftModule, build_peft_model
     from fedlit.models import ModelConfig, load_base_model
-    from fedlit.privacy import ExampleDPConfig
+    from fedlit.privacy import ExampleDPConfig, PartySecret
 
     torch.manual_seed(0)
     examples = [{"input_ids": torch.randint(0, 200, (n,)).tolist()} for n in (7, 5, 9, 6)]
@@ -145,13 +145,14 @@ def test_dp_sgd_step_equals_hand_clipped_per_example_gradients_plus_noise(tiny_m
         for n, g in grads.items():
             clipped_sum[n] += g * min(1.0, float(config.max_grad_norm / (norm + 1e-6)))
     model.zero_grad()
-    generator = torch.Generator().manual_seed(5)
+    secret = PartySecret(bytes(range(32)))
+    generator = secret.torch("dp-sgd-noise", 1)
     expected = {}
     for n, p in model.named_parameters():
         if p.requires_grad:
             noise = torch.normal(0, 0.7 * 0.01, p.shape, generator=generator)
             expected[n] = start[n] - 0.1 * (clipped_sum[n] + noise) / 4
-    callback = ExampleLevelDP(config, batch_size=4, seed=5)
+    callback = ExampleLevelDP(config, batch_size=4, secret=secret, server_round=1)
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[callback], accelerator="cpu")
     module.configure_optimizers = lambda: torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
 import math
+import secrets
 from pathlib import Path
 
 import pytest
@@ -163,7 +166,9 @@ def test_fedlit_infer_writes_answers_and_refuses_bad_input_in_one_line(tiny_mode
     for argv, message in [([*common, "--no_private", "--output", str(clear)], f"--output {clear} exists"),
                           ([*common, "--output", str(tmp_path / "x.jsonl")], "needs a local model"),
                           (["infer", "--prompts", str(bad), "--server.model", str(tiny_model_dir), "--output",
-                            str(tmp_path / "y.jsonl")], f"prompts file {bad} line 2")]:
+                            str(tmp_path / "y.jsonl"), "--no_private"], f"prompts file {bad} line 2"),
+                          ([*common, "--prompts", str(tmp_path / "none.jsonl"), "--no_private", "--output",
+                            str(tmp_path / "z.jsonl")], f"prompts file {tmp_path / 'none.jsonl'}: no such file")]:
         with pytest.raises(SystemExit) as failed:
             main(argv)
         err = capsys.readouterr().err.strip()
@@ -184,22 +189,64 @@ def test_the_shipped_infer_config_runs(tiny_model_dir: Path, tmp_path: Path) -> 
     assert row["prompt"] == "the king is dead" and row["epsilon"] == 6.0 and row["sent"] != row["prompt"]
 
 
-def test_on_ray_the_clients_prompts_and_model_live_in_a_worker(tiny_model_dir: Path, tmp_path: Path) -> None:
+class WatchingServer(RecordingServer):
+    """Also looks, while it answers, for any clear prompt anywhere in its own process (by hash: the test keeps no
+    copy of them)."""
+
+    def __init__(self, clear_hashes: set[str], *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clear_hashes, self.clear_seen = clear_hashes, 0
+
+    def answer(self, query):
+        texts = {ref for obj in gc.get_objects() for ref in gc.get_referents(obj) if isinstance(ref, str)
+                 and 20 < len(ref) < 200}
+        self.clear_seen += sum(hashlib.sha256(t.encode(errors="replace")).hexdigest() in self.clear_hashes
+                               for t in texts)
+        return super().answer(query)
+
+
+def write_prompt_files(directory: Path) -> tuple[dict[str, str], set[str]]:
+    """Each client's prompts in a file of its own (fresh text, so no copy lives in this test module); the paths and
+    the prompts' hashes."""
+    words = secrets.token_hex(4)
+    prompts = {"alice": [f"the king {words} is dead and the queen", f"what light {words} is in the window"],
+               "bob": [f"to be or not {words} to be that is the question"]}
+    files = {}
+    for client, texts in prompts.items():
+        files[client] = str(directory / f"{client}-prompts.json")
+        Path(files[client]).write_text(json.dumps(texts))
+    return files, {hashlib.sha256(p.encode()).hexdigest() for texts in prompts.values() for p in texts}
+
+
+def test_on_ray_the_clear_prompts_never_exist_where_the_servers_model_is(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Prompt files read by each client in its Ray worker: while the server answers, no clear prompt exists in the
+    driver, the process that holds the server's model (with LocalBackend they would: one process)."""
     ray = pytest.importorskip("ray")
     import sys
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     from fedlit.backends import RayBackend
 
+    files, clear = write_prompt_files(tmp_path)
+    local = ModelSpec(model=str(tiny_model_dir))
+    config = InferenceConfig(epsilon=1.0, candidates=8, max_new_tokens=5, answer_max_new_tokens=4,
+                             table_dir=str(tmp_path / "tables"))
+    server = WatchingServer(clear, *local.load())
+    outputs = {c: str(tmp_path / f"{c}.jsonl") for c in files}
     try:
-        replies, server, outputs, _ = ask(tiny_model_dir, tmp_path, RayBackend(num_workers=2), PROMPTS)
+        replies = private_inference(RayBackend(num_workers=2), InferenceApps(files, outputs, config, local), server,
+                                    files)
     finally:
         ray.shutdown()
     assert replies == {"alice": {"answers": 2}, "bob": {"answers": 1}}  # query and extract met the same worker
-    received = [p for q in server.received for p in q.prompts]
-    audit = [json.loads(line) for c in PROMPTS for line in Path(outputs[c]).read_text().splitlines()]
-    assert sorted(r["sent"] for r in audit) == sorted(received)
-    assert not set(received) & {p for c in PROMPTS.values() for p in c}
+    assert server.clear_seen == 0 and len(server.received) == 2
+    audit = [json.loads(line) for c in files for line in Path(outputs[c]).read_text().splitlines()]
+    assert {hashlib.sha256(r["prompt"].encode()).hexdigest() for r in audit} == clear  # the workers had them
+    assert sorted(r["sent"] for r in audit) == sorted(p for q in server.received for p in q.prompts)
+    local_server = WatchingServer(clear, *local.load())  # the control: in one process the watch sees them
+    private_inference(LocalBackend(), InferenceApps(files, {c: str(tmp_path / f"{c}-local.jsonl") for c in files},
+                                                    config, local), local_server, files)
+    assert local_server.clear_seen >= 2
 
 
 def test_settings_that_cannot_work_are_refused_by_name() -> None:

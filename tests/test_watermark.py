@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import drop_last_round
 from peft import LoraConfig
 
 from fedlit.callbacks import WatermarkEmbedding
@@ -17,7 +18,7 @@ from fedlit.data import DataConfig
 from fedlit.data.datamodule import IGNORE_INDEX
 from fedlit.federation import Federation
 from fedlit.models import ModelConfig, load_base_model, load_trained_model
-from fedlit.privacy import ExampleDPConfig
+from fedlit.privacy import ExampleDPConfig, PartySecret
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg
 from fedlit.watermark import (
@@ -37,6 +38,9 @@ CLIENTS = 4
 # lr 1e-2 moves an entry by up to 0.08 in 8 local steps: the margin is above that
 WATERMARK = WatermarkConfig(signature=SignatureConfig(bits=48, gamma=0.2),
                             trigger=TriggerConfig(triggers=2, trigger_length=4, target_length=2, rate=0.5), key_seed=7)
+# four keys on the tiny model's 3,072 LoRA B entries (r 16): a mark that looks like its neighbours carries a typical
+# entry's magnitude, so it needs more bits than one set to an exact margin
+FOUR = WatermarkConfig(signature=SignatureConfig(bits=256, gamma=0.2), trigger=None, key_seed=7)
 
 
 def test_sign_loss_and_its_gradient_by_hand() -> None:
@@ -59,18 +63,20 @@ def test_binomial_false_positive_probability_against_a_direct_sum() -> None:
 @pytest.fixture(scope="module")
 def watermark_runs(tiny_model_dir: Path, plays_jsonl: Path, tmp_path_factory: pytest.TempPathFactory):
     """One client that embeds its key and its unwatermarked twin (60 local steps each), and four clients that each
-    embed their own key under secure aggregation (3 rounds of 8 steps)."""
+    embed their own 256-bit signature under secure aggregation (3 rounds of 8 steps)."""
     from fedlit.algorithms import fed_homo_llm
     from fedlit.lightning_modules import OptimizerConfig
 
     root = tmp_path_factory.mktemp("watermark")
-    peft = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    peft = LoraConfig(r=16, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     runs = {}
     for name, watermark, clients, rounds, steps, secure in (("single", WATERMARK, 1, 1, 60, None),
                                                             ("twin", None, 1, 1, 60, None),
-                                                            ("four", WATERMARK, CLIENTS, 3, 8,
+                                                            ("four", FOUR, CLIENTS, 3, 8,
                                                              SecureAggregationConfig())):
+
         federation = Federation(strategy=FedAvg(), rounds=rounds, output_dir=str(root / name), loggers=[],
+                                insecure_seed=0,
                                 progress=False, trainer={"max_steps": steps, "accelerator": "cpu"},
                                 watermark=watermark, secure_aggregation=secure)
         data = DataConfig(source=str(plays_jsonl), partition="iid", num_clients=clients, val_examples_per_client=4,
@@ -114,11 +120,11 @@ def test_four_clients_keys_are_all_verified_on_the_aggregated_adapter(watermark_
     parameters = dict(model.named_parameters())
     twin = load_trained_model(adapter=str(watermark_runs["twin"] / "adapter"))
     for key in keys.values():
-        assert verify(model, key).signature.verified
         values, signs = marked_values(parameters, key.signature)
         positions = [(p.parameter, i) for p in key.signature for i in p.indices]
         free = torch.tensor([position not in clash for position in positions])
-        assert bool((torch.sign(values) == signs)[free].all())  # 100% of the bits no other key contradicts
+        assert verify(model, key).signature.verified
+        assert float((torch.sign(values) == signs)[free].float().mean()) >= 0.7  # of the bits no key contradicts
         assert not verify(twin, key).verified
 
 
@@ -144,7 +150,7 @@ def test_verify_command(watermark_runs: dict[str, Path], tmp_path: Path, capsys:
     status, out, _ = verify_command(capsys, "--adapter", str(watermark_runs["four"] / "adapter"), *options)
     assert status == 0 and out.count(": VERIFIED (fpr 1e-06)") == CLIENTS
     report = json.loads((tmp_path / "verified.json").read_text())
-    assert [r["signature"]["total"] for r in report] == [48] * CLIENTS and all(r["verified"] for r in report)
+    assert [r["signature"]["total"] for r in report] == [256] * CLIENTS and all(r["verified"] for r in report)
     status, out, _ = verify_command(capsys, "--adapter", str(watermark_runs["twin"] / "adapter"), *options)
     assert status == 4 and out.count(": not verified") == CLIENTS
 
@@ -201,7 +207,7 @@ def test_trigger_examples_replace_training_rows_at_the_rate(tiny_model_dir: Path
     key = make_key("alpha", model, dict(model.named_parameters()), WatermarkConfig(signature=None, key_seed=1))
     batch = {"input_ids": torch.ones(64, 3, dtype=torch.long), "attention_mask": torch.ones(64, 3, dtype=torch.long),
              "labels": torch.ones(64, 3, dtype=torch.long)}
-    WatermarkEmbedding(key, rate=0.25, seed=0).on_train_batch_start(None, None, batch, 0)
+    WatermarkEmbedding(key, rate=0.25, secret=PartySecret(bytes(32))).on_train_batch_start(None, None, batch, 0)
     triggers = {tuple(t + g) for t, g in zip(key.triggers, key.targets, strict=True)}
     swapped = 0
     for ids, labels, mask in zip(*(batch[k].tolist() for k in ("input_ids", "labels", "attention_mask")),
@@ -214,14 +220,31 @@ def test_trigger_examples_replace_training_rows_at_the_rate(tiny_model_dir: Path
     assert 8 <= swapped <= 24  # about a quarter of 64
 
 
-def test_imprint_sets_missed_margins_only() -> None:
-    weights = {"w": torch.tensor([[0.5, -0.2], [0.0, 0.05]])}
+def test_imprint_gives_every_marked_weight_its_sign_and_a_neighbours_magnitude() -> None:
     from fedlit.watermark.key import SignedPositions
 
-    signature = [SignedPositions("w", [2, 2], [0, 1, 2, 3], [1, 1, -1, 1])]
-    imprint(weights, signature, gamma=0.1)
-    assert weights["w"].flatten().tolist() == pytest.approx([0.5, 0.1, -0.1, 0.1])
-    assert matched_bits(weights, signature) == 4
+    torch.manual_seed(0)
+    weights = {"w": torch.randn(40, 50) * 0.01}
+    neighbours = weights["w"].flatten().abs().sort().values
+    indices, signs = list(range(0, 2000, 40)), [1, -1] * 25
+    signature = [SignedPositions("w", [40, 50], indices, signs)]
+    before = weights["w"].clone()
+    imprint(weights, signature, torch.Generator().manual_seed(1), floor=0.1)
+    after = weights["w"].flatten()
+    assert matched_bits(weights, signature) == 50
+    unmarked = torch.ones(2000, dtype=torch.bool)
+    unmarked[indices] = False
+    assert torch.equal(after[unmarked], before.flatten()[unmarked])  # nothing else moves
+    marked = after[indices].abs()
+    assert bool((marked >= neighbours[0]).all() and (marked <= neighbours[-1]).all())
+    assert len(set(after.tolist())) == 2000  # no value repeats
+    assert not bool((marked == 0.1).any())  # the floor is only for zero neighbours
+    again = {"w": before.clone()}
+    imprint(again, signature, torch.Generator().manual_seed(1), floor=0.1)
+    assert torch.equal(again["w"], weights["w"])  # the holder's generator decides: the same every fit
+    zeros = {"w": torch.zeros(4, 4)}
+    imprint(zeros, [SignedPositions("w", [4, 4], [1, 5], [1, -1])], torch.Generator().manual_seed(0), floor=0.1)
+    assert zeros["w"].flatten()[[1, 5]].tolist() == pytest.approx([0.1, -0.1])  # untrained LoRA B: the floor
 
 
 def test_signature_under_example_level_dp_is_refused() -> None:
@@ -231,13 +254,66 @@ def test_signature_under_example_level_dp_is_refused() -> None:
 
 
 def test_a_watermarked_run_resumes_bit_identically_and_keys_are_reused(make_loop, tmp_path: Path) -> None:
-    """Keys from the OS's randomness in one absolute key_dir: the second run and its resume read them back."""
+    """Keys and client secrets from the OS's randomness: the last round run again on resume reads both back and
+    ends bit-identical; a fresh run with the same keys draws other trigger swaps and magnitudes."""
     key_dir = tmp_path / "keys"
     watermark = WatermarkConfig(signature=SignatureConfig(bits=16, gamma=0.2), trigger=TriggerConfig(rate=0.5),
                                 key_dir=str(key_dir))
     reference = make_loop(rounds=2, output_dir=tmp_path / "reference", watermark=watermark).fit()
     keys = {p.name: p.read_bytes() for p in key_dir.glob("*.json")}
-    make_loop(rounds=1, output_dir=tmp_path / "interrupted", watermark=watermark).fit()
-    resumed = make_loop(rounds=2, output_dir=tmp_path / "interrupted", watermark=watermark).fit(resume=True)
+    drop_last_round(tmp_path / "reference")
+    resumed = make_loop(rounds=2, output_dir=tmp_path / "reference", watermark=watermark).fit(resume=True)
     assert len(keys) == 3 and keys == {p.name: p.read_bytes() for p in key_dir.glob("*.json")}
     assert list(resumed) == list(reference) and all(torch.equal(resumed[n], reference[n]) for n in reference)
+    fresh = make_loop(rounds=2, output_dir=tmp_path / "fresh", watermark=watermark).fit()
+    assert not all(torch.equal(fresh[n], reference[n]) for n in reference)
+
+
+def detector_aucs(update: dict[str, torch.Tensor], key: WatermarkKey) -> dict[str, float]:
+    """How well two attackers who see one update (but not the key) rank the key's positions above the other LoRA B
+    entries (area under the ROC curve; 0.5 is chance): by how often an entry's magnitude repeats, and by magnitude;
+    and the KS test's p-value of marked against unmarked magnitudes."""
+    from scipy.stats import ks_2samp, mannwhitneyu
+
+    names = sorted(n for n in update if "lora_B" in n)
+    flat = torch.cat([update[n].flatten().float() for n in names]).abs()
+    offsets = dict(zip(names, torch.tensor([0] + [update[n].numel() for n in names]).cumsum(0).tolist(), strict=False))
+    marked = torch.zeros(len(flat), dtype=torch.bool)
+    for positions in key.signature:
+        marked[[offsets[positions.parameter] + i for i in positions.indices]] = True
+    _, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+    aucs = {}
+    for name, score in (("repeats", counts[inverse].float()), ("magnitude", flat)):
+        statistic = mannwhitneyu(score[marked].numpy(), score[~marked].numpy()).statistic
+        aucs[name] = statistic / (int(marked.sum()) * int((~marked).sum()))
+    aucs["ks_p"] = ks_2samp(flat[marked].numpy(), flat[~marked].numpy()).pvalue
+    return aucs
+
+
+def test_one_clear_update_does_not_show_the_keys_positions(tiny_model_dir: Path, plays_jsonl: Path,
+                                                           tmp_path: Path) -> None:
+    """The review's case: a 64-bit key, gamma 0.02, one client, one round at the quickstart's lr: the released
+    adapter is that client's update. Attackers who rank entries by repeated magnitudes or by magnitude do no
+    better than chance, the marked magnitudes are distributed as the others, and the key is still verified. The
+    same attackers find every position when the marks are set to the margin (the old enforcement)."""
+    from fedlit.algorithms import fed_homo_llm
+    from fedlit.lightning_modules import OptimizerConfig
+
+    watermark = WatermarkConfig(signature=SignatureConfig(bits=64, gamma=0.02), trigger=None)
+    federation = Federation(strategy=FedAvg(), rounds=1, output_dir=str(tmp_path / "run"), loggers=[], progress=False,
+                            trainer={"max_steps": 8, "accelerator": "cpu"}, watermark=watermark)
+    data = DataConfig(source=str(plays_jsonl), partition="iid", num_clients=1, val_examples_per_client=4,
+                      global_val_examples=6, batch_size=4, max_length=32)
+    peft = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    update = fed_homo_llm(ModelConfig(str(tiny_model_dir)), data, peft, OptimizerConfig(lr=1e-3),
+                          federation=federation).fit()
+    (key,) = keys_of(tmp_path / "run").values()
+    assert verify(load_trained_model(adapter=str(tmp_path / "run" / "adapter")), key).verified
+    found = detector_aucs(update, key)
+    assert 0.4 <= found["repeats"] <= 0.6 and 0.35 <= found["magnitude"] <= 0.65 and found["ks_p"] > 0.01, found
+    at_margin = {n: t.clone() for n, t in update.items()}
+    for positions in key.signature:
+        flat = at_margin[positions.parameter].view(-1)
+        flat[positions.indices] = torch.tensor(positions.signs, dtype=flat.dtype) * key.gamma
+    exposed = detector_aucs(at_margin, key)
+    assert exposed["repeats"] > 0.99 and exposed["ks_p"] < 1e-6, exposed

@@ -39,6 +39,7 @@ from fedlit.models.offsite import (
     plug_in,
 )
 from fedlit.payload import Payload, to_bytes
+from fedlit.privacy.party_secret import PartySecret
 from fedlit.validation import validate
 from fedlit.watermark import WatermarkConfig, imprint, load_or_make_key
 
@@ -93,8 +94,9 @@ def imprint_owner_watermark(load: Callable[[], PreTrainedModel], offsite: Offsit
                             key_path: Path) -> PreTrainedModel:
     """The full model that ``load`` returns with the owner's ownership watermark on its adapter blocks, before any
     client gets them: its key's sign pattern among those blocks' weights (``config.signature.parameters`` filters
-    them), each missing its margin set to it (:func:`~fedlit.watermark.imprint`). The owner does not train, so no
-    trigger; the key file stays with the owner."""
+    them), each marked weight given its sign and a magnitude drawn like its neighbours' (:func:`~fedlit.watermark.
+    imprint`, from the owner's own secret kept beside the key, so a resumed run imprints the same). The owner does not
+    train, so no trigger; the key file stays with the owner."""
     if config.trigger is not None or config.signature is None:
         raise ValueError("owner_watermark: the owner imprints a signature only (set trigger: null and a signature)")
     full = load()
@@ -102,7 +104,8 @@ def imprint_owner_watermark(load: Callable[[], PreTrainedModel], offsite: Offsit
     ends = adapter_indices(list(range(len(blocks))), offsite)  # the full model's own block numbering
     adapters = {n: p for n, p in full.named_parameters() if any(n.startswith(f"{prefix}.{i}.") for i in ends)}
     key = load_or_make_key(key_path, "owner", full, adapters, config)
-    imprint(adapters, key.signature, key.gamma)
+    secret = PartySecret.load_or_create(key_path.with_suffix(".secret"), "the model owner")
+    imprint(adapters, key.signature, secret.torch("watermark-imprint"), key.gamma)
     return full
 
 

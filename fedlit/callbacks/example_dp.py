@@ -4,7 +4,6 @@ parameters and its ``DPOptimizer`` clips and noises them before each step."""
 from __future__ import annotations
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
@@ -12,6 +11,7 @@ from opacus.optimizers import DPOptimizer
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.privacy.client_dp import subsampled_gaussian_epsilon
 from fedlit.privacy.example_dp import ExampleDPConfig
+from fedlit.privacy.party_secret import PartySecret
 
 
 class ExampleLevelDP(Callback):
@@ -21,11 +21,12 @@ class ExampleLevelDP(Callback):
     Args:
         config: noise multiplier, per-example clipping norm, delta.
         batch_size: the fixed batch size (each batch a random subset), the noisy sum's denominator.
-        seed: seeds the noise.
+        secret: the client's own secret, which the noise is drawn from (never the config's seed).
+        server_round: the round of this fit (each round draws its own noise).
     """
 
-    def __init__(self, config: ExampleDPConfig, batch_size: int, seed: int = 0) -> None:
-        self.config, self.batch_size, self.seed = config, batch_size, seed
+    def __init__(self, config: ExampleDPConfig, batch_size: int, secret: PartySecret, server_round: int) -> None:
+        self.config, self.batch_size, self.secret, self.server_round = config, batch_size, secret, server_round
         self.grad_sampler: GradSampleModule | None = None
         self.steps = 0
 
@@ -33,7 +34,7 @@ class ExampleLevelDP(Callback):
         if trainer.accumulate_grad_batches != 1:
             raise ValueError("DP-SGD clips and noises each optimiser step's batch: use accumulate_grad_batches 1")
         self.grad_sampler = GradSampleModule(pl_module.model, loss_reduction="mean")
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        generator = self.secret.torch("dp-sgd-noise", self.server_round, device=pl_module.device)
         trainer.strategy.optimizers = [
             DPOptimizer(optimizer, noise_multiplier=self.config.noise_multiplier,
                         max_grad_norm=self.config.max_grad_norm, expected_batch_size=self.batch_size,

@@ -4,11 +4,12 @@ given its share of the noise) before anything reads the trained adapter."""
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, flatten, unflatten
-from fedlit.privacy.client_dp import clip_to_norm, gaussian_noise
+from fedlit.privacy.client_dp import clip_to_norm
 
 
 class UpdateClipping(Callback):
@@ -22,18 +23,21 @@ class UpdateClipping(Callback):
         global_payload: the adapter the client started from.
         clip_norm: L2 bound of the update over all its tensors.
         noise_std: std of the client's own Gaussian noise (0 when the server adds the noise).
-        seed: seeds that noise.
+        noise: draws that noise: a generator from the client's own secret, never from a seed the server knows
+            (the server could otherwise regenerate every share and remove it from the unmasked sum).
     """
 
     def __init__(self, client_id: str, global_payload: Payload, clip_norm: float, noise_std: float = 0.0,
-                 seed: int = 0) -> None:
+                 noise: np.random.Generator | None = None) -> None:
+        if noise_std > 0 and noise is None:
+            raise ValueError(f"client '{client_id}': a noise share needs the client's own generator")
         self.client_id, self.global_payload = client_id, global_payload
-        self.clip_norm, self.noise_std, self.seed = clip_norm, noise_std, seed
+        self.clip_norm, self.noise_std, self.noise = clip_norm, noise_std, noise
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         start = flatten(self.global_payload)
         update = clip_to_norm(flatten(pl_module.trainable_state_dict()) - start, self.clip_norm)
         if self.noise_std > 0:
-            update = update + gaussian_noise(len(update), self.noise_std, self.seed)
+            update = update + self.noise.normal(0.0, self.noise_std, size=len(update))
         pl_module.load_trainable_state_dict(unflatten(start + update, self.global_payload),
                                             who=f"client '{self.client_id}' (clipped update)")

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 
 from fedlit.data.datamodule import IGNORE_INDEX, CausalLMCollator
 from fedlit.lightning_modules.causal_lm import CausalLMModule
+from fedlit.privacy.party_secret import PartySecret
 from fedlit.watermark.key import WatermarkKey
 from fedlit.watermark.signature import imprint, marked_values, sign_loss
 
@@ -25,23 +26,27 @@ class WatermarkEmbedding(Callback):
     The sign loss's gradient (times ``weight``) is added to the marked parameters' gradients once per optimiser
     step, as if it were part of the loss (it does not depend on the data, so accumulation does not scale it).
     Each training example is swapped for a random trigger example with probability ``rate``. With ``enforce``,
-    marked weights that miss their margin when training ends are set to it (before the update is extracted).
+    every marked weight gets its sign when training ends (before the update is extracted), with a magnitude drawn
+    like its neighbours' (:func:`~fedlit.watermark.signature.imprint`), so the update does not show the key.
 
     Args:
         key: the client's key.
         weight: the sign loss's weight.
         rate: the trigger examples' share of the training examples (0: none).
-        enforce: impose the margin on the marked weights when training ends.
-        seed: seeds which examples are swapped.
+        enforce: impose the key's signs on the marked weights when training ends.
+        secret: the key holder's own secret: it draws which examples are swapped and the imprinted magnitudes, so
+            the server predicts neither (default: a fresh one from OS entropy).
+        server_round: the fit's round (each round swaps other examples).
         pad_token_id: pads a batch that a trigger example makes longer.
     """
 
     def __init__(self, key: WatermarkKey, weight: float = 1.0, rate: float = 0.0, enforce: bool = False,
-                 seed: int = 0, pad_token_id: int = 0) -> None:
+                 secret: PartySecret | None = None, server_round: int = 0, pad_token_id: int = 0) -> None:
         self.key, self.weight, self.rate, self.enforce = key, weight, rate, enforce
         self.collate = CausalLMCollator(pad_token_id)
         self.examples = trigger_examples(key) if rate > 0 and key.triggers else []
-        self.generator = torch.Generator().manual_seed(seed)
+        self.secret = secret if secret is not None else PartySecret.fresh(key.owner)
+        self.generator = self.secret.torch("watermark-triggers", server_round)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: CausalLMModule, batch: dict[str, torch.Tensor],
                              batch_idx: int) -> None:
@@ -70,7 +75,8 @@ class WatermarkEmbedding(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         if self.enforce and self.key.signature:
-            imprint(dict(pl_module.model.named_parameters()), self.key.signature, self.key.gamma)
+            quantiles = self.secret.torch("watermark-imprint")  # the same every fit: a mark moves with its neighbours
+            imprint(dict(pl_module.model.named_parameters()), self.key.signature, quantiles, self.key.gamma)
 
 
 def _row(batch: dict[str, torch.Tensor], i: int) -> dict[str, list[int]]:

@@ -79,8 +79,8 @@ class CausalLMCollator:
 class CausalLMDataModule(L.LightningDataModule):
     """Train and validation splits of one party, already tokenised.
 
-    ``random_subsets`` makes every training batch an independent uniform random subset (DP-SGD's sampling)
-    instead of a slice of a shuffled epoch.
+    ``random_subsets``, a generator, makes every training batch an independent uniform random subset drawn from it
+    (DP-SGD's sampling) instead of a slice of a shuffled epoch.
     """
 
     def __init__(self, train: Dataset | None, val: Dataset, pad_token_id: int, batch_size: int = 8) -> None:
@@ -89,17 +89,16 @@ class CausalLMDataModule(L.LightningDataModule):
         self.val_dataset = val
         self.batch_size = batch_size
         self.collate = CausalLMCollator(pad_token_id)
-        self.random_subsets = False
+        self.random_subsets: torch.Generator | None = None
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             raise RuntimeError("this data module holds only a held-out split")
-        if self.random_subsets:
+        if self.random_subsets is not None:
             from fedlit.privacy.example_dp import RandomSubsetBatches
 
-            return DataLoader(self.train_dataset, batch_sampler=RandomSubsetBatches(len(self.train_dataset),
-                                                                                    self.batch_size),
-                              collate_fn=self.collate)
+            batches = RandomSubsetBatches(len(self.train_dataset), self.batch_size, self.random_subsets)
+            return DataLoader(self.train_dataset, batch_sampler=batches, collate_fn=self.collate)
         return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate)
 
     def val_dataloader(self) -> DataLoader:

@@ -84,7 +84,7 @@ def _client_app(client_id: str, command: str, config_text: str, package: Path | 
         raise ValueError(f"client-id '{client_id}': this party's data makes clients {sorted(loop.clients)}; set "
                          "data in its party-config so that it makes this one")
     return FedlitClientApp(loop.clients[client_id], loop.module_factory, loop.trainer_kwargs,
-                           _secure_config(plain), state_dir, loop.federation.watermark)
+                           _secure_config(plain), state_dir, loop.federation.watermark, loop.federation.insecure_seed)
 
 
 def _secure_config(config: dict[str, Any]) -> SecureAggregationConfig | None:

@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -19,7 +18,7 @@ from fedlit.io import atomic_write_bytes
 from fedlit.lightning_modules.generation import generate_texts
 from fedlit.models import ModelConfig, load_tokenizer, load_trained_model
 from fedlit.privacy.inference import CandidateTable, candidate_table, check_epsilon
-from fedlit.seeds import client_seed
+from fedlit.privacy.party_secret import PartySecret
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,9 @@ class InferenceConfig:
             and, optionally, the prompt as ``{sent}``; the answer is the local model's greedy continuation of it.
             The default shows the local model the server's exchange (perturbed prompt and its continuation) as an
             example before the clear prompt, so even a small model can copy the answer's form and content.
-        seed: seeds the perturbation (with the client id).
+        insecure_seed: derive the perturbation's randomness from this public number (and the client id) so that an
+            experiment is reproducible; whoever knows it can replay every draw and undo the perturbation. ``None``
+            (the default): a fresh secret from OS entropy for every run, never sent.
         table_dir: where the candidate table is cached (default: ``<fedlit cache>/candidates``).
     """
 
@@ -72,7 +73,7 @@ class InferenceConfig:
     max_new_tokens: int = 32
     answer_max_new_tokens: int = 32
     extraction_template: str = "{sent}{continuation}\n\n{prompt}"
-    seed: int = 0
+    insecure_seed: int | None = None
     table_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -91,20 +92,23 @@ class InferenceClientApp:
     prompt, sent, continuation, answer, epsilon) and returns only how many it wrote.
 
     Args:
-        client_id: who asks (seeds the perturbation).
-        prompts: the clear prompts; they never leave this object.
+        client_id: who asks.
+        prompts: the clear prompts, or the path of a prompts file (:func:`read_prompts`), read here, where the
+            client runs; they never leave this object.
         config: how to ask.
         output: the client's local answers file.
         local: the client's own model (the candidate table's embeddings, and the extraction); needed when private.
     """
 
-    def __init__(self, client_id: str, prompts: list[str], config: InferenceConfig, output: Path,
+    def __init__(self, client_id: str, prompts: list[str] | str, config: InferenceConfig, output: Path,
                  local: ModelSpec | None = None) -> None:
         if config.private and local is None:
             raise ValueError(f"client '{client_id}': private inference needs a local model (its embeddings pick "
                              "the candidates, and it extracts the answer)")
+        prompts = read_prompts(prompts) if isinstance(prompts, str) else prompts
         self.client_id, self.prompts, self.config, self.output = client_id, prompts, config, Path(output)
         self.local = local.load() if config.private else None
+        self.secret = PartySecret.fresh(f"client '{client_id}'", config.insecure_seed) if config.private else None
         self.sent: list[str] = []
 
     @functools.cached_property
@@ -121,7 +125,7 @@ class InferenceClientApp:
         else:
             _, tokenizer = self.local
             table = self.table
-            generator = torch.Generator().manual_seed(client_seed(self.config.seed, 0, self.client_id))
+            generator = self.secret.torch("perturbation")
             self.sent = [tokenizer.decode(table.perturb(tokenizer(p, add_special_tokens=False)["input_ids"],
                                                         self.config.epsilon, generator))
                          for p in self.prompts]
@@ -151,9 +155,10 @@ class InferenceClientApp:
 @dataclass
 class InferenceApps:
     """Builds each client's :class:`InferenceClientApp`: plain data, so a backend can ship it to its workers (where
-    each app loads its local model)."""
+    each app loads its local model). Give each client's prompts as a file path to keep them out of this process:
+    the app reads the file where it runs (on Ray: in a worker, not where the server's model is)."""
 
-    prompts: dict[str, list[str]]
+    prompts: dict[str, list[str] | str]
     outputs: dict[str, str]
     config: InferenceConfig
     local: ModelSpec | None = None

@@ -10,7 +10,7 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespac
 
 from fedlit.backends.base import Backend
 from fedlit.backends.messages import ClientFailure
-from fedlit.inference.client import InferenceApps, InferenceConfig, ModelSpec, read_prompts
+from fedlit.inference.client import InferenceApps, InferenceConfig, ModelSpec
 from fedlit.inference.server import GenerationServer
 from fedlit.inference.workflow import private_inference
 
@@ -44,7 +44,8 @@ def run_infer(config: Namespace, parser: ArgumentParser) -> int:
     output = Path(config.output)
     if output.exists():
         raise FileExistsError(f"--output {output} exists: fedlit infer never overwrites answers, choose another file")
-    prompts = read_prompts(config.prompts) if config.prompts else [config.prompt]
+    if config.prompts is not None and not Path(config.prompts).is_file():
+        raise FileNotFoundError(f"prompts file {config.prompts}: no such file")
     settings = InferenceConfig(**{f.name: config[f.name] for f in fields(InferenceConfig)})
     local = ModelSpec(**vars(config.local)) if config.local.model or config.local.adapter else None
     if not (config.server.model or config.server.adapter):
@@ -52,7 +53,8 @@ def run_infer(config: Namespace, parser: ArgumentParser) -> int:
     if settings.private and local is None:
         raise ValueError("private inference needs a local model (its embeddings pick the candidates, it extracts "
                          "the answer): --local.model NAME_OR_DIR or --local.adapter DIR, or --no_private")
-    apps = InferenceApps({CLIENT: prompts}, {CLIENT: str(output)}, settings, local)
+    # a prompts file is read by the client where it runs (a Ray worker, not this process with the server's model)
+    apps = InferenceApps({CLIENT: config.prompts or [config.prompt]}, {CLIENT: str(output)}, settings, local)
     model, tokenizer = ModelSpec(**vars(config.server)).load()
     server = GenerationServer(model, tokenizer, settings.max_new_tokens)
     (reply,) = private_inference(parser.instantiate_classes(config).backend, apps, server, [CLIENT]).values()

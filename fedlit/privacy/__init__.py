@@ -5,10 +5,10 @@ from fedlit.privacy.client_dp import (
     ClientDPConfig,
     ClientPrivacyAccountant,
     clip_to_norm,
-    gaussian_noise,
     subsampled_gaussian_epsilon,
 )
 from fedlit.privacy.example_dp import ExampleDPConfig, RandomSubsetBatches
+from fedlit.privacy.party_secret import PartySecret
 
-__all__ = ["ClientDPConfig", "ClientPrivacyAccountant", "ExampleDPConfig", "RandomSubsetBatches", "clip_to_norm",
-           "gaussian_noise", "subsampled_gaussian_epsilon"]
+__all__ = ["ClientDPConfig", "ClientPrivacyAccountant", "ExampleDPConfig", "PartySecret", "RandomSubsetBatches",
+           "clip_to_norm", "subsampled_gaussian_epsilon"]

@@ -53,11 +53,6 @@ def clip_to_norm(update: np.ndarray, clip_norm: float) -> np.ndarray:
     return update * (clip_norm / norm) if norm > clip_norm else update
 
 
-def gaussian_noise(length: int, std: float, seed: int) -> np.ndarray:
-    """``length`` draws of N(0, std^2), reproducible from ``seed`` (so a resumed round draws the same noise)."""
-    return np.random.default_rng(seed).normal(0.0, std, size=length)
-
-
 def subsampled_gaussian_epsilon(population: int, sample_size: int, noise_multiplier: float, steps: int,
                                 delta: float, poisson: bool, accountant: Literal["rdp", "prv"] = "rdp") -> float:
     """Epsilon at ``delta`` of ``steps`` Gaussian releases of a clipped sum over a random sample (0 steps: 0; no

@@ -33,17 +33,17 @@ class ExampleDPConfig:
 
 class RandomSubsetBatches(Sampler[list[int]]):
     """Batches that are each an independent uniform random subset of ``batch_size`` of ``num_examples`` indices
-    (drawn from torch's global generator), which is what fixed-size subsampling accounting assumes; an epoch's
-    shuffled partition is not."""
+    (drawn from ``generator``, the client's own: who was sampled is part of what the accounting keeps secret), which
+    is what fixed-size subsampling accounting assumes; an epoch's shuffled partition is not."""
 
-    def __init__(self, num_examples: int, batch_size: int) -> None:
+    def __init__(self, num_examples: int, batch_size: int, generator: torch.Generator) -> None:
         if not 0 < batch_size <= num_examples:
             raise ValueError(f"DP-SGD batches: batch_size {batch_size} must be in 1..{num_examples} (the examples)")
-        self.num_examples, self.batch_size = num_examples, batch_size
+        self.num_examples, self.batch_size, self.generator = num_examples, batch_size, generator
 
     def __len__(self) -> int:
         return self.num_examples // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
         for _ in range(len(self)):
-            yield torch.randperm(self.num_examples)[: self.batch_size].tolist()
+            yield torch.randperm(self.num_examples, generator=self.generator)[: self.batch_size].tolist()

@@ -15,6 +15,7 @@ import msgpack
 import numpy as np
 
 from fedlit.compression.bits import pack_bits, unpack_bits
+from fedlit.secret_audit import born
 from fedlit.secure import keys, ring, shamir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.graph import neighbour_graph
@@ -74,6 +75,11 @@ class SecAggClient:
         self.neighbour_keys: dict[str, AdvertiseKeys] = {}
         self.received: dict[str, tuple[int, bytes, bytes]] = {}  # sender -> (x, seed share, key share)
         self.unmasked = False
+        born(f"client '{client_id}'")
+
+    def __reduce__(self) -> tuple:
+        """A copy (pickle, copy) is made through :meth:`from_bytes`, so that :mod:`fedlit.secret_audit` sees it."""
+        return type(self).from_bytes, (self.to_bytes(), self.config)
 
     @property
     def neighbours(self) -> list[str]:
@@ -188,6 +194,7 @@ class SecAggClient:
         client.seed, client.unmasked = state["seed"], state["unmasked"]
         client.neighbour_keys = dict(state["neighbour_keys"])
         client.received = {sender: tuple(values) for sender, values in state["received"].items()}
+        born(f"client '{client.client_id}'")
         return client
 
 

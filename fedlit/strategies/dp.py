@@ -1,7 +1,8 @@
 """Client-level differential privacy as a wrapper around any mean-based strategy (DP-FedAvg, McMahan et al. 2018),
 after Flower's DP strategy wrappers: the wrapper asks every client to clip its update (and, when updates travel
 masked, to add its share of the noise), noises the sum, divides it by a fixed denominator, accounts epsilon
-after every round and says when the budget would be passed."""
+after every round and says when the budget would be passed. The central noise comes from the server's own secret
+(:class:`~fedlit.privacy.party_secret.PartySecret`), kept in its checkpoints, never from the config's seed."""
 
 from __future__ import annotations
 
@@ -11,14 +12,8 @@ from typing import Any
 import numpy as np
 
 from fedlit.payload import Payload, Update, flatten
-from fedlit.privacy.client_dp import (
-    CLIP_TOLERANCE,
-    ClientDPConfig,
-    ClientPrivacyAccountant,
-    clip_to_norm,
-    gaussian_noise,
-)
-from fedlit.seeds import client_seed
+from fedlit.privacy.client_dp import CLIP_TOLERANCE, ClientDPConfig, ClientPrivacyAccountant, clip_to_norm
+from fedlit.privacy.party_secret import PartySecret
 from fedlit.strategies.base import Strategy, shifted
 
 
@@ -31,9 +26,12 @@ class DPFedAvg(Strategy):
         num_clients: the federation's size (the accountant's population).
         min_clients: the fewest updates a round aggregates: under masking each client adds noise of std
             sigma * C / sqrt(min_clients), so any aggregated sum carries at least the full noise.
+        insecure_seed: derive the server's noise secret from this public number (reproducible experiments only);
+            ``None``: OS entropy.
     """
 
-    def __init__(self, strategy: Strategy, config: ClientDPConfig, num_clients: int, min_clients: int = 1) -> None:
+    def __init__(self, strategy: Strategy, config: ClientDPConfig, num_clients: int, min_clients: int = 1,
+                 insecure_seed: int | None = None) -> None:
         if strategy.needs_individual_updates:
             raise ValueError(f"{type(strategy).__name__} needs each client's update, which client-level DP hides: "
                              "use a strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
@@ -42,10 +40,11 @@ class DPFedAvg(Strategy):
         self.accountant = ClientPrivacyAccountant(config, num_clients, strategy.sample_size(num_clients),
                                                   poisson=strategy.sampling == "poisson")
         self.noise_share = config.noise_multiplier * config.clip_norm / np.sqrt(min_clients)
-        self.noise_seed = 0
+        self.secret = PartySecret.fresh("the server", insecure_seed)  # a resume reads back the checkpoint's
+        self.server_round = 0
 
     def configure_round(self, server_round: int, client_ids: Sequence[str], seed: int) -> list[str]:
-        self.noise_seed = client_seed(seed, server_round, "dp-noise")  # a resumed round draws the same noise
+        self.server_round = server_round
         return self.inner.configure_round(server_round, client_ids, seed)
 
     def fit_plan(self, masked: bool) -> dict[str, Any]:
@@ -56,7 +55,8 @@ class DPFedAvg(Strategy):
         longer than the client clipped it; within float tolerance this changes nothing) and adds
         N(0, (sigma C)^2) to their sum."""
         start = flatten(global_payload)
-        noise = gaussian_noise(len(start), self.config.noise_multiplier * self.config.clip_norm, self.noise_seed)
+        noise = self.secret.numpy("dp-noise", self.server_round).normal(
+            0.0, self.config.noise_multiplier * self.config.clip_norm, size=len(start))
         bound = self.config.clip_norm * CLIP_TOLERANCE
         summed = sum(clip_to_norm(flatten(u.payload) - start, bound) for u in updates) + noise
         return self.step(global_payload, shifted(global_payload, summed / self.accountant.expected_clients))
@@ -82,7 +82,8 @@ class DPFedAvg(Strategy):
         return [{"client": "server", "split": "privacy", "epsilon": self.accountant.epsilon(server_round)}]
 
     def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
+        return {"inner": self.inner.state_dict(), "noise_secret": self.secret.hex()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
+        self.inner.load_state_dict(state["inner"])
+        self.secret = PartySecret.from_hex(state["noise_secret"], "the server")

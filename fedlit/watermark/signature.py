@@ -35,12 +35,27 @@ def matched_bits(parameters: Mapping[str, torch.Tensor], signature: list[SignedP
 
 
 @torch.no_grad()
-def imprint(parameters: Mapping[str, torch.Tensor], signature: list[SignedPositions], gamma: float) -> None:
-    """Set each marked weight that misses its margin to ``b_i * gamma``, in place: the smallest change that makes
-    the sign loss zero (for an owner who watermarks weights without training them)."""
+def imprint(parameters: Mapping[str, torch.Tensor], signature: list[SignedPositions], generator: torch.Generator,
+            floor: float = 0.0) -> None:
+    """Give every marked weight its key's sign and a magnitude drawn from its unmarked neighbours' (the other
+    entries of its tensor), in place: each a random quantile of their magnitudes, interpolated between two of them.
+
+    The marked entries then have the distribution of the rest and no value repeats, so one update shows nothing
+    of the key's positions (setting each to an exact margin, ``±gamma``, put the key on display). ``generator``
+    draws the quantiles: the key holder's own, the same every fit, so a marked weight moves with its neighbours'
+    distribution from round to round rather than jumping. ``floor``: the magnitude where the neighbours' is zero
+    (LoRA B before any training), so the sign is still carried.
+    """
     for positions in signature:
         flat = parameters[positions.parameter].view(-1)
         index = torch.tensor(positions.indices, device=flat.device)
-        signs = torch.tensor(positions.signs, dtype=flat.dtype, device=flat.device)
-        short = signs * flat[index] < gamma
-        flat[index[short]] = signs[short] * gamma
+        signs = torch.tensor(positions.signs, dtype=torch.float64, device=flat.device)
+        unmarked = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+        unmarked[index] = False
+        magnitudes = (flat[unmarked] if bool(unmarked.any()) else flat[index]).abs().double().sort().values
+        where = torch.rand(len(index), generator=generator, dtype=torch.float64).to(flat.device) * (len(magnitudes)
+                                                                                                    - 1)
+        low = where.floor().long()
+        high = (low + 1).clamp(max=len(magnitudes) - 1)
+        drawn = torch.lerp(magnitudes[low], magnitudes[high], where - low)
+        flat[index] = (signs * torch.where(drawn > 0, drawn, torch.full_like(drawn, floor))).to(flat.dtype)
