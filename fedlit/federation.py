@@ -82,6 +82,12 @@ class Federation:
         if self.watermark is not None and self.watermark.signature is not None and self.example_privacy is not None:
             raise ValueError("watermark.signature cannot be embedded under example_privacy (DP-SGD replaces the "
                              "gradient the sign loss adds to): use watermark.trigger only, or client-level privacy")
+        if (self.privacy is not None and self.privacy.noise_multiplier > 0 and self.secure_aggregation is not None
+                and self.compression is not None):
+            raise ValueError("privacy.noise_multiplier > 0 with secure_aggregation and compression: each client would "
+                             "round its own noisy share, and the sum of rounded shares is not a function of the "
+                             "noised sum, so the accountant's epsilon would not hold; drop compression (or "
+                             "secure_aggregation: in the clear the server adds the noise after decoding)")
 
     def server_strategy(self, num_clients: int) -> Strategy:
         """The strategy as the server runs it over ``num_clients``: wrapped in client-level DP under ``privacy``."""

@@ -10,6 +10,7 @@ from fedlit.compression import CompressionConfig
 from fedlit.compression.bits import pack_bits, unpack_bits
 from fedlit.compression.quantize import dequantize, error_bound, from_wire, quantize, quantize_to_grid, to_wire
 from fedlit.compression.residual import ResidualStore
+from fedlit.lightning_modules import OptimizerConfig
 from fedlit.payload import flatten, to_bytes
 from fedlit.privacy import ClientDPConfig
 from fedlit.round_store import client_state_dir
@@ -213,6 +214,22 @@ def test_client_dp_with_compression_clips_on_the_server_and_excludes_no_one(make
     assert all(r["update_norm"] <= 0.05 * 1.5 for r in train)  # quantized: about the clip norm, not excluded
     step = flatten(loop.global_payload) - flatten(make_loop(rounds=1).module_factory().trainable_state_dict())
     assert np.linalg.norm(step) <= 2 * 0.05 * (1 + 1e-5) * 3 / 3  # two rounds, each a mean of re-clipped updates
+
+
+def test_client_dp_noise_with_compression_is_the_servers_added_after_decoding(make_loop, tmp_path):
+    """lr 0: every update is zero and quantizes to zero, so the released change times the denominator is exactly the
+    server's noise (pinned here), continuous, not on the clients' grid: clip, quantize, clip again, noise."""
+    from fedlit.privacy import PartySecret
+
+    privacy = ClientDPConfig(noise_multiplier=1.0, clip_norm=0.5)
+    loop = make_loop(rounds=1, privacy=privacy, compression=CompressionConfig(bits=2), insecure_seed=4,
+                     strategy=FedAvg(clients_per_round=3), optimizer=OptimizerConfig(lr=0.0))
+    start = flatten(loop.module_factory().trainable_state_dict())
+    released = (flatten(loop.fit()) - start) * 3
+    noise = PartySecret.fresh("the server", insecure_seed=4).numpy("dp-noise", 1).normal(0.0, 0.5, len(start))
+    assert np.allclose(released, noise, atol=1e-6)
+    with pytest.raises(ValueError, match="noise_multiplier > 0 with secure_aggregation and compression"):
+        make_loop(privacy=privacy, compression=CompressionConfig(bits=2), secure_aggregation=SecureAggregationConfig())
 
 
 def test_downlink_compression_sends_the_global_adapter_quantized(make_loop, tmp_path):

@@ -231,7 +231,7 @@ def test_imprint_gives_every_marked_weight_its_sign_and_a_neighbours_magnitude()
     before = weights["w"].clone()
     imprint(weights, signature, torch.Generator().manual_seed(1), floor=0.1)
     after = weights["w"].flatten()
-    assert matched_bits(weights, signature) == 50
+    assert matched_bits(weights, signature) == (50, 50)
     unmarked = torch.ones(2000, dtype=torch.bool)
     unmarked[indices] = False
     assert torch.equal(after[unmarked], before.flatten()[unmarked])  # nothing else moves
@@ -245,6 +245,14 @@ def test_imprint_gives_every_marked_weight_its_sign_and_a_neighbours_magnitude()
     zeros = {"w": torch.zeros(4, 4)}
     imprint(zeros, [SignedPositions("w", [4, 4], [1, 5], [1, -1])], torch.Generator().manual_seed(0), floor=0.1)
     assert zeros["w"].flatten()[[1, 5]].tolist() == pytest.approx([0.1, -0.1])  # untrained LoRA B: the floor
+
+
+def test_zero_weights_carry_no_sign_and_are_left_out_of_the_test() -> None:
+    from fedlit.watermark.key import SignedPositions
+
+    weights = {"w": torch.tensor([0.3, -0.2, 0.0, 0.0, 0.1, -0.4])}
+    signature = [SignedPositions("w", [6], [0, 1, 2, 3, 4, 5], [1, -1, 1, -1, -1, -1])]
+    assert matched_bits(weights, signature) == (3, 4)  # of the four weights with a sign, three match
 
 
 def test_signature_under_example_level_dp_is_refused() -> None:

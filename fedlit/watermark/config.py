@@ -18,16 +18,16 @@ class SignatureConfig:
         bits: positions (and signs) in the client's key.
         gamma: the margin: the loss is zero once every ``b_i * w_i >= gamma``.
         weight: the sign loss's weight beside the task loss.
-        enforce: also set each marked weight that misses its margin to ``b_i * gamma`` when the local fit ends (the
-            sign loss's exact minimiser on those entries). FedAvg divides one client's push on its positions by the
-            number of clients averaged while the others' updates move them at random; training with the sign loss
-            lets the rest of the adapter adapt to the mark, enforcing makes every update carry it in full.
+        enforce: also give every marked weight its sign when the local fit ends, with a magnitude drawn from the
+            other entries of its tensor (:func:`~fedlit.watermark.signature.imprint`): every update carries the
+            whole mark, and nothing in it shows where the mark is. FedAvg and later training flip some marked
+            weights (a mark as small as its neighbours is no stronger than they are); the many bits make up for it.
         parameters: a regular expression over trainable parameter names that the positions are drawn from; the
             default, LoRA's B matrices, start at zero, so no position starts with a sign to overcome. Other peft
             methods name theirs (``ia3_l``, ``prompt_embeddings``, ...); ``None``: every trainable parameter.
     """
 
-    bits: int = 128
+    bits: int = 1024
     gamma: float = 0.02
     weight: float = 1.0
     enforce: bool = True

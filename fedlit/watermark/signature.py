@@ -28,10 +28,11 @@ def marked_values(parameters: Mapping[str, torch.Tensor],
     return torch.cat(values), torch.cat(signs)
 
 
-def matched_bits(parameters: Mapping[str, torch.Tensor], signature: list[SignedPositions]) -> int:
-    """How many of the key's positions carry the key's sign (a zero weight carries none)."""
+def matched_bits(parameters: Mapping[str, torch.Tensor], signature: list[SignedPositions]) -> tuple[int, int]:
+    """How many of the key's positions carry the key's sign, and how many carry a sign at all: a zero weight (one
+    that pruning removed, say) tells nothing either way and is left out of the test."""
     values, signs = marked_values(parameters, signature)
-    return int((torch.sign(values) == signs).sum())
+    return int((torch.sign(values) == signs).sum()), int((values != 0).sum())
 
 
 @torch.no_grad()

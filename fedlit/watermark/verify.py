@@ -3,7 +3,8 @@
 Both scores come with the probability that a model which never saw the key scores as well by chance. The key's
 signs and trigger targets are drawn uniformly and independently of any such model, so each sign bit matches with
 probability 1/2 and each target token is predicted with probability at most 1/``candidates``, whatever the model:
-the number of matches is binomial (a zero weight or an off-candidate prediction only makes chance matches rarer).
+the number of matches is binomial. A zero weight carries no sign and is left out of the sign count (which weights are
+zero, pruned say, does not depend on the key's signs); an off-candidate prediction only makes chance matches rarer.
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ def verify(model: nn.Module, key: WatermarkKey, fpr: float = DEFAULT_FPR, source
     model.eval()
     signature = trigger = None
     if key.signature:
-        matched = matched_bits(dict(model.named_parameters()), key.signature)
-        p_value = binomial_tail(matched, key.bits, 0.5)
-        signature = Score(matched, key.bits, p_value, p_value <= level)
+        matched, signed = matched_bits(dict(model.named_parameters()), key.signature)
+        p_value = binomial_tail(matched, signed, 0.5)
+        signature = Score(matched, signed, p_value, p_value <= level)
     if key.triggers:
         total = sum(len(t) for t in key.targets)
         matched = trigger_matches(model, key)
