@@ -18,20 +18,22 @@ from fedlit.lightning_modules.causal_lm import shifted_token_loss
 from fedlit.lightning_modules.zeroth_order import COEFFICIENTS, ZerothOrderConfig, direction, replay
 from fedlit.models import ModelConfig
 from fedlit.payload import to_bytes
+from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg
 
 LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1)
 
 
 def build(model_dir: Path, data: Path, output_dir: Path, rounds: int = 2, trainable: str = "peft", steps: int = 3,
-          **zeroth):
+          federation: dict | None = None, **zeroth):
     return fed_kseed(
         model=ModelConfig(str(model_dir)),
         data=DataConfig(source=str(data), num_clients=3, val_examples_per_client=4, global_val_examples=6,
                         batch_size=4, max_length=32),
         trainable=trainable, peft=LORA, zeroth_order=ZerothOrderConfig(**{"seeds": 64, "lr": 1e-2, **zeroth}),
-        federation=Federation(strategy=FedAvg(clients_per_round=2), rounds=rounds, output_dir=str(output_dir),
-                              loggers=[], progress=False, trainer={"max_steps": steps, "accelerator": "cpu"}),
+        federation=Federation(**{"strategy": FedAvg(clients_per_round=2), "rounds": rounds,
+                                 "output_dir": str(output_dir), "loggers": [], "progress": False,
+                                 "trainer": {"max_steps": steps, "accelerator": "cpu"}, **(federation or {})}),
     )
 
 
@@ -151,3 +153,49 @@ def test_a_client_whose_coefficients_turn_nan_is_excluded_under_the_fault_policy
     assert excluded and {r["client"] for r in excluded} == {diverged[0]}
     assert all("NaN" in r["excluded"] for r in excluded)
     assert torch.isfinite(loop.global_payload[COEFFICIENTS]).all() and loop.global_payload[COEFFICIENTS].any()
+
+
+def test_under_secure_aggregation_the_masked_mean_of_coefficients_is_fedavgs(tiny_model_dir, plays_jsonl, tmp_path):
+    every = {"strategy": FedAvg(clients_per_round=3)}
+    clear = build(tiny_model_dir, plays_jsonl, tmp_path / "clear", federation=every).fit()
+    masked = build(tiny_model_dir, plays_jsonl, tmp_path / "masked",
+                   federation={**every, "secure_aggregation": SecureAggregationConfig()}).fit()
+    assert clear[COEFFICIENTS].count_nonzero() > 0
+    assert torch.allclose(masked[COEFFICIENTS], clear[COEFFICIENTS], atol=1e-6)  # fixed-point rounding only
+
+
+def test_client_level_dp_clips_and_noises_the_coefficients(tiny_model_dir, plays_jsonl, tmp_path):
+    """A clip far below any update: the released change times the denominator is the server's noise on the K
+    coefficients (pinned here), plus at most the clipped updates."""
+    from fedlit.privacy import ClientDPConfig, PartySecret
+
+    privacy = ClientDPConfig(noise_multiplier=1.0, clip_norm=1e-9)
+    loop = build(tiny_model_dir, plays_jsonl, tmp_path / "dp", rounds=1,
+                 federation={"privacy": privacy, "insecure_seed": 2})
+    released = loop.fit()[COEFFICIENTS].double() * 2
+    noise = PartySecret.fresh("the server", insecure_seed=2).numpy("dp-noise", 1).normal(0.0, 1e-9, 64)
+    assert torch.allclose(released, torch.from_numpy(noise), atol=3e-9)
+    assert [r["epsilon"] for r in loop.history if r["split"] == "privacy"] == [loop.accountant.epsilon(1)]
+
+
+def test_compression_and_non_finite_settings_are_refused_before_any_model_loads(tmp_path):
+    from fedlit.compression import CompressionConfig
+
+    with pytest.raises(ValueError, match="fedkseed: compression cannot apply"):
+        build(Path("/nonexistent"), Path("/nonexistent"), tmp_path, federation={"compression": CompressionConfig()})
+    for settings in ({"lr": float("nan")}, {"scale": float("inf")}):
+        with pytest.raises(ValueError, match="zeroth_order: need seeds >= 1, lr > 0 and scale > 0"):
+            ZerothOrderConfig(**settings)
+
+
+def test_on_ray_a_fedkseed_run_is_bit_identical_to_local(tiny_model_dir, plays_jsonl, tmp_path):
+    ray = pytest.importorskip("ray")
+    from fedlit.backends import RayBackend
+
+    local = build(tiny_model_dir, plays_jsonl, tmp_path / "local").fit()
+    try:
+        remote = build(tiny_model_dir, plays_jsonl, tmp_path / "ray",
+                       federation={"backend": RayBackend(num_workers=2)}).fit()
+    finally:
+        ray.shutdown()
+    assert torch.equal(remote[COEFFICIENTS], local[COEFFICIENTS])

@@ -40,12 +40,19 @@ def fed_kseed(
         peft: the adapter when ``trainable`` is ``peft``.
         zeroth_order: K, the step size, the perturbation scale and the seeds' seed.
         evaluation: extra validation metrics (as for FedHomoLLM).
-        federation: what every algorithm shares. DP-SGD and the signature watermark need gradients and are refused.
+        federation: what every algorithm shares. DP-SGD and the signature watermark need gradients and are refused;
+            so is compression (its grid has no level at zero, so the coefficients a client did not touch would
+            travel as nonzero: the O(steps) uplink and the replay of only the seeds in use would be lost, for no
+            gain over the changed coefficients that travel already).
     """
     federation = federation or Federation()
     if federation.example_privacy is not None or federation.watermark is not None:
         raise ValueError("fedkseed takes no gradients: example_privacy (DP-SGD) and watermark cannot apply; "
-                         "client-level privacy, secure aggregation and compression work on the coefficients")
+                         "client-level privacy and secure aggregation work on the coefficients")
+    if federation.compression is not None:
+        raise ValueError("fedkseed: compression cannot apply (its grid has no zero level: every untouched coefficient "
+                         "would travel nonzero); a client already sends only its changed coefficients, 12 bytes a "
+                         "step")
     if trainable not in ("peft", "full"):
         raise ValueError(f"trainable must be 'peft' or 'full', got {trainable!r}")
     tokenizer = load_tokenizer(model)

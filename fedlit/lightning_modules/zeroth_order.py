@@ -10,6 +10,7 @@ rebuilds the weights by replaying it from ``w0``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ class ZerothOrderConfig:
     pro_alpha: float | None = None
 
     def __post_init__(self) -> None:
-        if self.seeds < 1 or self.lr <= 0 or self.scale <= 0:
+        if self.seeds < 1 or not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.scale)
+                                  and self.scale > 0):
             raise ValueError(f"zeroth_order: need seeds >= 1, lr > 0 and scale > 0, got {self.seeds}, {self.lr} "
                              f"and {self.scale}")
 
