@@ -183,6 +183,36 @@ def test_knowledge_is_kept_per_client_and_the_rest_averaged():
     assert set(out) == {"a/knowledge.ce", "b/knowledge.ce", "w"}
 
 
+def test_the_server_takes_each_texts_lowest_ce_client_only_where_it_beats_the_llm(monkeypatch):
+    """Three clients' knowledge on four public texts, selected by hand: text 0 from b (0.5 < the LLM's 1.0), texts 1
+    and 2 from a (0.7 < 1.0, 4.0 < 5.0), text 3 from nobody (c's 0.6 is the clients' best, the LLM's 0.5 better)."""
+    from types import SimpleNamespace
+
+    from fedlit.algorithms.fed_mkt import MutualTransferServer
+    from fedlit.lightning_modules.public_knowledge import Knowledge
+
+    def knowledge(fill: int, ce: list[float]) -> Knowledge:
+        return Knowledge(torch.full((4, 3, 2), fill, dtype=torch.int32), torch.full((4, 3, 2), float(fill)),
+                         torch.tensor(ce))
+
+    clients = {"a": knowledge(1, [2.0, 0.7, 4.0, 0.9]), "b": knowledge(2, [0.5, 0.9, 6.0, 0.8]),
+               "c": knowledge(3, [3.0, 0.8, 4.5, 0.6])}
+    server = MutualTransferServer.__new__(MutualTransferServer)
+    server.learns, server.config, server.public = True, SimpleNamespace(server_steps=1), None
+    server.bridges = {c: SimpleNamespace(carry=lambda k: k) for c in clients}  # one tokenizer: the identity
+    server.knowledge = knowledge(0, [1.0, 1.0, 5.0, 0.5])
+    taught = []
+    monkeypatch.setattr(server, "_distil", lambda teacher, seed: taught.append(teacher) or 0.25)
+    monkeypatch.setattr(server, "_own_knowledge", lambda: server.knowledge)
+    gathered = canonical({f"{c}/{name}": t for c, k in clients.items() for name, t in k.payload().items()})
+    _, rows = server(gathered, 1, 0)
+    (teacher,) = taught
+    assert teacher.taught.tolist() == [True, True, True, False]
+    assert teacher.knowledge.ids[:, 0, 0].tolist() == [2, 1, 1, 3]  # b, a, a; text 3's best (c), not taught
+    assert teacher.knowledge.ce.tolist() == pytest.approx([0.5, 0.7, 4.0, 0.6])
+    assert rows == [{"client": "server", "split": "train", "model": "llm", "loss": 0.25, "num_examples": 3}]
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"fedavg": True}, "fedavg averages the clients' SLM adapters: only in mode homogeneous"),
     ({"mode": "homogeneous"}, "mode homogeneous: every client trains the same slm"),
