@@ -23,8 +23,9 @@ class FaultPolicy:
     global adapter untouched.
 
     Args:
-        timeout_s: wall-clock limit of one client's fit (``None``: none). In-process clients are interrupted
-            by SIGALRM, so the limit applies when the loop runs in the main thread of a Unix process.
+        timeout_s: wall-clock limit of any one client call: its fit, its evaluation, a protocol stage (``None``:
+            none). In-process clients are interrupted by SIGALRM, so the limit applies when the loop runs in the
+            main thread of a Unix process.
         min_clients: fewest accepted updates that make a round.
         max_update_norm: exclude an update whose L2 distance from the global adapter is larger
             (``None``: no bound; under client-level DP it defaults to the clipping norm).
@@ -46,7 +47,7 @@ class ClientTimeout(TimeoutError):
 
 
 @contextlib.contextmanager
-def deadline(seconds: float | None, client_id: str) -> Iterator[None]:
+def deadline(seconds: float | None, client_id: str, method: str = "fit") -> Iterator[None]:
     """Raise :class:`ClientTimeout` in the body once ``seconds`` have passed (no-op for ``None`` or off the
     main thread, where signals cannot be delivered)."""
     if seconds is None or threading.current_thread() is not threading.main_thread():
@@ -54,7 +55,7 @@ def deadline(seconds: float | None, client_id: str) -> Iterator[None]:
         return
 
     def expire(signum: int, frame: object) -> None:
-        raise ClientTimeout(f"client '{client_id}' did not finish within {seconds:g} s")
+        raise ClientTimeout(f"client '{client_id}' did not finish its {method} within {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

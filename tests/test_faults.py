@@ -53,7 +53,8 @@ class FaultyClient(Client):
         return result
 
 
-FAULTS = {"raise": "RuntimeError: disk full", "hang": "ClientTimeout: client 'client-002' did not finish within 2 s",
+FAULTS = {"raise": "RuntimeError: disk full",
+          "hang": "ClientTimeout: client 'client-002' did not finish its fit within 2 s",
           "nan": "non-finite values", "inf": "non-finite values", "shape": "adapter mismatch for the update",
           "dtype": "dtype mismatch", "norm": "exceeds the bound 50"}
 

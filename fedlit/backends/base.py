@@ -34,7 +34,8 @@ class ClientHost:
 
     Args:
         app_factory: client id -> its ClientApp.
-        timeout_s: a fit past it is interrupted by SIGALRM (main thread of a Unix process); ``None``: no limit.
+        timeout_s: any call (a fit, an evaluation, a protocol stage) past it is interrupted by SIGALRM (main thread
+            of a Unix process); ``None``: no limit.
     """
 
     def __init__(self, app_factory: ClientAppFactory, timeout_s: float | None = None) -> None:
@@ -46,7 +47,7 @@ class ClientHost:
         began = time.perf_counter()
         try:
             app = self.apps.get(client_id) or self.apps.setdefault(client_id, self.app_factory(client_id))
-            with deadline(self.timeout_s if method == "fit" else None, client_id):
+            with deadline(self.timeout_s, client_id, method):
                 return getattr(app, method)(request)
         except Exception as error:  # noqa: BLE001 - any failure is that client's
             return ClientFailure(f"{type(error).__name__}: {error}", round(time.perf_counter() - began, 3))
@@ -63,7 +64,7 @@ class Backend(ABC):
 
     @abstractmethod
     def start(self, app_factory: ClientAppFactory, timeout_s: float | None) -> None:
-        """Prepare to run clients built by ``app_factory``; ``timeout_s`` bounds each client's fit."""
+        """Prepare to run clients built by ``app_factory``; ``timeout_s`` bounds each client's every call."""
 
     @abstractmethod
     def call(self, method: str, requests: Mapping[str, Any],

@@ -9,6 +9,8 @@ exist in the driver. A fit with no such state goes to whichever actor is free fi
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,6 +47,19 @@ class _Worker:
         return os.getpid()
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Refuse, in one line and within ``timeout_s``, a ``host:port`` (or ``ray://host:port``) where nothing listens:
+    ``ray.init`` would retry it for minutes. ``auto`` is left to Ray, which answers at once."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if found is None:
+        return
+    try:
+        socket.create_connection((found[1], int(found[2])), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(f"backend.address {address}: no Ray cluster answers there "
+                              f"({error.strerror or error})") from None
+
+
 class RayBackend(Backend):
     """A pool of ``num_workers`` Ray actors.
 
@@ -73,6 +88,8 @@ class RayBackend(Backend):
         except ImportError:
             raise ImportError("the Ray backend needs Ray: pip install 'fedlit[ray]'") from None
         if not ray.is_initialized():
+            if self.address:
+                check_reachable(self.address)
             local = {} if self.address else {"num_cpus": self.num_workers * self.cpus_per_worker}
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, **local)
@@ -81,6 +98,7 @@ class RayBackend(Backend):
         self.actor_class = ray.remote(_Worker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                                                         max_concurrency=1)
         self.workers = [self._new_worker() for _ in range(self.num_workers)]
+        self.ray.get([worker.pid.remote() for worker in self.workers])  # up: the deadline starts with the call
         self.placement = {}
 
     def _new_worker(self) -> Any:
@@ -90,6 +108,7 @@ class RayBackend(Backend):
         """A worker that died or overran the deadline is killed and replaced; its clients' state is gone."""
         self.ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self._new_worker()
+        self.ray.get(self.workers[index].pid.remote())  # up before it gets a call with a deadline
         self.placement = {cid: w for cid, w in self.placement.items() if w != index}
 
     def call(self, method: str, requests: Mapping[str, Any],
@@ -109,7 +128,7 @@ class RayBackend(Backend):
                 running[ref] = (client_id, index, time.monotonic())
             if not running:
                 continue
-            done, _ = self.ray.wait(list(running), num_returns=1, timeout=self._wait_timeout(running, method))
+            done, _ = self.ray.wait(list(running), num_returns=1, timeout=self._wait_timeout(running))
             for ref in done:
                 client_id, index, began = running.pop(ref)
                 replies[client_id] = self._result(ref, client_id, index, began)
@@ -117,7 +136,7 @@ class RayBackend(Backend):
                 if on_reply is not None:
                     on_reply(client_id)
             if not done:
-                self._expire(running, replies, free, on_reply)
+                self._expire(method, running, replies, free, on_reply)
         return {client_id: replies[client_id] for client_id in requests}
 
     def _worker_for(self, method: str, client_id: str, free: set[int]) -> int | None:
@@ -133,8 +152,8 @@ class RayBackend(Backend):
             self.placement[client_id] = index
         return index
 
-    def _wait_timeout(self, running: Mapping[Any, tuple[str, int, float]], method: str) -> float | None:
-        if self.timeout_s is None or method != "fit":
+    def _wait_timeout(self, running: Mapping[Any, tuple[str, int, float]]) -> float | None:
+        if self.timeout_s is None:
             return None
         oldest = min(started for _, _, started in running.values())
         return max(0.0, oldest + self.timeout_s - time.monotonic())
@@ -148,16 +167,18 @@ class RayBackend(Backend):
             return ClientFailure(f"WorkerDied: the worker running client '{client_id}' died "
                                  f"({type(error).__name__})", round(time.monotonic() - began, 3))
 
-    def _expire(self, running: dict[Any, tuple[str, int, float]], replies: dict[str, Reply | ClientFailure],
-                free: set[int], on_reply: Callable[[str], None] | None) -> None:
-        """Fits past the deadline: a failure each, their workers replaced."""
+    def _expire(self, method: str, running: dict[Any, tuple[str, int, float]],
+                replies: dict[str, Reply | ClientFailure], free: set[int],
+                on_reply: Callable[[str], None] | None) -> None:
+        """Calls past the deadline (any method: a hung protocol stage or evaluation too): a failure each, their
+        workers replaced."""
         now = time.monotonic()
         for ref, (client_id, index, began) in list(running.items()):
             if now - began >= self.timeout_s:
                 running.pop(ref)
                 self._replace(index)
-                replies[client_id] = ClientFailure(f"ClientTimeout: client '{client_id}' did not finish within "
-                                                   f"{self.timeout_s:g} s", round(now - began, 3))
+                replies[client_id] = ClientFailure(f"ClientTimeout: client '{client_id}' did not finish its {method} "
+                                                   f"within {self.timeout_s:g} s", round(now - began, 3))
                 free.add(index)
                 if on_reply is not None:
                     on_reply(client_id)
