@@ -10,6 +10,8 @@ Options follow LightningCLI / jsonargparse: every config key is also a command-l
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -140,7 +142,8 @@ def verify_parser() -> ArgumentParser:
                         help="the adapter's base model (default: the one its adapter_config.json names)")
     parser.add_argument("--key", type=list[str], required=True, help="key file(s), e.g. --key '[a.json, b.json]'")
     parser.add_argument("--fpr", type=float, default=1e-6, help="false-positive rate of the verdict")
-    parser.add_argument("--output", type=str | None, default=None, help="also write the results as JSON here")
+    parser.add_argument("--output", type=str | None, default=None,
+                        help="also write the results as JSON here (a new file: never overwritten)")
     return parser
 
 
@@ -152,6 +155,9 @@ def run_verify(config: Namespace) -> int:
     from fedlit.models import load_trained_model
     from fedlit.watermark import WatermarkKey, verify
 
+    if config.output is not None and Path(config.output).exists():
+        raise FileExistsError(f"--output {config.output} exists: fedlit verify never overwrites a file (a key file, "
+                              "say), choose another")
     keys = [(path, WatermarkKey.load(path)) for path in config.key]
     model = load_trained_model(config.adapter, config.model, config.base)
     results = [(path, verify(model, key, config.fpr, f"watermark key {path}")) for path, key in keys]
@@ -288,20 +294,55 @@ def run_prepare() -> None:
 
 
 def _check_config_files(argv: Sequence[str]) -> None:
-    """jsonargparse reports YAML syntax errors without the file name; name it."""
-    for flag, value in zip(argv, argv[1:], strict=False):
-        if flag == "--config" and Path(value).is_file():
-            try:
-                yaml.safe_load(Path(value).read_text())
-            except yaml.YAMLError as err:
-                sys.exit(f"fedlit: config file '{value}' is not valid YAML:\n{err}")
+    """jsonargparse reports YAML syntax errors without the file name and over several lines: name the file, the
+    line and the problem in one line, exit 2 (a config error), for ``--config FILE`` and ``--config=FILE`` alike."""
+    given = [value for flag, value in zip(argv, argv[1:], strict=False) if flag == "--config"]
+    given += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    for value in given:
+        if not Path(value).is_file():
+            continue
+        try:
+            yaml.safe_load(Path(value).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            print(f"fedlit: config file '{value}' is not valid YAML: {problem}{where}", file=sys.stderr)
+            sys.exit(2)
+
+
+# lines of jsonargparse's errors that say nothing about the problem itself
+_NOISE = ("Given value", "Subtypes:", "Errors:", "Does not validate against any", "Expected a <class 'NoneType'>",
+          "tip:", "usage:")
+
+
+def parse_error_line(text: str) -> str:
+    """jsonargparse's usage dump and nested error, as one line: the keys down to the innermost problem."""
+    message = text.split("error: ", 1)[1] if "error: " in text else text
+    kept = [line.strip().removeprefix("- ") for line in message.splitlines() if line.strip()]
+    return " ".join(line for line in kept if not line.startswith(_NOISE))
+
+
+def parse_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
+    """``parser.parse_args``, but a command-line or config error is one line (``fedlit: ...``) and exit 2, not the
+    whole usage; ``--help`` and ``--print_config`` print as usual."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(argv)
+    except SystemExit as done:
+        if done.code in (0, None):
+            sys.stderr.write(captured.getvalue())
+            raise
+        print(f"fedlit: {parse_error_line(captured.getvalue())}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     _check_config_files(argv)
     parser = build_parser()
-    config = parser.parse_args(argv)
+    config = parse_args(parser, argv)
     quiet_libraries()
     if config.subcommand == "prepare":
         run_prepare()

@@ -4,9 +4,11 @@ own keys (model, data, adapter, ...); in YAML its fields stay top-level keys (``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
@@ -20,6 +22,7 @@ from fedlit.secure import SecureAggregationConfig
 from fedlit.secure.workflow import SecureAggregationWorkflow
 from fedlit.strategies import DPFedAvg, FedAvg, Strategy
 from fedlit.watermark import WatermarkConfig
+from fedlit.watermark.key import check_signature_fits
 from fedlit.workflow import PlainWorkflow, Workflow
 
 
@@ -113,6 +116,19 @@ class Federation:
         if self.privacy is None or self.faults.max_update_norm is not None or self.compression is not None:
             return self.faults
         return dataclasses.replace(self.faults, max_update_norm=self.privacy.clip_norm * CLIP_TOLERANCE)
+
+    def check_module(self, trainable: Mapping[str, torch.Tensor]) -> None:
+        """Refuse, before round 0, shared settings the clients' trainable parameters cannot take: a watermark
+        signature whose ``parameters`` match none of them, or whose ``bits`` exceed their entries."""
+        if self.watermark is not None and self.watermark.signature is not None:
+            check_signature_fits(trainable, self.watermark.signature)
+
+    def resume_parts(self) -> dict[str, Any]:
+        """The shared settings a resumed run must keep (with the algorithm's own: model, data, peft, ...): a changed
+        watermark would keep old keys under new settings, changed compression would change the bytes mid-run, and
+        changed privacy would make the accountant's epsilon wrong."""
+        return {"watermark": self.watermark, "compression": self.compression, "privacy": self.privacy,
+                "example_privacy": self.example_privacy}
 
     def replace(self, **changes: Any) -> Federation:
         """A copy with ``changes``."""

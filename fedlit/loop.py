@@ -209,7 +209,7 @@ class FederatedLoop:
         self.faults = federation.effective_faults()
         self.example_privacy = federation.example_privacy
         self.example_steps: dict[str, int] = {}  # DP-SGD steps each client has taken so far
-        self.fingerprint = config_fingerprint(dict(fingerprint or {}))
+        self.fingerprint = config_fingerprint({**(fingerprint or {}), **federation.resume_parts()})
         self.report = report
         self.stopped: str | None = None
         self.current_round = 0
@@ -259,6 +259,7 @@ class FederatedLoop:
 
     def _rounds(self, resume: bool) -> Payload:
         module = self.module_factory()
+        self.federation.check_module(module.trainable_state_dict())
         start = self._resume(module) if resume else None
         if start is None:
             if not resume:

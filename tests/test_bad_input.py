@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import write_cli_config
 
 from fedlit.checkpoint import (
@@ -394,3 +395,68 @@ def test_15_accountant_is_exact_and_offers_prv(caplog):
         DPFedAvg(FedAvg(clients_per_round=2), ClientDPConfig(accountant="prv"), 10)
     poisson = DPFedAvg(FedAvg(2, sampling="poisson"), ClientDPConfig(accountant="prv"), 10).accountant
     assert poisson.epsilon(3) > 0
+
+
+# 16. Milestone 3's review of the newer commands: nothing overwritten, nothing exits 0 that did not do what was asked,
+# settings checked before round 0, resume refuses a changed setup, every message one line naming the file/key/value.
+def test_16_config_and_parse_errors_are_one_line_and_exit_2(config_file, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: [1\n")
+    for argv in (["fit", "--config", str(bad)], ["fit", f"--config={bad}"]):
+        line = fails(capsys, *argv, code=2)
+        assert f"config file '{bad}' is not valid YAML" in line and "line 2" in line
+    for args, message in ((["--model.quantization", '{"bits": 3}'], 'Parser key "bits": Expected a typing.Literal'),
+                          (["--backend.class_path", "nosuch.Backend"], "No module named 'nosuch'"),
+                          (["--rounds", "0"], 'Parser key "rounds"')):
+        assert message in fails(capsys, "fit", "--config", str(config_file), *args, code=2)
+
+
+def test_16_settings_the_adapter_cannot_take_are_refused_before_round_0(config_file, tmp_path, capsys):
+    for watermark, message in (({"signature": {"bits": 10 ** 6}, "trigger": None},
+                                "watermark.signature.bits is 1000000 but the parameters it may use ('lora_B')"),
+                               ({"signature": {"parameters": "nosuch"}, "trigger": None},
+                                "watermark.signature.parameters 'nosuch' matches no trainable parameter")):
+        line = fails(capsys, "fit", "--config", str(config_file), "--watermark", json.dumps(watermark))
+        assert message in line, line
+        assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
+
+
+def test_16_resume_refuses_a_changed_watermark_or_compression(config_file, tmp_path, capsys):
+    watermark = json.dumps({"signature": {"bits": 16}, "trigger": None})
+    main(["fit", "--config", str(config_file), "--rounds", "1", "--watermark", watermark])
+    changed = json.dumps({"signature": {"bits": 32}, "trigger": None})
+    for args, part in ((["--watermark", changed], "watermark"),
+                       (["--watermark", watermark, "--compression", '{"bits": 4}'], "compression")):
+        line = fails(capsys, "fit", "--config", str(config_file), "--rounds", "2", "--resume", "true", *args)
+        assert f"was written with a different {part} setup" in line, line
+
+
+def test_16_verify_never_overwrites_and_names_a_malformed_key(config_file, tmp_path, capsys):
+    from fedlit.watermark.key import KEY_FORMAT
+
+    key = tmp_path / "k.json"
+    key.write_text("secret key material")
+    assert "--output" in fails(capsys, "verify", "--adapter", "x", "--key", f"[{key}]", "--output", str(key))
+    assert key.read_text() == "secret key material"
+    good = {"format": KEY_FORMAT, "owner": "a", "base_model": "m", "fingerprint": "f",
+            "signature": [{"parameter": "w", "shape": [2, 3], "indices": [0, 5], "signs": [1, -1]}]}
+    cases = [({"format": KEY_FORMAT, "owner": "a"}, "missing field(s) base_model, fingerprint"),
+             ([1, 2], "expected a JSON object, got a list"),
+             ({**good, "signature": [{**good["signature"][0], "indices": [0, 6]}]},
+              "indices [6] are outside its 6 entries"),
+             ({**good, "signature": []}, "it holds no signature positions and no triggers"),
+             ({**good, "signature": [{**good["signature"][0], "signs": [1, 5]}]}, "signs must be -1 or 1, got [5]")]
+    for i, (content, message) in enumerate(cases):
+        path = tmp_path / f"bad-{i}.json"
+        path.write_text(json.dumps(content))
+        line = fails(capsys, "verify", "--adapter", "x", "--key", f"[{path}]")
+        assert f"watermark key {path}" in line and message in line, line
+
+
+def test_16_a_sweep_count_below_one_is_refused(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"method": "grid", "metric": {"name": "m"},
+                                     "parameters": {"rounds": {"values": [1, 2]}}}))
+    for count in ("-1", "0"):
+        assert "must be a whole number >= 1" in fails(capsys, "sweep", str(sweep), "--count", count)
+    assert not (tmp_path / "outputs").exists()

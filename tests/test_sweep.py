@@ -91,11 +91,32 @@ def test_random_draws_are_reproducible_and_follow_wandb_distributions(tmp_path):
     ({"parameters": {"lr": {"distribution": "beta"}}}, "distribution 'beta' is not supported offline"),
     ({"parameters": {"lr": {"distribution": "uniform", "min": 0.1, "max": 0.2}}}, "a grid search takes only"),
     ({"metric": {"name": "m", "goal": "up"}}, "metric needs a name and a goal"),
+    ({"early_terminate": {"type": "hyperband", "min_iter": 3}}, "early_terminate .W&B's hyperband. is not run offline"),
+    ({"paramters": {"lr": {"value": 1}}}, "unknown key.s. paramters"),
+    ({"run_cap": 0}, r"the run count \(--count or run_cap\) must be a whole number >= 1, got 0"),
 ])
 def test_bad_sweep_files_are_named(tmp_path, change, message):
     spec = {**NESTED, **change}
     with pytest.raises(SweepError, match=message):
         sweep_points(write_sweep(tmp_path, spec), None, 0)
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_a_count_below_one_is_refused_not_sliced(tmp_path, count):
+    with pytest.raises(SweepError, match=f"must be a whole number >= 1, got {count}"):
+        sweep_points(write_sweep(tmp_path, NESTED), count, 0)
+
+
+def test_a_run_whose_summary_lacks_the_metric_is_failed_not_finished(tmp_path):
+    from fedlit.sweep.runner import SweepRunner, Trial
+
+    spec = write_sweep(tmp_path, NESTED)
+    run_dir = tmp_path / "out" / "runs" / "run-000"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"summary/val_los": 1.0}))
+    trial = Trial("run-000", {})
+    SweepRunner(spec, tmp_path / "out")._finish(trial, 0)
+    assert trial.status == "failed (no summary/val_loss)" and trial.metric is None
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(tmp_path, tiny_model_dir, plays_jsonl):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +138,9 @@ class InferenceClientApp:
             raise ValueError(f"client '{self.client_id}': {len(continuations.texts)} continuations for "
                              f"{len(self.prompts)} prompts")
         answers = (self.extracted(continuations.texts) if self.config.private else list(continuations.texts))
+        epsilon = self.config.epsilon if math.isfinite(self.config.epsilon) else "inf"  # (standard JSON has no inf)
         rows = [{"prompt": p, "sent": s, "continuation": c, "answer": a,
-                 "epsilon": self.config.epsilon if self.config.private else None}
+                 "epsilon": epsilon if self.config.private else None}
                 for p, s, c, a in zip(self.prompts, self.sent, continuations.texts, answers, strict=True)]
         atomic_write_bytes(self.output, "".join(json.dumps(r) + "\n" for r in rows).encode())
         log.info("client '%s' wrote %d answers to %s", self.client_id, len(rows), self.output)

@@ -35,7 +35,7 @@ class Trial:
 
     name: str
     values: dict[str, Any]
-    status: str = "pending"  # pending | finished | failed (exit N)
+    status: str = "pending"  # pending | finished | failed (exit N) | failed (no <metric>): its summary lacks it
     seconds: float = 0.0
     metric: float | None = None
     attempts: int = 0
@@ -144,7 +144,8 @@ class SweepRunner:
     def _finish(self, trial: Trial, returncode: int) -> None:
         run_dir = self.directory / "runs" / trial.name
         if returncode == 0 and (run_dir / "summary.json").is_file():
-            trial.status, trial.metric = "finished", _metric(self.spec, run_dir)
+            trial.metric = _metric(self.spec, run_dir)
+            trial.status = "finished" if trial.metric is not None else f"failed (no {self.spec.metric['name']})"
         else:
             trial.status = f"failed (exit {returncode})"
         print(f"fedlit sweep: {trial.name} {trial.status} in {trial.seconds:.0f} s, "

@@ -25,6 +25,8 @@ def random_points(spec: SweepSpec, count: int, seed: int) -> list[dict[str, Any]
 def sweep_points(spec: SweepSpec, count: int | None, seed: int) -> list[dict[str, Any]]:
     """The sweep's runs: the grid (its first ``count`` points when given), or ``count`` random draws."""
     count = count if count is not None else spec.run_cap
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise SweepError(f"{spec.path}: the run count (--count or run_cap) must be a whole number >= 1, got {count!r}")
     if spec.method == "grid":
         points = grid_points(spec)
         return points[:count] if count is not None else points

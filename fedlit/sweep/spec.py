@@ -21,6 +21,10 @@ KINDS = ("constant", "categorical", "categorical_w_probabilities", *BOUNDED, "no
          "q_log_normal")
 
 
+# the sweep-file keys W&B defines that an offline sweep honours (project, entity, description: W&B's bookkeeping)
+KEYS = ("method", "metric", "parameters", "command", "program", "run_cap", "name", "description", "project", "entity")
+
+
 class SweepError(ValueError):
     """The sweep file cannot be run; the message names the file and key."""
 
@@ -166,6 +170,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise SweepError(f"sweep file '{path}' is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise SweepError(f"sweep file '{path}' must be a mapping with method, metric, parameters")
+    if "early_terminate" in raw:
+        raise SweepError(f"{path}: early_terminate (W&B's hyperband) is not run offline: every run would go to its "
+                         "end unnoticed; remove it, or run the file under W&B's agent (`wandb sweep` + `wandb agent`)")
+    unknown = sorted(set(map(str, raw)) - set(KEYS))
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {', '.join(unknown)} (a sweep file has {', '.join(KEYS)})")
     method = raw.get("method")
     if method not in ("grid", "random"):
         hint = " (Bayesian search runs under W&B's agent: `wandb sweep` + `wandb agent`)" if method == "bayes" else ""

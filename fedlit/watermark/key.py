@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -60,14 +61,50 @@ class WatermarkKey:
 
     @classmethod
     def from_json(cls, data: bytes, source: str = "key") -> WatermarkKey:
+        """A key read from JSON and checked field by field; a malformed one is refused naming ``source`` and the
+        field."""
         try:
             raw = json.loads(data)
-            if raw.pop("format", None) != KEY_FORMAT:
-                raise ValueError(f"not a {KEY_FORMAT} key")
+        except ValueError as error:
+            raise ValueError(f"watermark key {source} is not JSON: {error}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"watermark key {source}: expected a JSON object, got a {type(raw).__name__}")
+        if raw.pop("format", None) != KEY_FORMAT:
+            raise ValueError(f"watermark key {source}: not a {KEY_FORMAT} key (its 'format' field)")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted({"owner", "base_model", "fingerprint"} - set(raw))
+        unknown = sorted(set(raw) - fields)
+        if missing or unknown:
+            raise ValueError(f"watermark key {source}: " + "; ".join(
+                ([f"missing field(s) {', '.join(missing)}"] if missing else [])
+                + ([f"unknown field(s) {', '.join(unknown)}"] if unknown else [])))
+        try:
             raw["signature"] = [SignedPositions(**p) for p in raw.get("signature", [])]
-            return cls(**raw)
-        except (ValueError, TypeError, AttributeError) as error:
-            raise ValueError(f"watermark key {source} cannot be read: {error}") from None
+            key = cls(**raw)
+        except TypeError as error:
+            raise ValueError(f"watermark key {source}: a signature entry needs parameter, shape, indices and signs "
+                             f"({error})") from None
+        key.check(source)
+        return key
+
+    def check(self, source: str) -> None:
+        """Refuse a key that marks nothing, or whose positions, signs or triggers cannot be what a key holds."""
+        if not self.signature and not self.triggers:
+            raise ValueError(f"watermark key {source}: it holds no signature positions and no triggers")
+        for positions in self.signature:
+            where = f"watermark key {source}, parameter '{positions.parameter}'"
+            if len(positions.indices) != len(positions.signs):
+                raise ValueError(f"{where}: {len(positions.indices)} indices but {len(positions.signs)} signs")
+            if any(sign not in (-1, 1) for sign in positions.signs):
+                raise ValueError(f"{where}: signs must be -1 or 1, got {sorted(set(positions.signs) - {-1, 1})}")
+            size = math.prod(positions.shape)
+            outside = [i for i in positions.indices if not (isinstance(i, int) and 0 <= i < size)]
+            if outside:
+                raise ValueError(f"{where}: indices {outside[:3]} are outside its {size} entries (shape "
+                                 f"{positions.shape})")
+        if len(self.triggers) != len(self.targets) or (self.triggers and self.candidates < 1):
+            raise ValueError(f"watermark key {source}: {len(self.triggers)} triggers, {len(self.targets)} targets "
+                             f"and {self.candidates} candidates do not fit together")
 
     def save(self, path: Path) -> None:
         atomic_write_bytes(path, self.to_json())
@@ -99,14 +136,21 @@ def candidate_parameters(parameters: Mapping[str, torch.Tensor], pattern: str | 
     return chosen
 
 
+def check_signature_fits(parameters: Mapping[str, torch.Tensor], config: SignatureConfig) -> dict[str, torch.Tensor]:
+    """The parameters a signature may use, refusing a pattern that matches none or more bits than their entries."""
+    chosen = candidate_parameters(parameters, config.parameters)
+    entries = sum(t.numel() for t in chosen.values())
+    if config.bits > entries:
+        raise ValueError(f"watermark.signature.bits is {config.bits} but the parameters it may use "
+                         f"('{config.parameters}') have only {entries} entries")
+    return chosen
+
+
 def draw_signature(parameters: Mapping[str, torch.Tensor], config: SignatureConfig,
                    generator: torch.Generator) -> list[SignedPositions]:
     """``config.bits`` distinct positions drawn uniformly over the chosen parameters, each with a random sign."""
-    chosen = candidate_parameters(parameters, config.parameters)
+    chosen = check_signature_fits(parameters, config)
     sizes = torch.tensor([t.numel() for t in chosen.values()])
-    if config.bits > int(sizes.sum()):
-        raise ValueError(f"watermark.signature.bits is {config.bits} but the chosen parameters have only "
-                         f"{int(sizes.sum())} entries")
     flat = torch.randperm(int(sizes.sum()), generator=generator)[:config.bits].sort().values
     signs = torch.randint(0, 2, (config.bits,), generator=generator) * 2 - 1
     owner_of = torch.searchsorted(sizes.cumsum(0), flat, right=True)
