@@ -220,14 +220,15 @@ def test_the_server_takes_each_texts_lowest_ce_client_only_where_it_beats_the_ll
     ({"secure_aggregation": SecureAggregationConfig()}, "fedmkt: secure_aggregation works on adapter updates"),
     ({"slms": {"nobody": None}}, r"slms: no client \['nobody'\]"),
     ({"transfer": None}, "transfer: no public text of '.*' fits max_length 2 tokens for every tokenizer"),
+    ({"transfer": {"template": "{nosuchcol}"}}, "transfer.template uses column 'nosuchcol' which the data lacks"),
 ])
 def test_settings_that_cannot_apply_are_refused_by_name(overrides, message, tiny_model_dir, other_tokenizer_model_dir,
                                                         plays_jsonl, tmp_path):
     if "slms" in overrides:
         overrides = {"slms": {"nobody": ModelConfig(str(other_tokenizer_model_dir))}}
     if "transfer" in overrides:
-        overrides = {"transfer": transfer(plays_jsonl, max_length=2)}
-    with pytest.raises(ValueError, match=message):
+        overrides = {"transfer": transfer(plays_jsonl, **(overrides["transfer"] or {"max_length": 2}))}
+    with pytest.raises((ValueError, KeyError), match=message):
         build(tiny_model_dir, other_tokenizer_model_dir, plays_jsonl, tmp_path / "run", **overrides)
 
 

@@ -127,9 +127,9 @@ def fitting_texts(config: KnowledgeTransferConfig, tokenizers: list[PreTrainedTo
                   ) -> tuple[list[str], list[int]]:
     """``config.examples`` public texts spread evenly over those of 2..``max_length`` tokens for every tokenizer (the
     records come play by play: the first ones would all be one play's), and where each one's response starts."""
-    prompts = public_texts(config)
-    responses = (public_texts(dataclasses.replace(config, template=config.response_template))
-                 if config.response_template else [""] * len(prompts))
+    prompts = public_texts(config, "transfer.template")
+    responses = (public_texts(dataclasses.replace(config, template=config.response_template),
+                              "transfer.response_template") if config.response_template else [""] * len(prompts))
     pairs = list(zip(prompts, responses, strict=True))
     for tokenizer in tokenizers:
         if pairs:

@@ -145,21 +145,25 @@ def _templates(config: DataConfig) -> dict[str, tuple[str, str]]:
 def template_columns(config: DataConfig, columns: list[str]) -> set[str]:
     """The columns the templates read; a positional field (``{}``), a malformed template or a column the data
     lacks is an error naming the key."""
-    used = set()
-    for key, template in _templates(config).values():
-        try:
-            fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
-        except ValueError as err:
-            raise ValueError(f"data.{key} {template!r} is not a valid template: {err}") from None
-        if any(field == "" or field.isdigit() for field in fields):
-            raise ValueError(f"data.{key} {template!r} has a positional field such as {{}}: name a column "
-                             f"instead, e.g. {{text}} (columns: {columns})")
-        names = {re.split(r"[.\[]", field)[0] for field in fields}
-        missing = sorted(names - set(columns))
-        if missing:
-            raise KeyError(f"data.{key} uses column {missing[0]!r} which the data lacks (columns: {columns})")
-        used |= names
-    return used
+    return set().union(*(check_template(f"data.{key}", template, columns)
+                         for key, template in _templates(config).values()))
+
+
+def check_template(key: str, template: str, columns: list[str]) -> set[str]:
+    """The columns ``template`` (config key ``key``) reads; a positional field (``{}``), a malformed template or a
+    column the records lack is an error naming the key."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as err:
+        raise ValueError(f"{key} {template!r} is not a valid template: {err}") from None
+    if any(field == "" or field.isdigit() for field in fields):
+        raise ValueError(f"{key} {template!r} has a positional field such as {{}}: name a column instead, e.g. "
+                         f"{{text}} (columns: {columns})")
+    names = {re.split(r"[.\[]", field)[0] for field in fields}
+    missing = sorted(names - set(columns))
+    if missing:
+        raise KeyError(f"{key} uses column {missing[0]!r} which the data lacks (columns: {columns})")
+    return names
 
 
 def _render(records: Dataset, config: DataConfig) -> Dataset:

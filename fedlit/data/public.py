@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from fedlit.data.datamodule import CausalLMCollator, pack, tokenize
+from fedlit.data.federated import check_template
 from fedlit.data.sources import load_records
 
 
@@ -32,8 +33,9 @@ class PublicDataConfig:
     batch_size: int = 8
 
 
-def public_texts(config: PublicDataConfig) -> list[str]:
-    """The public records minus ``exclude``, each written out by ``template``."""
+def public_texts(config: PublicDataConfig, key: str = "public.template") -> list[str]:
+    """The public records minus ``exclude``, each written out by ``template`` (config key ``key``, named in
+    errors)."""
     records = load_records(config.source)
     for column, values in config.exclude.items():
         if column not in records.column_names:
@@ -41,6 +43,7 @@ def public_texts(config: PublicDataConfig) -> list[str]:
                            f"(columns: {records.column_names})")
         records = records.filter(lambda value, excluded=frozenset(values): value not in excluded,
                                  input_columns=column)
+    check_template(key, config.template, records.column_names)
     return [config.template.format(**r) for r in records]
 
 

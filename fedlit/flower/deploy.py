@@ -86,12 +86,19 @@ def _flwr(*args: str, env: dict[str, str], capture: bool = True) -> subprocess.C
                           capture_output=capture)
 
 
+# algorithms a Flower deployment does not run yet, and why (refused here, before anything starts)
+NOT_DEPLOYED = {"fedmkt": "FedMKT does not run on a Flower deployment yet (each party would need the server LLM's "
+                          "tokenizer and the public texts in its client package): use the local or ray backend"}
+
+
 def deploy(args: Namespace) -> int:
     """Submit the run ``args`` (parsed by :func:`deploy_parser`) and follow it; the exit status."""
     import tomli_w
 
     from fedlit.cli import fit_parser
 
+    if args.command in NOT_DEPLOYED:
+        raise ValueError(f"fedlit deploy --command {args.command}: {NOT_DEPLOYED[args.command]}")
     parser = fit_parser(args.command)
     config = parser.parse_path(args.config)
     config.output_dir = str(Path(config.output_dir).resolve())  # the ServerApp may run in another directory

@@ -127,9 +127,12 @@ def _layer_dropped(model: PreTrainedModel, config: ModelConfig) -> PreTrainedMod
     from fedlit.models.offsite import OffsiteConfig, build_emulator
 
     blocks = model.config.num_hidden_layers
+    if blocks < 3:
+        raise ValueError(f"keep_blocks {config.keep_blocks} for model '{config.name_or_path}': it has {blocks} blocks, "
+                         "and a layer drop keeps the first and last and needs at least 3: drop keep_blocks")
     if not 3 <= config.keep_blocks <= blocks:
-        raise ValueError(f"model.keep_blocks must be in 3..{blocks} for '{config.name_or_path}', "
-                         f"got {config.keep_blocks}")
+        raise ValueError(f"keep_blocks for model '{config.name_or_path}' must be in 3..{blocks}, got "
+                         f"{config.keep_blocks}")
     if config.keep_blocks == blocks:
         return model
     smaller, _ = build_emulator(model, OffsiteConfig(1, 1, (config.keep_blocks - 2) / (blocks - 2)))
