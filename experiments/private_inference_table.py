@@ -116,7 +116,7 @@ def restore_prompts(model, tokenizer, received: list[str], lengths: list[int]) -
 
 def epsilon_row(task: Task, epsilon: float, table: CandidateTable, local, server: GenerationServer, tokenizer,
                 template: str) -> dict[str, float]:
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)  # pinned for a reproducible table (a real client's is secret)
     perturbed = [table.perturb(p, epsilon, generator) for p in task.prompts]
     received = [tokenizer.decode(p) for p in perturbed]
     continuations = server.answer(Query(received, task.new_tokens)).texts

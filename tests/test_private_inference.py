@@ -256,3 +256,10 @@ def test_settings_that_cannot_work_are_refused_by_name() -> None:
         InferenceConfig(epsilon=-1)
     with pytest.raises(ValueError, match="candidates must be >= 1"):
         InferenceConfig(candidates=0)
+
+
+def test_a_prompt_too_long_for_the_model_is_refused_not_cut(tiny_model_dir: Path) -> None:
+    local = ModelSpec(model=str(tiny_model_dir))
+    server = GenerationServer(*local.load(), max_new_tokens=4)
+    with pytest.raises(ValueError, match=r"text 1 has \d+ tokens: with 4 new tokens it exceeds the model's 128 positions"):
+        server.answer(Query(["short", "the king is dead " * 60], 4))

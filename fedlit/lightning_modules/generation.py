@@ -42,12 +42,18 @@ def greedy_answers(model, prompts: list[torch.Tensor], max_new_tokens: int, pad_
 
 def generate_texts(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], max_new_tokens: int,
                    batch_size: int = 16) -> list[str]:
-    """Greedy continuation of each text (tokenized without special tokens), decoded, in batches."""
+    """Greedy continuation of each text (tokenized without special tokens), decoded, in batches. A text too long
+    for the model's positions together with ``max_new_tokens`` is refused, naming it (never cut silently)."""
     device = next(model.parameters()).device
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     out = []
     for start in range(0, len(texts), batch_size):
         prompts = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id],
                                 device=device) for t in texts[start:start + batch_size]]
+        for index, prompt in enumerate(prompts, start):
+            if positions is not None and len(prompt) + max_new_tokens > positions:
+                raise ValueError(f"text {index} has {len(prompt)} tokens: with {max_new_tokens} new tokens it exceeds "
+                                 f"the model's {positions} positions; shorten it")
         rows = greedy_answers(model, prompts, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id)
         out.extend(tokenizer.decode(row, skip_special_tokens=True) for row in rows)
     return out
