@@ -113,10 +113,11 @@ def run_sweep_command(config: Namespace) -> int:
     import importlib.util
     import signal
 
-    from fedlit.sweep import load_sweep, run_sweep
+    from fedlit.sweep import load_sweep, run_sweep, sweep_points
     from fedlit.sweep.report import best_trial
 
     spec = load_sweep(config.sweep_file)
+    check_sweep_runs(spec, sweep_points(spec, config.count, config.seed))
     wandb = config.wandb if config.wandb is not None else importlib.util.find_spec("wandb") is not None
     output_dir = config.output_dir or f"outputs/sweeps/{spec.name}"
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: runs checkpoint and stop
@@ -129,6 +130,26 @@ def run_sweep_command(config: Namespace) -> int:
         print(f"fedlit: sweep runs did not finish: {', '.join(failed)} (logs in {output_dir}/logs; run the same "
               "command again to resume them)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_sweep_runs(spec: Any, points: list[dict[str, Any]]) -> None:
+    """Parse each run's fedlit command line as that run would, before any run starts: a swept key the config
+    lacks, or a value it refuses, fails here with one line naming the run and the key, not in every run."""
+    from fedlit.sweep import SweepError, expand_command
+
+    for index, values in enumerate(points):
+        line = expand_command(spec.command, spec.parameters, values, spec.program)
+        found = [i for i, part in enumerate(line[:-1]) if part.endswith("fedlit") and line[i + 1] in ALGORITHMS]
+        if not found:
+            return  # not a fedlit command: its own program checks its arguments
+        command = line[found[0] + 1]
+        captured = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(io.StringIO()):
+                fit_parser(command).parse_args(line[found[0] + 2:])
+        except SystemExit:
+            raise SweepError(f"{spec.path}: run {index} ({values}) would fail: "
+                             f"{parse_error_line(captured.getvalue())}") from None
 
 
 def verify_parser() -> ArgumentParser:

@@ -472,3 +472,14 @@ def test_16_what_cannot_apply_is_refused_naming_it(tiny_model_dir, tmp_path, cap
     with pytest.raises(ValueError, match="it has 2 blocks, and a layer drop keeps the first and last and needs at "
                                          "least 3: drop keep_blocks"):
         load_base_model(ModelConfig(str(tiny_model_dir), keep_blocks=2))
+
+
+def test_16_a_swept_key_the_config_lacks_fails_before_any_run(config_file, tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "method": "grid", "metric": {"name": "summary/val_loss"},
+        "parameters": {"optimizer.lr": {"values": [0.01]}, "optimiser.lr": {"values": [0.1, 0.2]}},
+        "command": ["${env}", "${interpreter}", "-m", "fedlit", "fit", "--config", str(config_file), "${args}"]}))
+    line = fails(capsys, "sweep", str(sweep), "--output_dir", str(tmp_path / "sweep"))
+    assert "run 0" in line and "optimiser.lr" in line, line
+    assert not (tmp_path / "sweep").exists()
