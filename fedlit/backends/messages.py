@@ -17,7 +17,8 @@ class FitIns:
 
     Args:
         global_wire: the global adapter.
-        seed: seeds the client's fit (from seed, round and client id, so any backend computes the same).
+        seed: seeds the client's fit (from seed, round and client id, so any backend computes the same); the server
+            chose it, so nothing that protects the client is drawn from it (that comes from the client's own secret).
         clip_norm: client-level DP: clip the update to this L2 norm (``None``: no clipping).
         noise_std: client-level DP under masking: the client's share of the noise.
         example_dp: DP-SGD settings for the local training (``None``: plain training).

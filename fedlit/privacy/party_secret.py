@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 SECRET_BYTES = 32
 
 
+def warn_insecure(holder: str, insecure_seed: int) -> None:
+    log.warning("insecure_seed %d: the protective randomness of %s (DP noise, perturbation, watermark draws) is "
+                "derived from a public seed: whoever knows it can regenerate and remove it. For reproducible "
+                "experiments only.", insecure_seed, holder)
+
+
 @dataclass(frozen=True, repr=False)
 class PartySecret:
     """One party's secret: every protective draw is a generator seeded from it and the draw's purpose (the
@@ -55,9 +61,7 @@ class PartySecret:
         """A new secret from the operating system's entropy; from ``insecure_seed`` and ``holder`` when set."""
         if insecure_seed is None:
             return cls(secrets.token_bytes(SECRET_BYTES), holder)
-        log.warning("insecure_seed %d: the protective randomness of %s (DP noise, perturbation, watermark draws) is "
-                    "derived from a public seed: whoever knows it can regenerate and remove it. For reproducible "
-                    "experiments only.", insecure_seed, holder)
+        warn_insecure(holder, insecure_seed)
         return cls(hashlib.sha256(f"fedlit-insecure-seed/{insecure_seed}/{holder}".encode()).digest(), holder)
 
     @classmethod
@@ -66,7 +70,7 @@ class PartySecret:
         path = Path(path)
         if path.is_file():
             if insecure_seed is not None:
-                cls.fresh(holder, insecure_seed)  # (warns again: every use is said)
+                warn_insecure(holder, insecure_seed)  # every use is said
             try:
                 return cls(bytes.fromhex(path.read_text().strip()), holder)
             except ValueError as error:

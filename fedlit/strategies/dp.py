@@ -85,5 +85,8 @@ class DPFedAvg(Strategy):
         return {"inner": self.inner.state_dict(), "noise_secret": self.secret.hex()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "noise_secret" not in state:
+            raise ValueError("this checkpoint predates the server's own noise secret (its noise came from the "
+                             "config's seed): it cannot be resumed under client-level DP; start a new run")
         self.inner.load_state_dict(state["inner"])
         self.secret = PartySecret.from_hex(state["noise_secret"], "the server")
