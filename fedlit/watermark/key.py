@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import re
 import secrets
@@ -22,6 +23,8 @@ from fedlit.models.identity import base_of, model_fingerprint
 from fedlit.watermark.config import SignatureConfig, TriggerConfig, WatermarkConfig
 
 KEY_FORMAT = "fedlit-watermark/1"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,7 +110,7 @@ class WatermarkKey:
                              f"and {self.candidates} candidates do not fit together")
 
     def save(self, path: Path) -> None:
-        atomic_write_bytes(path, self.to_json())
+        atomic_write_bytes(path, self.to_json(), mode=0o600)  # readable by its owner only
 
     @classmethod
     def load(cls, path: str | Path) -> WatermarkKey:
@@ -123,6 +126,8 @@ def key_generator(config: WatermarkConfig, owner: str) -> torch.Generator:
     if config.key_seed is None:
         seed = secrets.randbits(63)
     else:
+        log.warning("watermark.key_seed %d: %s's key is drawn from a public seed: whoever knows it can rebuild the key "
+                    "and strip the mark. For reproducible experiments only.", config.key_seed, owner)
         seed = int.from_bytes(hashlib.sha256(f"{config.key_seed}/{owner}".encode()).digest()[:8], "big") >> 1
     return torch.Generator().manual_seed(seed)
 
