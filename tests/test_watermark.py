@@ -151,6 +151,9 @@ def test_verify_command(watermark_runs: dict[str, Path], tmp_path: Path, capsys:
     assert status == 0 and out.count(": VERIFIED (fpr 1e-06)") == CLIENTS
     report = json.loads((tmp_path / "verified.json").read_text())
     assert [r["signature"]["total"] for r in report] == [256] * CLIENTS and all(r["verified"] for r in report)
+    status, _, err = verify_command(capsys, "--adapter", str(watermark_runs["twin"] / "adapter"), *options)
+    assert status == 1 and "exists: fedlit verify never overwrites" in err  # the first report is kept
+    options[-1] = str(tmp_path / "twin.json")
     status, out, _ = verify_command(capsys, "--adapter", str(watermark_runs["twin"] / "adapter"), *options)
     assert status == 4 and out.count(": not verified") == CLIENTS
 
@@ -198,7 +201,7 @@ def test_a_key_file_is_drawn_once_and_reused(tiny_model_dir: Path, other_model_d
     with pytest.raises(ValueError, match="key.json was made for base model"):
         load_or_make_key(path, "alpha", other, dict(other.named_parameters()), config)
     path.write_text('{"format": "pickle", "owner": "x"}')
-    with pytest.raises(ValueError, match="cannot be read: not a fedlit-watermark/1 key"):
+    with pytest.raises(ValueError, match="not a fedlit-watermark/1 key"):
         WatermarkKey.load(path)
 
 
