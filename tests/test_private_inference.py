@@ -153,7 +153,7 @@ def test_fedlit_infer_writes_answers_and_refuses_bad_input_in_one_line(tiny_mode
     rows = [json.loads(line) for line in clear.read_text().splitlines()]
     assert [r["sent"] for r in rows] == ["the king is dead", "what light is in the window"]
     assert all(r["answer"] == r["continuation"] and r["epsilon"] is None for r in rows)
-    private = [*common, "--local.model", str(tiny_model_dir), "--candidates", "8", "--epsilon", ".inf",
+    private = [*common, "--local.model", str(tiny_model_dir), "--candidates", "8", "--epsilon", "inf",
                "--table_dir", str(tmp_path / "tables"), "--answer_max_new_tokens", "3"]
     with pytest.raises(SystemExit) as done:
         main([*private, "--output", str(tmp_path / "inf.jsonl")])

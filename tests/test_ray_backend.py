@@ -32,7 +32,8 @@ SETTINGS = {  # fresh objects per run: a server optimiser keeps state
     "secure": lambda: {"strategy": FedAvg(clients_per_round=3),
                        "secure_aggregation": SecureAggregationConfig(neighbours=2)},
     "client-dp": lambda: {"strategy": FedAvg(clients_per_round=3),
-                          "privacy": ClientDPConfig(noise_multiplier=0.5, clip_norm=0.5)},
+                          "privacy": ClientDPConfig(noise_multiplier=0.5, clip_norm=0.5),
+                          "insecure_seed": 1},  # the noise pinned: both runs draw the same
     "compressed": lambda: {"strategy": FedAvg(clients_per_round=2),  # error feedback: state a client keeps
                            "compression": CompressionConfig(bits=2)},
 }

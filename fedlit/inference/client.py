@@ -10,6 +10,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -53,8 +54,8 @@ class InferenceConfig:
     Args:
         private: perturb each prompt before it leaves (else it travels in the clear and the server's continuation
             is the answer).
-        epsilon: the per-token privacy parameter (``.inf`` in YAML or on the command line: no perturbation; a
-            prompt of ``n`` perturbed tokens spends ``n * epsilon``).
+        epsilon: the per-token privacy parameter (``inf`` or ``.inf``: no perturbation; a prompt of ``n`` perturbed
+            tokens spends ``n * epsilon``).
         candidates: the size of each token's candidate set (its nearest tokens in embedding space).
         max_new_tokens: tokens the server generates per prompt.
         answer_max_new_tokens: tokens the local model generates for the answer.
@@ -69,7 +70,7 @@ class InferenceConfig:
     """
 
     private: bool = True
-    epsilon: float = 6.0
+    epsilon: float | Literal["inf"] = 6.0
     candidates: int = 64
     max_new_tokens: int = 32
     answer_max_new_tokens: int = 32
@@ -78,6 +79,7 @@ class InferenceConfig:
     table_dir: str | None = None
 
     def __post_init__(self) -> None:
+        self.epsilon = float(self.epsilon)  # ("inf", as a user types it, is infinity)
         check_epsilon(self.epsilon)
         for name in ("candidates", "max_new_tokens", "answer_max_new_tokens"):
             if getattr(self, name) < 1:
