@@ -91,7 +91,7 @@ def client_emulator(package: Path, model: ModelConfig, plan: list[int], offsite:
 
 
 def imprint_owner_watermark(load: Callable[[], PreTrainedModel], offsite: OffsiteConfig, config: WatermarkConfig,
-                            key_path: Path) -> PreTrainedModel:
+                            key_path: Path, insecure_seed: int | None = None) -> PreTrainedModel:
     """The full model that ``load`` returns with the owner's ownership watermark on its adapter blocks, before any
     client gets them: its key's sign pattern among those blocks' weights (``config.signature.parameters`` filters
     them), each marked weight given its sign and a magnitude drawn like its neighbours' (:func:`~fedlit.watermark.
@@ -104,7 +104,7 @@ def imprint_owner_watermark(load: Callable[[], PreTrainedModel], offsite: Offsit
     ends = adapter_indices(list(range(len(blocks))), offsite)  # the full model's own block numbering
     adapters = {n: p for n, p in full.named_parameters() if any(n.startswith(f"{prefix}.{i}.") for i in ends)}
     key = load_or_make_key(key_path, "owner", full, adapters, config)
-    secret = PartySecret.load_or_create(key_path.with_suffix(".secret"), "the model owner")
+    secret = PartySecret.load_or_create(key_path.with_suffix(".secret"), "the model owner", insecure_seed)
     imprint(adapters, key.signature, secret.torch("watermark-imprint"), key.gamma)
     return full
 
@@ -208,7 +208,7 @@ def fed_ost(
     if owner_watermark is not None:
         key_path = Path(federation.output_dir) / owner_watermark.key_dir / "owner.json"  # absolute key_dir: as is
         full_model = functools.cache(functools.partial(imprint_owner_watermark, full_model, offsite, owner_watermark,
-                                                       key_path))
+                                                       key_path, federation.insecure_seed))
     package = federation.backend.client_package(
         Path(federation.output_dir) / "client_package",
         lambda directory: client_package(full_model(), load_tokenizer(model), offsite, distillation, directory, seed))
