@@ -54,8 +54,8 @@ def imprint(parameters: Mapping[str, torch.Tensor], signature: list[SignedPositi
         unmarked = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
         unmarked[index] = False
         magnitudes = (flat[unmarked] if bool(unmarked.any()) else flat[index]).abs().double().sort().values
-        where = torch.rand(len(index), generator=generator, dtype=torch.float64).to(flat.device) * (len(magnitudes)
-                                                                                                    - 1)
+        quantiles = torch.rand(len(index), generator=generator, dtype=torch.float64).to(flat.device)
+        where = quantiles * (len(magnitudes) - 1)
         low = where.floor().long()
         high = (low + 1).clamp(max=len(magnitudes) - 1)
         drawn = torch.lerp(magnitudes[low], magnitudes[high], where - low)
