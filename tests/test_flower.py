@@ -120,7 +120,22 @@ def test_deployment_with_secure_aggregation_matches_local_backend(deployment, lo
     assert_same_run(deployment.root / "flower", local_reference)
     record = json.loads((deployment.root / "flower" / "deployment.json").read_text())
     assert sorted(record["parties"]) == sorted(PLAYS)
-    assert record["client_secrets_in_server_process"] == 0  # audited after every request
+    assert record["client_secrets_in_server_process"] == 0  # every copy counted as it is made, the whole run
+
+
+@pytest.mark.deployment_long
+def test_dp_noise_shares_are_drawn_by_the_parties_and_never_exist_in_the_server(deployment, tiny_model_dir,
+                                                                                plays_jsonl):
+    """Client-level DP with noise shares under masking: each party draws its share from its own secret (pinned
+    here by insecure_seed on both sides, so the deployed run can be compared with a local one), and no client
+    secret comes into being in the ServerApp's process during the run."""
+    settings = {**fedhomo(tiny_model_dir), "rounds": 1, "insecure_seed": 3,
+                "privacy": {"noise_multiplier": 0.5, "clip_norm": 0.5}, "faults": {"min_clients": 3}}
+    config = server_config(deployment.root, "dp", settings)
+    assert deployment.deploy(config).wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
+    assert_same_run(deployment.root / "dp", run_locally("fit", settings, deployment.root / "local-dp", plays_jsonl))
+    record = json.loads((deployment.root / "dp" / "deployment.json").read_text())
+    assert record["client_secrets_in_server_process"] == 0
 
 
 def test_a_supernode_with_an_unregistered_key_is_refused(deployment):

@@ -68,9 +68,10 @@ def _client_app(client_id: str, command: str, config_text: str, package: Path | 
                 state_dir: Path | None = None) -> Any:
     """The party's fedlit ClientApp, built by the same composition as a local run but over its own data only
     (and the client ``package`` the server sent, if the algorithm trains on one): it keeps no server state (a
-    plain FedAvg over itself, nothing written)."""
+    plain FedAvg over itself, the default fault policy, nothing written)."""
     from fedlit.cli import compose, fit_parser
     from fedlit.client import ClientApp as FedlitClientApp
+    from fedlit.faults import FaultPolicy
     from fedlit.flower.received import ReceivedPackage
     from fedlit.strategies import FedAvg
 
@@ -78,7 +79,8 @@ def _client_app(client_id: str, command: str, config_text: str, package: Path | 
     parser = fit_parser(command)
     config = parser.parse_object(plain)
     run = compose(command, config, parser, backend=ReceivedPackage(package), strategy=FedAvg(),
-                  secure_aggregation=None, privacy=None, loggers=[], output_dir=tempfile.gettempdir())
+                  secure_aggregation=None, privacy=None, faults=FaultPolicy(), loggers=[],
+                  output_dir=tempfile.gettempdir())  # (the fault policy is the server's: min_clients counts parties)
     loop = getattr(run, "loop", run)
     if client_id not in loop.clients:
         raise ValueError(f"client-id '{client_id}': this party's data makes clients {sorted(loop.clients)}; set "
