@@ -270,8 +270,25 @@ def run_fit(command: str, config: Namespace, parser: ArgumentParser, **federatio
     lock_output_dir(output_dir)  # before anything is written: a second run into it fails at once
     if not config.resume:
         check_fresh(output_dir)
-    compose(command, config, parser, **federation_changes).fit(resume=config.resume)
-    print(f"done: metrics in {output_dir / 'metrics.csv'}, adapter in {output_dir / 'adapter'}")
+    run = compose(command, config, parser, **federation_changes)
+    run.fit(resume=config.resume)
+    print(f"done: metrics in {output_dir / 'metrics.csv'}, adapter in {output_dir / 'adapter'}"
+          + exclusions_note(getattr(run, "loop", run).history))
+
+
+def exclusions_note(history: list[dict[str, Any]]) -> str:
+    """``; 2 client fits excluded (ClientTimeout x2), 1 evaluation missing (WorkerDied x1)``, or nothing."""
+    from fedlit.tracking.summary import exclusions
+
+    parts = []
+    for kind, counted in exclusions(history).items():
+        total = sum(counted.values())
+        if total:
+            what = ("client fit" if kind == "fits" else "evaluation") + ("s" if total > 1 else "")
+            verb = "excluded" if kind == "fits" else "missing"
+            reasons = ", ".join(f"{reason} x{n}" for reason, n in counted.most_common())
+            parts.append(f"{total} {what} {verb} ({reasons})")
+    return f"; {', '.join(parts)}" if parts else ""
 
 
 def _raised_by_jsonargparse(error: BaseException) -> bool:

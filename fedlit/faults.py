@@ -8,6 +8,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,10 +18,11 @@ from fedlit.payload import Payload, check_compatible, flatten
 
 @dataclass
 class FaultPolicy:
-    """How the loop treats failing clients. A client whose fit raises, outlives ``timeout_s`` or sends an
-    update that fails :func:`update_problem` is excluded from the round, with the reason logged and written
+    """How the loop treats failing clients. A client that outlives ``timeout_s``, whose worker dies, or that sends
+    an update that fails :func:`update_problem` is excluded from the round, with the reason logged and written
     to metrics.csv; the round is aggregated from at least ``min_clients`` good updates, or skipped with the
-    global adapter untouched.
+    global adapter untouched. A client whose code raises is excluded the same way or stops the run
+    (``client_errors``).
 
     Args:
         timeout_s: wall-clock limit of any one client call: its fit, its evaluation, a protocol stage (``None``:
@@ -29,11 +31,17 @@ class FaultPolicy:
         min_clients: fewest accepted updates that make a round.
         max_update_norm: exclude an update whose L2 distance from the global adapter is larger
             (``None``: no bound; under client-level DP it defaults to the clipping norm).
+        client_errors: what an exception raised by a client's code (its fit, its evaluation, a protocol stage)
+            does: ``stop`` the run (one line naming the round, the client and the error; the checkpoints stay,
+            ``--resume`` continues) or ``exclude`` the client as a fault. ``None``: ``stop`` in a simulation
+            (LocalBackend, RayBackend: every client runs the same code, so an exception is a bug) and ``exclude``
+            in a deployment (Flower: the parties' machines really differ).
     """
 
     timeout_s: float | None = None
     min_clients: int = 1
     max_update_norm: float | None = None
+    client_errors: Literal["stop", "exclude"] | None = None
 
     def __post_init__(self) -> None:
         if self.min_clients < 1:
@@ -43,7 +51,16 @@ class FaultPolicy:
 
 
 class ClientTimeout(TimeoutError):
-    """A client's fit ran past the deadline."""
+    """A client's call ran past the deadline."""
+
+
+class UnusableUpdate(ValueError):
+    """A client's own check refuses what it would send (NaN/Inf values): an excluded fault, like an update the
+    server's checks refuse, never a bug that stops the run."""
+
+
+class ClientError(RuntimeError):
+    """A client's code raised and the fault policy stops the run on it (the default in a simulation)."""
 
 
 @contextlib.contextmanager

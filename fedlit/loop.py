@@ -33,6 +33,7 @@ from fedlit.checkpoint import (
 from fedlit.client import Client, ClientApps, ModuleFactory
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
+from fedlit.faults import ClientError
 from fedlit.federation import Federation
 from fedlit.io import atomic_directory, atomic_write_bytes
 from fedlit.payload import Payload, Update, to_bytes
@@ -237,9 +238,12 @@ class FederatedLoop:
         try:
             with _interrupt_on_signals(lambda: self.current_round, self.checkpoint_dir):
                 payload = self._fit(resume)
-        except BaseException:
+        except BaseException as error:
             for logger in self.loggers:
                 logger.finalize("failed")
+            if isinstance(error, ClientError):  # name the round; the last complete round's checkpoint stays
+                raise ClientError(f"round {self.current_round}: {error}; continue with --resume true once fixed") \
+                    from error
             raise
         finally:
             unlock_output_dir(self.output_dir)
@@ -248,6 +252,7 @@ class FederatedLoop:
         return payload
 
     def _fit(self, resume: bool) -> Payload:
+        self.backend.on_client_errors(self.faults.client_errors)
         self.backend.start(ClientApps(self.clients, self.module_factory, self.trainer_kwargs,
                                       self.federation.secure_aggregation, (self.output_dir / "client_state").resolve(),
                                       self.federation.watermark, self.federation.insecure_seed),

@@ -63,7 +63,7 @@ def five_clients(make_loop, tmp_path, name, **overrides):
     data = DataConfig(source=str(make_loop.plays), partition="iid", num_clients=5, val_examples_per_client=2,
                       global_val_examples=4, batch_size=4, max_length=32)
     settings = dict(data=data, rounds=1, strategy=FedAvg(), output_dir=tmp_path / name,
-                    faults=FaultPolicy(timeout_s=2, min_clients=3, max_update_norm=50.0),
+                    faults=FaultPolicy(timeout_s=2, min_clients=3, max_update_norm=50.0, client_errors="exclude"),
                     trainer_kwargs={"max_steps": 2, "accelerator": "cpu"})
     return make_loop(**{**settings, **overrides})
 
@@ -96,8 +96,36 @@ def test_a_faulty_client_is_excluded_with_its_reason_and_never_reaches_the_aggre
     assert all(torch.equal(final[n], reference[n]) for n in reference)
 
 
+def test_in_a_simulation_an_exception_in_client_code_stops_the_run_and_resume_continues(loops, tmp_path):
+    """By default a client's exception is a bug under LocalBackend: the run stops with one line naming the round,
+    the client and the error; round 1's checkpoint stays and a resume (the bug fixed) ends as an uninterrupted
+    run."""
+    from fedlit.faults import ClientError
+
+    loop = five_clients(loops, tmp_path, "stopped", rounds=2, faults=FaultPolicy(min_clients=3))
+    loop.clients["client-002"] = Breaking("client-002", loop.clients["client-002"].datamodule)
+    with pytest.raises(ClientError) as stopped:
+        loop.fit()
+    message = str(stopped.value)
+    assert message.startswith("round 2: client 'client-002' raised in its fit: RuntimeError: planted bug")
+    assert "\n" not in message and "--resume" in message
+    assert [r for r in loop.history if r["round"] == 2] == []  # round 2 never happened
+    resumed = five_clients(loops, tmp_path, "stopped", rounds=2, faults=FaultPolicy(min_clients=3)).fit(resume=True)
+    reference = five_clients(loops, tmp_path, "reference", rounds=2, faults=FaultPolicy(min_clients=3)).fit()
+    assert all(torch.equal(resumed[n], reference[n]) for n in reference)
+
+
+class Breaking(Client):
+    """Client code with a bug that shows in its second fit."""
+
+    def fit(self, ins, *args, **kwargs):
+        if ins.server_round == 2:
+            raise RuntimeError("planted bug")
+        return super().fit(ins, *args, **kwargs)
+
+
 def test_too_few_good_updates_skip_the_round_and_keep_the_global_adapter(loops, tmp_path, caplog):
-    loop = five_clients(loops, tmp_path, "skip", faults=FaultPolicy(min_clients=4))
+    loop = five_clients(loops, tmp_path, "skip", faults=FaultPolicy(min_clients=4, client_errors="exclude"))
     for cid in ("client-001", "client-003"):
         loop.clients[cid] = FaultyClient(cid, loop.clients[cid].datamodule)
     FaultyClient.fault = "raise"
@@ -199,3 +227,20 @@ def test_under_client_level_dp_an_unclipped_update_is_excluded(loops, tmp_path):
     assert "exceeds the bound 0.1" in rows["client-001"]["excluded"]
     assert all("excluded" not in r and r["update_norm"] <= 0.1 * (1 + 1e-5) for c, r in rows.items()
                if c != "client-001")
+
+
+def test_exclusions_are_counted_by_reason_in_the_last_line_and_the_summary():
+    from fedlit.cli import exclusions_note
+    from fedlit.tracking import run_summary
+
+    history = [{"round": 1, "client": "a", "split": "train", "loss": 1.0},
+               {"round": 1, "client": "b", "split": "train", "excluded": "ClientTimeout: client 'b' did not finish"},
+               {"round": 2, "client": "b", "split": "train", "excluded": "ClientTimeout: client 'b' did not finish"},
+               {"round": 2, "client": "c", "split": "train", "excluded": "non-finite values (NaN/Inf) in [w]"},
+               {"round": 2, "client": "c", "split": "val", "excluded": "WorkerDied: the worker died"},
+               {"round": 2, "client": "a", "split": "val", "loss": 1.0}]
+    assert exclusions_note(history) == ("; 3 client fits excluded (ClientTimeout x2, non-finite values (NaN/Inf) in "
+                                        "[w] x1), 1 evaluation missing (WorkerDied x1)")
+    summary = run_summary(history)
+    assert summary["summary/clients_excluded"] == 3 and summary["summary/evaluations_missing"] == 1
+    assert exclusions_note(history[:1]) == ""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedlit.backends.messages import ClientFailure
-from fedlit.faults import deadline
+from fedlit.faults import ClientError, ClientTimeout, UnusableUpdate, deadline
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -49,8 +49,10 @@ class ClientHost:
             app = self.apps.get(client_id) or self.apps.setdefault(client_id, self.app_factory(client_id))
             with deadline(self.timeout_s, client_id, method):
                 return getattr(app, method)(request)
-        except Exception as error:  # noqa: BLE001 - any failure is that client's
+        except (ClientTimeout, UnusableUpdate) as error:  # faults, whatever the policy says of exceptions
             return ClientFailure(f"{type(error).__name__}: {error}", round(time.perf_counter() - began, 3))
+        except Exception as error:  # noqa: BLE001 - the backend decides what a client's exception means
+            return ClientFailure(f"{type(error).__name__}: {error}", round(time.perf_counter() - began, 3), raised=True)
 
 
 class Backend(ABC):
@@ -62,9 +64,25 @@ class Backend(ABC):
     backend's worker for that client: it never comes back to the caller.
     """
 
+    simulation = True  # every client runs the same code here: an exception in it is a bug (FaultPolicy.client_errors)
+    stop_on_errors = True
+
     @abstractmethod
     def start(self, app_factory: ClientAppFactory, timeout_s: float | None) -> None:
         """Prepare to run clients built by ``app_factory``; ``timeout_s`` bounds each client's every call."""
+
+    def on_client_errors(self, client_errors: str | None) -> None:
+        """Whether an exception in a client's code stops the run (``stop``) or excludes that client (``exclude``);
+        ``None``: stop in a simulation, exclude in a deployment."""
+        self.stop_on_errors = client_errors == "stop" or (client_errors is None and self.simulation)
+
+    def checked(self, method: str, replies: dict[str, Reply | ClientFailure]) -> dict[str, Reply | ClientFailure]:
+        """``replies``, unless a client's code raised and the run stops on that: then :class:`ClientError`."""
+        for client_id, reply in replies.items():
+            if self.stop_on_errors and isinstance(reply, ClientFailure) and reply.raised:
+                raise ClientError(f"client '{client_id}' raised in its {method}: {reply.reason} (a bug in client "
+                                  "code stops a simulation; faults.client_errors: exclude treats it as a fault)")
+        return replies
 
     @abstractmethod
     def call(self, method: str, requests: Mapping[str, Any],

@@ -23,4 +23,4 @@ class LocalBackend(Backend):
             replies[client_id] = self.host.answer(method, client_id, request)
             if on_reply is not None:
                 on_reply(client_id)
-        return replies
+        return self.checked(method, replies)

@@ -55,7 +55,9 @@ class FitRes:
 
 @dataclass
 class ClientFailure:
-    """A client that did not answer: it raised, ran past the deadline, or its worker died."""
+    """A client that did not answer: it raised (``raised``: its own code did), ran past the deadline, or its worker
+    died."""
 
     reason: str
     seconds: float = 0.0
+    raised: bool = False

@@ -137,7 +137,7 @@ class RayBackend(Backend):
                     on_reply(client_id)
             if not done:
                 self._expire(method, running, replies, free, on_reply)
-        return {client_id: replies[client_id] for client_id in requests}
+        return self.checked(method, {client_id: replies[client_id] for client_id in requests})
 
     def _worker_for(self, method: str, client_id: str, free: set[int]) -> int | None:
         """The worker for this request: the one holding the client's round state, else any free one (a method that

@@ -6,6 +6,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
+from fedlit.faults import UnusableUpdate
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, check_compatible, flatten
 from fedlit.secure.messages import MaskedInput
@@ -36,6 +37,6 @@ class MaskedAggregation(Callback):
         check_compatible(self.global_payload, trained, f"client '{self.masker.client_id}'")
         update = flatten({name: trained[name] for name in self.global_payload}) - flatten(self.global_payload)
         if not np.isfinite(update).all():
-            raise ValueError(f"client '{self.masker.client_id}': its update has NaN/Inf values; not submitted")
+            raise UnusableUpdate(f"client '{self.masker.client_id}': its update has NaN/Inf values; not submitted")
         weight = 1 if self.unweighted else len(trainer.train_dataloader.dataset)
         self.masked = self.masker.mask(update, weight)

@@ -40,6 +40,8 @@ class FlowerBackend(Backend):
             (a fit is bounded by ``faults.timeout_s`` when set, else by this).
     """
 
+    simulation = False  # real parties: by default a party's exception excludes it (FaultPolicy.client_errors)
+
     def __init__(self, grid: Grid, parties: int, wait_s: float = 300.0, reply_timeout_s: float = 600.0) -> None:
         if parties < 1:
             raise ValueError(f"parties must be >= 1, got {parties}")
@@ -179,4 +181,4 @@ class FlowerBackend(Backend):
         for client_id, _ in sent.values():
             replies[client_id] = ClientFailure(f"no reply within {timeout:g} s (party gone?)",
                                                round(time.monotonic() - began, 3))
-        return {client_id: replies[client_id] for client_id in requests}
+        return self.checked(method, {client_id: replies[client_id] for client_id in requests})

@@ -60,7 +60,7 @@ def reply_content(request: Request, client_id: str, reply: Any) -> RecordDict:
     """A party's reply: its value, or the failure's reason (a party's exception is its own, not the run's)."""
     fields = {"nonce": request.nonce, "client": client_id}
     if isinstance(reply, ClientFailure):
-        fields.update(failure=reply.reason, seconds=reply.seconds)
+        fields.update(failure=reply.reason, seconds=reply.seconds, raised=reply.raised)
     else:
         fields["payload"] = pack(reply)
     return RecordDict({RECORD: ConfigRecord(fields)})
@@ -82,7 +82,7 @@ def read_reply(message: Message, client_id: str | None, nonce: str) -> Any:
         return ClientFailure(f"client '{client_id}' sent a reply to another request (from '{sender}', "
                              "replayed or forged): refused")
     if "failure" in record:
-        return ClientFailure(str(record["failure"]), float(record["seconds"]))
+        return ClientFailure(str(record["failure"]), float(record["seconds"]), bool(record.get("raised", False)))
     try:
         return unpack(record["payload"], KINDS, "fedlit reply")
     except (ValueError, TypeError) as error:

@@ -142,5 +142,5 @@ def answer(message: Message, context: Context) -> Message:
     try:
         client_id, reply = _answer(context, request.method, request.payload)
     except Exception as error:  # noqa: BLE001 - the server decides what a client's failure means
-        reply = ClientFailure(f"{type(error).__name__}: {error}")
+        reply = ClientFailure(f"{type(error).__name__}: {error}", raised=True)
     return Message(reply_content(request, client_id, reply), reply_to=message)

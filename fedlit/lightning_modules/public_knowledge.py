@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedlit.data.datamodule import IGNORE_INDEX
 from fedlit.data.token_alignment import align_tokens, cached_vocabulary_map, vocabulary
+from fedlit.faults import UnusableUpdate
 from fedlit.lightning_modules.top_k_logits import TopKLogits, top_k_distillation_loss
 from fedlit.payload import Payload
 
@@ -97,8 +98,8 @@ class Knowledge:
         """NaN/Inf in what travels would poison every party that distils from it: refused by name (FATE-LLM #144)."""
         TopKLogits(self.values, self.ids).check_finite(who)
         if not torch.isfinite(self.ce).all():
-            raise ValueError(f"{who}: {int((~torch.isfinite(self.ce)).sum())} public cross-entropies are NaN or "
-                             "infinite")
+            raise UnusableUpdate(f"{who}: {int((~torch.isfinite(self.ce)).sum())} public cross-entropies are NaN "
+                                 "or infinite")
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedlit.faults import UnusableUpdate
 from fedlit.payload import Payload, from_bytes, to_bytes
 
 
@@ -29,7 +30,7 @@ class TopKLogits:
         naming ``who`` and how many."""
         bad = int((~torch.isfinite(self.values)).sum())
         if bad:
-            raise ValueError(f"{who}: {bad} of {self.values.numel()} top-k logits are NaN or infinite")
+            raise UnusableUpdate(f"{who}: {bad} of {self.values.numel()} top-k logits are NaN or infinite")
 
     def to_bytes(self) -> bytes:
         return to_bytes(Payload(ids=self.ids, values=self.values))

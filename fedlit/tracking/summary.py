@@ -6,6 +6,7 @@ loggers that keep a run record (:class:`~fedlit.tracking.record.RunLogger`), W&B
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,16 @@ def final_evaluation(history: Sequence[dict[str, Any]]) -> dict[str, float]:
             if all(m in r for r in chosen)}
 
 
+def exclusions(history: Sequence[dict[str, Any]]) -> dict[str, collections.Counter[str]]:
+    """Client fits excluded (``fits``) and evaluations missing (``evaluations``), each by the kind of reason (what
+    precedes its first colon: ``ClientTimeout``, ``WorkerDied``, ...) with its count."""
+    found: dict[str, collections.Counter[str]] = {"fits": collections.Counter(), "evaluations": collections.Counter()}
+    for row in history:
+        if row.get("excluded") and row["split"] in ("train", "val"):
+            found["fits" if row["split"] == "train" else "evaluations"][str(row["excluded"]).split(":")[0]] += 1
+    return found
+
+
 def run_summary(history: Sequence[dict[str, Any]]) -> dict[str, float]:
     """The run's summary from its metric history (the rows of metrics.csv)."""
     summary: dict[str, float] = {}
@@ -39,7 +50,8 @@ def run_summary(history: Sequence[dict[str, Any]]) -> dict[str, float]:
     totals = {
         "rounds_trained": len(ran - skipped),
         "rounds_skipped": len(skipped),
-        "clients_excluded": sum(1 for r in history if r["split"] == "train" and r.get("excluded")),
+        "clients_excluded": sum(exclusions(history)["fits"].values()),
+        "evaluations_missing": sum(exclusions(history)["evaluations"].values()),
         "bytes_sent": sum(r.get("bytes_sent", 0) for r in history),
         "bytes_received": sum(r.get("bytes_received", 0) for r in history),
         # client-level DP's (the server's), else the largest of the clients' DP-SGD epsilons
