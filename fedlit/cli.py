@@ -137,19 +137,18 @@ def check_sweep_runs(spec: Any, points: list[dict[str, Any]]) -> None:
     lacks, or a value it refuses, fails here with one line naming the run and the key, not in every run."""
     from fedlit.sweep import SweepError, expand_command
 
+    parsers: dict[str, ArgumentParser] = {}
     for index, values in enumerate(points):
         line = expand_command(spec.command, spec.parameters, values, spec.program)
         found = [i for i, part in enumerate(line[:-1]) if part.endswith("fedlit") and line[i + 1] in ALGORITHMS]
         if not found:
             return  # not a fedlit command: its own program checks its arguments
         command = line[found[0] + 1]
-        captured = io.StringIO()
+        parser = parsers.setdefault(command, fit_parser(command))
         try:
-            with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(io.StringIO()):
-                fit_parser(command).parse_args(line[found[0] + 2:])
-        except SystemExit:
-            raise SweepError(f"{spec.path}: run {index} ({values}) would fail: "
-                             f"{parse_error_line(captured.getvalue())}") from None
+            parse_quietly(parser, line[found[0] + 2:])
+        except ParseError as error:
+            raise SweepError(f"{spec.path}: run {index} ({values}) would fail: {error}") from None
 
 
 def verify_parser() -> ArgumentParser:
@@ -361,9 +360,13 @@ def parse_error_line(text: str) -> str:
     return " ".join(line for line in kept if not line.startswith(_NOISE))
 
 
-def parse_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
-    """``parser.parse_args``, but a command-line or config error is one line (``fedlit: ...``) and exit 2, not the
-    whole usage; ``--help`` and ``--print_config`` print as usual."""
+class ParseError(ValueError):
+    """A command line or config jsonargparse refused, as one line."""
+
+
+def parse_quietly(parser: ArgumentParser, argv: list[str]) -> Namespace:
+    """``parser.parse_args``, with a refusal raised as one-line :class:`ParseError` instead of the usage dump;
+    ``--help`` and ``--print_config`` print as usual."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -372,7 +375,15 @@ def parse_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
         if done.code in (0, None):
             sys.stderr.write(captured.getvalue())
             raise
-        print(f"fedlit: {parse_error_line(captured.getvalue())}", file=sys.stderr)
+        raise ParseError(parse_error_line(captured.getvalue())) from None
+
+
+def parse_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
+    """:func:`parse_quietly`, a refusal printed as ``fedlit: ...`` with exit 2."""
+    try:
+        return parse_quietly(parser, argv)
+    except ParseError as error:
+        print(f"fedlit: {error}", file=sys.stderr)
         sys.exit(2)
 
 

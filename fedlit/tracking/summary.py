@@ -47,11 +47,12 @@ def run_summary(history: Sequence[dict[str, Any]]) -> dict[str, float]:
     ran = {r["round"] for r in history if r["round"] > 0}
     skipped = {r["round"] for r in history if r["split"] == "round"}
     epsilons = {r["client"]: r["epsilon"] for r in history if "epsilon" in r}  # each party's last
+    missing = exclusions(history)
     totals = {
         "rounds_trained": len(ran - skipped),
         "rounds_skipped": len(skipped),
-        "clients_excluded": sum(exclusions(history)["fits"].values()),
-        "evaluations_missing": sum(exclusions(history)["evaluations"].values()),
+        "clients_excluded": sum(missing["fits"].values()),
+        "evaluations_missing": sum(missing["evaluations"].values()),
         "bytes_sent": sum(r.get("bytes_sent", 0) for r in history),
         "bytes_received": sum(r.get("bytes_received", 0) for r in history),
         # client-level DP's (the server's), else the largest of the clients' DP-SGD epsilons
