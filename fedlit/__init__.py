@@ -2,10 +2,12 @@
 
 import logging
 
+from fedlit.hub_code import apply_inherited_policy
 from fedlit.lazy import lazy_exports
 
-# bitsandbytes (imported by peft) warns on import that it cannot fetch an optional CPU kernel from a model hub; its
-# built-in CPU kernel runs instead, so offline the warning only misleads.
+# No code from a model hub unless the config opts in (model.hub_code), decided before peft imports bitsandbytes, whose
+# CPU backend fetches a kernel from the Hub on import; it warns that it could not and runs its built-in kernel.
+apply_inherited_policy()
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"

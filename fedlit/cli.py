@@ -30,6 +30,7 @@ from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_ksee
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.federation import FEDERATION_KEYS, Federation
+from fedlit.hub_code import apply_hub_code_policy
 from fedlit.loop import NothingTrained, RunInterrupted, default_loggers
 from fedlit.run_dir import OutputDirError, check_fresh, lock_output_dir
 from fedlit.watermark import Verification
@@ -389,6 +390,7 @@ def parse_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    apply_hub_code_policy(False)  # before anything can import bitsandbytes; a model config may opt in when it loads
     _check_config_files(argv)
     parser = build_parser()
     config = parse_args(parser, argv)

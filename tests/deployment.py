@@ -38,7 +38,9 @@ class LocalDeployment:
         (home / "config.toml").write_text(f'[superlink]\ndefault = "local"\n[superlink.local]\naddress = '
                                           f'"127.0.0.1:{self.port}"\nroot-certificates = "{self.certs / "ca.crt"}"\n')
         # the SuperLink starts Flower's own executables (flower-superexec, flwr-serverapp) from PATH
-        self.env = {**os.environ, "FLWR_HOME": str(root / "flwr-home"),
+        # (transformers' Hub-kernel switch on, as on a fresh machine: each fedlit process must turn it off itself)
+        self.env = {**{k: v for k, v in os.environ.items() if k != "FEDLIT_HUB_CODE"}, "USE_HUB_KERNELS": "YES",
+                    "FLWR_HOME": str(root / "flwr-home"),
                     "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
         self.processes: dict[str, subprocess.Popen] = {}
 

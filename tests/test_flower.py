@@ -110,6 +110,9 @@ def test_one_deployed_round_matches_local_backend(deployment, tiny_model_dir, pl
     assert "jsonl" not in config.read_text()  # the server's config names no client's data
     assert deployment.deploy(config).wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
     assert_same_run(deployment.root / "clear", run_locally("fit", settings, deployment.root / "local-1", plays_jsonl))
+    # transformers' own Hub-kernel check, in the ServerApp's process and in each party's (started with it on)
+    record = json.loads((deployment.root / "clear" / "deployment.json").read_text())
+    assert record["hub_code"] == {"server": False, "parties": {"alpha": False, "beta": False, "gamma": False}}
 
 
 @pytest.mark.deployment_long

@@ -204,3 +204,41 @@ def test_every_algorithm_runs_on_ray(config, tmp_path, tiny_model_dir, plays_jso
     assert train and not any(r["excluded"] for r in train)
     if config == "example_dp":
         assert all(float(r["epsilon"]) > 0 for r in train)
+
+
+class EnvironmentApp:
+    """A client app that reports what its worker process sees."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+
+    def describe(self, _):
+        from transformers.integrations.hub_kernels import _kernels_enabled
+
+        from fedlit.hub_code import hub_code_allowed
+
+        return {"transformers_kernels": _kernels_enabled(), "hub_code": hub_code_allowed(), "pid": os.getpid(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_ids": ray.get_gpu_ids()}
+
+
+def test_workers_keep_hub_code_off_and_share_logical_gpus_as_documented(monkeypatch):
+    """Started from a driver whose environment turns transformers' Hub kernels on, every worker has them off
+    (transformers' own check) and the ``kernels`` fetchers refused; 4 workers x 0.5 GPU on 2 (logical) GPUs: two on
+    each, each seeing its GPU as CUDA_VISIBLE_DEVICES; a pool that cannot fit is refused in one line."""
+    ray.shutdown()
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    monkeypatch.delenv("FEDLIT_HUB_CODE", raising=False)
+    backend = RayBackend(num_workers=4, gpus_per_worker=0.5, gpus=2)
+    backend.start(EnvironmentApp, None)
+    try:
+        seen = backend.call("describe", {str(i): None for i in range(4)})
+        assert len({reply["pid"] for reply in seen.values()}) == 4
+        assert not any(reply["transformers_kernels"] or reply["hub_code"] for reply in seen.values())
+        assert sorted(reply["cuda_visible_devices"] for reply in seen.values()) == ["0", "0", "1", "1"]
+        assert sorted(str(reply["gpu_ids"]) for reply in seen.values()) == ["[0]", "[0]", "[1]", "[1]"]
+        with pytest.raises(ValueError, match=r"5 workers x 0.5 GPU do not fit the Ray cluster's 2 GPU\(s\) \(4 at "
+                                             r"most\)"):
+            RayBackend(num_workers=5, gpus_per_worker=0.5).start(EnvironmentApp, None)
+    finally:
+        backend.close()
+        ray.shutdown()

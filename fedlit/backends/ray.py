@@ -17,6 +17,7 @@ from typing import Any
 
 from fedlit.backends.base import Backend, ClientAppFactory, ClientHost, Reply
 from fedlit.backends.messages import ClientFailure
+from fedlit.hub_code import hub_code_allowed, hub_code_env
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +68,23 @@ class RayBackend(Backend):
         num_workers: actors, i.e. clients training at the same time.
         cpus_per_worker: CPUs Ray reserves for each actor; also its torch thread count (so results match a
             local run with that many threads bit for bit).
-        gpus_per_worker: GPUs per actor; a fraction (0.25) lets several actors share one GPU.
+        gpus_per_worker: GPUs per actor; a fraction (0.25) lets several actors share one GPU (4 on each). Ray sets
+            each actor's ``CUDA_VISIBLE_DEVICES`` to the GPU it was given, which is then its ``cuda:0``.
         address: an existing Ray cluster to join (``auto`` or ``ray://host:port``); ``None`` starts a local one
             sized for the pool.
+        gpus: GPUs of the local cluster it starts (default: those Ray detects); logical GPUs let a machine without
+            one check the placement.
     """
 
     def __init__(self, num_workers: int = 2, cpus_per_worker: int = 1, gpus_per_worker: float = 0,
-                 address: str | None = None) -> None:
+                 address: str | None = None, gpus: float | None = None) -> None:
         if num_workers < 1 or cpus_per_worker < 1 or gpus_per_worker < 0:
             raise ValueError(f"backend: need num_workers >= 1, cpus_per_worker >= 1 and gpus_per_worker >= 0, got "
                              f"{num_workers}, {cpus_per_worker} and {gpus_per_worker}")
+        if 1 < gpus_per_worker != int(gpus_per_worker):
+            raise ValueError(f"backend.gpus_per_worker {gpus_per_worker}: above 1 it must be a whole number of GPUs")
         self.num_workers, self.cpus_per_worker = num_workers, cpus_per_worker
-        self.gpus_per_worker, self.address = gpus_per_worker, address
+        self.gpus_per_worker, self.address, self.gpus = gpus_per_worker, address, gpus
         self.workers: list[Any] = []
         self.placement: dict[str, int] = {}  # client -> the worker holding its protocol state this round
 
@@ -91,15 +97,31 @@ class RayBackend(Backend):
             if self.address:
                 check_reachable(self.address)
             local = {} if self.address else {"num_cpus": self.num_workers * self.cpus_per_worker}
+            if self.gpus is not None and not self.address:
+                local["num_gpus"] = self.gpus
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, **local)
         self.ray, self.timeout_s = ray, timeout_s
+        self._check_gpus(ray.cluster_resources().get("GPU", 0.0))
         self.factory_ref = ray.put(app_factory)
+        # the driver's Hub-code policy, in each worker's environment from its start (fedlit applies it on import)
         self.actor_class = ray.remote(_Worker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
-                                                        max_concurrency=1)
+                                                        max_concurrency=1,
+                                                        runtime_env={"env_vars": hub_code_env(hub_code_allowed())})
         self.workers = [self._new_worker() for _ in range(self.num_workers)]
         self.ray.get([worker.pid.remote() for worker in self.workers])  # up: the deadline starts with the call
         self.placement = {}
+
+    def _check_gpus(self, cluster_gpus: float) -> None:
+        """Refuse a pool whose actors could never all be placed (Ray would wait for them for ever): an actor's share
+        of a GPU is never split across GPUs."""
+        share = self.gpus_per_worker
+        if share == 0:
+            return
+        fits = int(cluster_gpus) * int(1 / share) if share <= 1 else int(cluster_gpus // share)
+        if self.num_workers > fits:
+            raise ValueError(f"backend: {self.num_workers} workers x {share:g} GPU do not fit the Ray cluster's "
+                             f"{cluster_gpus:g} GPU(s) ({fits} at most): lower num_workers or gpus_per_worker")
 
     def _new_worker(self) -> Any:
         return self.actor_class.remote(self.factory_ref, self.cpus_per_worker)

@@ -47,6 +47,7 @@ class FlowerBackend(Backend):
             raise ValueError(f"parties must be >= 1, got {parties}")
         self.grid, self.parties, self.wait_s, self.reply_timeout_s = grid, parties, wait_s, reply_timeout_s
         self.nodes: dict[str, int] = {}  # client id -> Flower node id
+        self.hub_code: dict[str, bool] = {}  # client id -> whether its party allows code from the Hub
         self.sizes: dict[str, tuple[int, int]] = {}  # client id -> (train, held-out) sizes, once discovered
         self.package: tuple[str, dict[str, bytes]] | None = None  # the run's client package: digest, files
         self.fit_timeout_s = reply_timeout_s
@@ -121,6 +122,7 @@ class FlowerBackend(Backend):
                 raise ValueError(f"SuperNodes {self.nodes[client_id]} and {node} both name client '{client_id}' "
                                  "(node config client-id): give each party its own")
             self.nodes[client_id] = int(node)
+            self.hub_code[client_id] = bool(reply.get("hub_code", False))
             sizes[client_id] = (int(reply["train_size"]), int(reply["val_size"]))
         return sizes, {node: reply.reason for node, reply in described.items() if isinstance(reply, ClientFailure)}
 

@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 from fedlit.backends.messages import ClientFailure
 from fedlit.flower.envelope import read_request, reply_content
 from fedlit.flower.package import package_dir, store_package
+from fedlit.hub_code import hub_code_allowed
 from fedlit.io import cache_dir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.party import SecAggParty
@@ -115,7 +116,7 @@ def _answer(context: Context, method: str, payload: Any) -> Any:
     if method == "describe":
         data = party.client.datamodule
         return client_id, {"client_id": client_id, "train_size": len(data.train_dataset),
-                           "val_size": len(data.val_dataset)}
+                           "val_size": len(data.val_dataset), "hub_code": hub_code_allowed()}
     reply = getattr(party, method)(payload)
     if party.secagg is not None:
         context.state.config_records[_STATE] = ConfigRecord({"state": party.secagg.to_bytes()})

@@ -20,6 +20,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedlit.flower.backend import FlowerBackend
+from fedlit.hub_code import hub_code_allowed
 from fedlit.io import atomic_write_bytes
 from fedlit.secret_audit import clients_secrets, watch
 
@@ -61,5 +62,6 @@ def _run(grid: Grid, context: Context) -> None:
         what = "nothing was trained: " if isinstance(error, NothingTrained) else ""
         raise RunFailed(what + error_line(error)) from (error if settings.get("debug", False) else None)
     record = {"flower_run_id": context.run_id, "parties": backend.nodes,
+              "hub_code": {"server": hub_code_allowed(), "parties": backend.hub_code},
               "client_secrets_in_server_process": clients_secrets(secrets_seen)}
     atomic_write_bytes(Path(config.output_dir, "deployment.json"), (json.dumps(record, indent=1) + "\n").encode())

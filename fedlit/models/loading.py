@@ -12,6 +12,7 @@ from peft import PeftConfig, PeftModel
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from fedlit.hub_code import apply_hub_code_policy
 from fedlit.models.default import DEFAULT_MODEL, prepare_default_model
 from fedlit.models.quantization import QuantizationConfig
 
@@ -27,12 +28,16 @@ class ModelConfig:
             (the first, the last and evenly spaced ones between); ``None`` keeps all.
         quantization: load the frozen base's linear layers in 4 or 8 bits (``bitsandbytes``); ``dtype`` is then
             the dtype of what stays unquantized (embeddings, norms, head).
+        hub_code: run code from the model hub: transformers' Hub kernels and a model repository's own code
+            (``trust_remote_code``). Off by default: nothing is fetched or executed, in any process of the run
+            (see :mod:`fedlit.hub_code`).
     """
 
     name_or_path: str = DEFAULT_MODEL
     dtype: str = "float32"
     keep_blocks: int | None = None
     quantization: QuantizationConfig | None = None
+    hub_code: bool = False
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -62,9 +67,10 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer; a missing pad token falls back to EOS (padding is masked out of the loss)."""
+    apply_hub_code_policy(config.hub_code)
     path = resolve_model_path(config.name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.hub_code)
     except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ... for a missing tokenizer
         local = Path(path)
         if local.is_dir() and not any((local / name).is_file() for name in _TOKENIZER_FILES):
@@ -82,11 +88,13 @@ def load_base_model(config: ModelConfig, skip_modules: list[str] | None = None) 
     ``config.quantization`` except ``skip_modules`` (module names, e.g. blocks that train in full)."""
     if config.quantization is not None and config.keep_blocks is not None:
         return _quantized_layer_drop(config, skip_modules)
+    apply_hub_code_policy(config.hub_code)
     path = resolve_model_path(config.name_or_path)
     kwargs = {} if config.quantization is None else {"quantization_config": config.quantization.bnb_config(
         skip_modules)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config.dtype), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config.dtype),
+                                                     trust_remote_code=config.hub_code, **kwargs)
     except OSError as err:
         raise OSError(
             f"could not load model '{config.name_or_path}': {err}. Offline, use a local directory "
