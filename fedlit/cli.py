@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import Logger
 from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_kseed, fed_mkt, fed_ost
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
+from fedlit.devices import DEVICE_HELP
 from fedlit.federation import FEDERATION_KEYS, Federation
 from fedlit.hub_code import apply_hub_code_policy
 from fedlit.loop import NothingTrained, RunInterrupted, default_loggers
@@ -106,6 +107,10 @@ def sweep_parser() -> ArgumentParser:
     parser.add_argument("--output_dir", type=str | None, default=None, help="default: outputs/sweeps/<file name>")
     parser.add_argument("--wandb", type=bool | None, default=None,
                         help="log every run to W&B (offline unless WANDB_MODE); default: when wandb is installed")
+    parser.add_argument("--accelerator", type=str | None, default=None,
+                        help="every run's trainer.accelerator (cpu, gpu, auto, ...); default: each run's config")
+    parser.add_argument("--devices", type=str | None, default=None,
+                        help="every run's trainer.devices (1, 2, '[0]', auto, ...); default: each run's config")
     return parser
 
 
@@ -118,11 +123,12 @@ def run_sweep_command(config: Namespace) -> int:
     from fedlit.sweep.report import best_trial
 
     spec = load_sweep(config.sweep_file)
-    check_sweep_runs(spec, sweep_points(spec, config.count, config.seed))
+    trainer = {key: config[key] for key in ("accelerator", "devices") if config[key] is not None}
+    check_sweep_runs(spec, sweep_points(spec, config.count, config.seed), trainer)
     wandb = config.wandb if config.wandb is not None else importlib.util.find_spec("wandb") is not None
     output_dir = config.output_dir or f"outputs/sweeps/{spec.name}"
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: runs checkpoint and stop
-    state = run_sweep(spec, output_dir, config.count, config.parallel, config.seed, wandb)
+    state = run_sweep(spec, output_dir, config.count, config.parallel, config.seed, wandb, trainer)
     best = best_trial(spec, state.trials)
     print(f"sweep: {len(state.trials)} runs in {output_dir}/sweep.csv, plot in {output_dir}/sweep.png"
           + (f"; best {best.name}: {spec.metric['name']} = {best.metric:.4f} with {best.values}" if best else ""))
@@ -133,9 +139,10 @@ def run_sweep_command(config: Namespace) -> int:
     return 1 if failed else 0
 
 
-def check_sweep_runs(spec: Any, points: list[dict[str, Any]]) -> None:
-    """Parse each run's fedlit command line as that run would, before any run starts: a swept key the config
-    lacks, or a value it refuses, fails here with one line naming the run and the key, not in every run."""
+def check_sweep_runs(spec: Any, points: list[dict[str, Any]], trainer: dict[str, str] | None = None) -> None:
+    """Parse each run's fedlit command line as that run would (with the sweep's ``trainer`` options), before any run
+    starts: a swept key the config lacks, or a value it refuses, fails here with one line naming the run and the
+    key, not in every run."""
     from fedlit.sweep import SweepError, expand_command
 
     parsers: dict[str, ArgumentParser] = {}
@@ -147,7 +154,7 @@ def check_sweep_runs(spec: Any, points: list[dict[str, Any]]) -> None:
         command = line[found[0] + 1]
         parser = parsers.setdefault(command, fit_parser(command))
         try:
-            parse_quietly(parser, line[found[0] + 2:])
+            parse_quietly(parser, [*line[found[0] + 2:], *(f"--trainer.{k}={v}" for k, v in (trainer or {}).items())])
         except ParseError as error:
             raise SweepError(f"{spec.path}: run {index} ({values}) would fail: {error}") from None
 
@@ -163,6 +170,7 @@ def verify_parser() -> ArgumentParser:
                         help="the adapter's base model (default: the one its adapter_config.json names)")
     parser.add_argument("--key", type=list[str], required=True, help="key file(s), e.g. --key '[a.json, b.json]'")
     parser.add_argument("--fpr", type=float, default=1e-6, help="false-positive rate of the verdict")
+    parser.add_argument("--device", type=str, default="auto", help=DEVICE_HELP)
     parser.add_argument("--output", type=str | None, default=None,
                         help="also write the results as JSON here (a new file: never overwritten)")
     return parser
@@ -180,7 +188,7 @@ def run_verify(config: Namespace) -> int:
         raise FileExistsError(f"--output {config.output} exists: fedlit verify never overwrites a file (a key file, "
                               "say), choose another")
     keys = [(path, WatermarkKey.load(path)) for path in config.key]
-    model = load_trained_model(config.adapter, config.model, config.base)
+    model = load_trained_model(config.adapter, config.model, config.base, device=config.device)
     results = [(path, verify(model, key, config.fpr, f"watermark key {path}")) for path, key in keys]
     for path, result in results:
         print(f"{path} (owner {result.owner}): {verification_line(result)}")

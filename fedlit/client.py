@@ -29,6 +29,7 @@ from fedlit.callbacks.personal_state import restore
 from fedlit.compression.payloads import decode_global
 from fedlit.compression.residual import ResidualStore
 from fedlit.data.datamodule import CausalLMDataModule
+from fedlit.devices import build_trainer
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, changes_to_bytes, from_bytes
 from fedlit.privacy.party_secret import PartySecret
@@ -141,7 +142,7 @@ class Client:
                                           if mods["dp_sgd"] is not None else None)
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *filter(None, mods.values())]
-        L.Trainer(**kwargs).fit(module, datamodule=self.datamodule)
+        build_trainer(**kwargs).fit(module, datamodule=self.datamodule)
         update = mods["extraction"].update
         assert update is not None, "AdapterExtraction did not run: fit ended early"
         if mods["dp_sgd"] is not None:

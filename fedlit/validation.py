@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 
 from fedlit.data.datamodule import CausalLMDataModule
+from fedlit.devices import build_trainer
 
 # Only these Trainer options carry over to the server's Trainers: where and in what precision the model runs.
 _EVAL_TRAINER_KEYS = ("accelerator", "devices", "precision")
@@ -21,7 +22,7 @@ def server_trainer(trainer_kwargs: dict[str, Any], **overrides: Any) -> L.Traine
     """A quiet Trainer for the server's own work, on the accelerator and in the precision of the clients'
     ``trainer_kwargs``."""
     placement = {key: trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in trainer_kwargs}
-    return L.Trainer(**{**QUIET_TRAINER, **placement, **overrides})
+    return build_trainer(**{**QUIET_TRAINER, **placement, **overrides})
 
 
 def validate(module: L.LightningModule, parties: Mapping[str, CausalLMDataModule],

@@ -19,7 +19,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from fedlit.algorithms.federation import federated_loop
 from fedlit.callbacks.emulator_construction import EmulatorConstruction, read_manifest, write_client_package
-from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig
 from fedlit.data.public import public_blocks, public_dataloader
@@ -40,22 +39,23 @@ from fedlit.models.offsite import (
 )
 from fedlit.payload import Payload, to_bytes
 from fedlit.privacy.party_secret import PartySecret
-from fedlit.validation import validate
+from fedlit.validation import server_trainer, validate
 from fedlit.watermark import WatermarkConfig, imprint, load_or_make_key
 
 
 def client_package(full: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, offsite: OffsiteConfig,
-                   distillation: DistillationConfig, directory: Path, seed: int) -> None:
-    """Build the emulator, distil it on public data if asked (a server-side Trainer whose
-    :class:`EmulatorConstruction` callback writes the package), else write it as built; the package's manifest
-    names the full model's blocks it keeps (``plan``)."""
+                   distillation: DistillationConfig, directory: Path, seed: int,
+                   trainer_kwargs: dict[str, Any] | None = None) -> None:
+    """Build the emulator, distil it on public data if asked (a server-side Trainer, on the accelerator of the
+    clients' ``trainer_kwargs``, whose :class:`EmulatorConstruction` callback writes the package), else write it as
+    built; the package's manifest names the full model's blocks it keeps (``plan``)."""
     emulator, plan = build_emulator(full, offsite)
     if distillation.steps <= 0:
         write_client_package(emulator, tokenizer, directory, {"plan": plan})
         return
     L.seed_everything(seed, verbose=False)
-    trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "max_steps": distillation.steps,
-                           "callbacks": [EmulatorConstruction(directory, tokenizer, {"plan": plan})]})
+    trainer = server_trainer(trainer_kwargs or {}, max_steps=distillation.steps, limit_val_batches=0,
+                             callbacks=[EmulatorConstruction(directory, tokenizer, {"plan": plan})])
     with warnings.catch_warnings():  # the frozen full model (the teacher) stays in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
         blocks = public_blocks(distillation, tokenizer)
@@ -211,7 +211,8 @@ def fed_ost(
                                                        key_path, federation.insecure_seed))
     package = federation.backend.client_package(
         Path(federation.output_dir) / "client_package",
-        lambda directory: client_package(full_model(), load_tokenizer(model), offsite, distillation, directory, seed))
+        lambda directory: client_package(full_model(), load_tokenizer(model), offsite, distillation, directory, seed,
+                                         federation.trainer))
     tokenizer = load_tokenizer(ModelConfig(str(package)))  # the package holds everything a client gets
     plan = read_manifest(package)["plan"]
     federated = federation.backend.federated_data(data, tokenizer)

@@ -34,15 +34,17 @@ class ModelSpec:
         adapter: or a peft adapter directory (e.g. a run's ``adapter``).
         base: the adapter's base model (default: the one its adapter_config.json names).
         dtype: the weights' dtype.
+        device: where it runs: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
     """
 
     model: str | None = None
     adapter: str | None = None
     base: str | None = None
     dtype: str = "float32"
+    device: str = "auto"
 
     def load(self) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-        model = load_trained_model(self.adapter, self.model, self.base, self.dtype)
+        model = load_trained_model(self.adapter, self.model, self.base, self.dtype, self.device)
         name = self.model or self.base or model.peft_config["default"].base_model_name_or_path
         return model, load_tokenizer(ModelConfig(name))
 

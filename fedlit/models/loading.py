@@ -12,6 +12,7 @@ from peft import PeftConfig, PeftModel
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from fedlit.devices import torch_device
 from fedlit.hub_code import apply_hub_code_policy
 from fedlit.models.default import DEFAULT_MODEL, prepare_default_model
 from fedlit.models.quantization import QuantizationConfig
@@ -85,13 +86,16 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
 
 def load_base_model(config: ModelConfig, skip_modules: list[str] | None = None) -> PreTrainedModel:
     """The frozen base causal LM, loaded once per process and shared by every simulated client; quantized under
-    ``config.quantization`` except ``skip_modules`` (module names, e.g. blocks that train in full)."""
+    ``config.quantization`` except ``skip_modules`` (module names, e.g. blocks that train in full), straight onto
+    the GPU when one is visible (a Ray worker's own: Ray sets its ``CUDA_VISIBLE_DEVICES``)."""
     if config.quantization is not None and config.keep_blocks is not None:
         return _quantized_layer_drop(config, skip_modules)
     apply_hub_code_policy(config.hub_code)
     path = resolve_model_path(config.name_or_path)
     kwargs = {} if config.quantization is None else {"quantization_config": config.quantization.bnb_config(
         skip_modules)}
+    if config.quantization is not None and torch.cuda.is_available():  # quantized on the GPU, never on the CPU
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config.dtype),
                                                      trust_remote_code=config.hub_code, **kwargs)
@@ -148,12 +152,17 @@ def _layer_dropped(model: PreTrainedModel, config: ModelConfig) -> PreTrainedMod
 
 
 def load_trained_model(adapter: str | None = None, model: str | None = None, base: str | None = None,
-                       dtype: str = "float32") -> nn.Module:
-    """A trained model to verify or query: the peft ``adapter`` directory loaded with plain peft on its base
-    (``base``, else the base its ``adapter_config.json`` names), or the full model directory ``model`` (e.g.
-    FedOST's plugged-in model, or the default model's name)."""
+                       dtype: str = "float32", device: str = "auto") -> nn.Module:
+    """A trained model to verify or query, on ``device`` (see :func:`~fedlit.devices.torch_device`): the peft
+    ``adapter`` directory loaded with plain peft on its base (``base``, else the base its ``adapter_config.json``
+    names), or the full model directory ``model`` (e.g. FedOST's plugged-in model, or the default model's name)."""
     if (adapter is None) == (model is None):
         raise ValueError("give either an adapter directory or a full model (directory or name), not both")
+    target = torch_device(device)  # a device this machine lacks is refused before anything loads
+    return _trained_model(adapter, model, base, dtype).to(target)
+
+
+def _trained_model(adapter: str | None, model: str | None, base: str | None, dtype: str) -> nn.Module:
     if model is not None:
         return load_base_model(ModelConfig(model, dtype=dtype))
     try:

@@ -63,13 +63,14 @@ class CandidateTable:
 
     @classmethod
     def build(cls, embeddings: torch.Tensor, tokens: torch.Tensor, k: int = 64, chunk: int = 1024) -> CandidateTable:
-        """Nearest neighbours by Euclidean distance, in chunks (never an n x n matrix in memory at once)."""
-        vectors = embeddings[tokens].float()
+        """Nearest neighbours by Euclidean distance, in chunks (never an n x n matrix in memory at once), on the
+        embeddings' device; the table itself is kept on the CPU."""
+        vectors = embeddings[tokens.to(embeddings.device)].float()
         k = min(k, len(tokens))
         neighbours, scores = [], []
         for start in range(0, len(tokens), chunk):
             distances = torch.cdist(vectors[start:start + chunk], vectors)
-            nearest, index = distances.topk(k, dim=1, largest=False)
+            nearest, index = (part.cpu() for part in distances.topk(k, dim=1, largest=False))
             largest = nearest[:, -1:].clamp(min=1e-12)
             neighbours.append(tokens[index])
             scores.append(1 - nearest / largest)

@@ -84,17 +84,20 @@ class SweepRunner:
     """Runs a sweep's pending trials, ``parallel`` at a time, each as its own process."""
 
     def __init__(self, spec: SweepSpec, directory: Path, parallel: int = 1, wandb: bool = False,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, trainer: dict[str, str] | None = None) -> None:
         if parallel < 1:
             raise SweepError(f"--parallel must be >= 1, got {parallel}")
         self.spec, self.directory, self.parallel, self.wandb = spec, directory, parallel, wandb
         self.env = dict(os.environ if env is None else env)
+        self.trainer = trainer or {}
 
     def command(self, trial: Trial) -> list[str]:
-        """The sweep file's command for ``trial``, pointed at its own output_dir (resuming when it exists)."""
+        """The sweep file's command for ``trial``, pointed at its own output_dir (resuming when it exists), with the
+        sweep's Trainer placement (``accelerator``, ``devices``) over the run's."""
         run_dir = self.directory / "runs" / trial.name
         line = expand_command(self.spec.command, self.spec.parameters, trial.values, self.spec.program)
-        return [*line, f"--output_dir={run_dir}", *(["--resume=true"] if run_dir.exists() else [])]
+        placement = [f"--trainer.{key}={value}" for key, value in self.trainer.items()]
+        return [*line, *placement, f"--output_dir={run_dir}", *(["--resume=true"] if run_dir.exists() else [])]
 
     def trial_env(self, trial: Trial) -> dict[str, str]:
         """The run's environment: W&B offline (unless WANDB_MODE says otherwise), grouped by sweep, named by run;
@@ -153,8 +156,9 @@ class SweepRunner:
 
 
 def run_sweep(spec: SweepSpec, directory: str | Path, count: int | None = None, parallel: int = 1, seed: int = 0,
-              wandb: bool = False) -> SweepState:
-    """Run (or resume) the sweep into ``directory``; return its state (every trial's status and metric)."""
+              wandb: bool = False, trainer: dict[str, str] | None = None) -> SweepState:
+    """Run (or resume) the sweep into ``directory``; return its state (every trial's status and metric);
+    ``trainer`` options (``accelerator``, ``devices``) go to every run."""
     directory = Path(directory)
     points = sweep_points(spec, count, seed)  # (a bad sweep file fails before anything is written)
     lock_output_dir(directory)
@@ -166,7 +170,7 @@ def run_sweep(spec: SweepSpec, directory: str | Path, count: int | None = None, 
             state.save(directory)
             write_report(spec, state.trials, directory)
 
-        runner = SweepRunner(spec, directory, parallel, wandb)
+        runner = SweepRunner(spec, directory, parallel, wandb, trainer=trainer)
         runner.run(state, on_change)
         on_change()
         return state
