@@ -6,8 +6,14 @@
    Target: overhead <= 10%.
 2. Peak RSS of a process that runs one round with 1 and with 10 simulated clients, each in a fresh process.
    Target: 10 clients <= 1.3x one client (one frozen base per process; a client costs an adapter).
+3. ``--floor``: what fedlit adds with compute close to zero (a tiny random-initialised Llama with SmolLM2's
+   tokenizer, 4 clients, LocalBackend): per client fit and per client evaluation, the seconds beyond the steps and
+   batches themselves (the call's time at 1 step/batch minus the per-step time measured at ``--floor-steps``), and
+   the server's own seconds per round (a round's wall time minus its client calls, rounds without evaluation).
+   Targets on 2 CPU cores: <= 50 ms per fit and per evaluation, <= 100 ms per round.
 
     python experiments/bench_overhead.py [--rounds 2] [--steps 4] [--json out.json]
+    python experiments/bench_overhead.py --floor [--json floor.json]     (--smoke: a quick run of --floor)
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import functools
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +30,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -110,6 +118,90 @@ def rss(args: argparse.Namespace, num_clients: int) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+class CallClock:
+    """Times every client call (``ClientHost.answer``) and every round (``FederatedLoop._run_round``) of this
+    process: LocalBackend runs both here, so a round's wall time minus its calls is the server's own."""
+
+    def __init__(self) -> None:
+        from fedlit.backends.base import ClientHost
+        from fedlit.loop import FederatedLoop
+
+        self.calls: list[tuple[str, float]] = []
+        self.rounds: list[tuple[float, float]] = []  # (wall, seconds in client calls)
+        answer, run_round = ClientHost.answer, FederatedLoop._run_round
+
+        def timed_answer(host, method, client_id, request):
+            began = time.perf_counter()
+            try:
+                return answer(host, method, client_id, request)
+            finally:
+                self.calls.append((method, time.perf_counter() - began))
+
+        def timed_round(loop, *args):
+            began, first = time.perf_counter(), len(self.calls)
+            run_round(loop, *args)
+            self.rounds.append((time.perf_counter() - began, sum(s for _, s in self.calls[first:])))
+
+        ClientHost.answer, FederatedLoop._run_round = timed_answer, timed_round
+
+    def reset(self) -> None:
+        self.calls, self.rounds = [], []
+
+    def median(self, method: str, skip: int = 0) -> float:
+        """The median seconds of ``method`` calls, the first ``skip`` left out (warm-up)."""
+        seconds = [s for m, s in self.calls if m == method][skip:]
+        return float(statistics.median(seconds))
+
+
+def floor(args: argparse.Namespace) -> dict[str, float]:
+    """Per-fit, per-evaluation and per-round orchestration seconds at near-zero compute (see the docstring)."""
+    from random_models import random_model
+
+    clock = CallClock()
+    clients, rounds = 4, args.floor_rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = random_model("tiny", Path(tmp) / "tiny", torch.float32)
+
+        def run(steps: int, val_batches: int, name: str) -> None:
+            clock.reset()
+            fed_homo_llm(
+                model=ModelConfig(str(model_dir)),
+                data=DataConfig(clients=PLAYS[:clients], train_examples_per_client=2 * steps,
+                                val_examples_per_client=val_batches, global_val_examples=1, max_length=16,
+                                batch_size=1),
+                optimizer=OptimizerConfig(lr=1e-3),
+                federation=Federation(strategy=FedAvg(clients_per_round=clients), rounds=rounds, eval_every=rounds,
+                                      output_dir=str(Path(tmp) / name), loggers=[], progress=False,
+                                      trainer={"max_steps": steps, "accelerator": "cpu"}),
+            ).fit()
+
+        run(1, 1, "warm-up")
+        run(1, 1, "one")
+        fit_1, evaluate_1 = clock.median("fit", skip=clients), clock.median("evaluate")
+        server = statistics.median(wall - calls for wall, calls in clock.rounds[1:-1])  # (the last one evaluates)
+        many = args.floor_steps
+        run(many, many, "many")
+        fit_n, evaluate_n = clock.median("fit", skip=clients), clock.median("evaluate")
+    per_step, per_batch = (fit_n - fit_1) / (many - 1), (evaluate_n - evaluate_1) / (many - 1)
+    return {"fit_s": fit_1, "step_s": per_step, "fit_overhead_s": fit_1 - per_step,
+            "evaluate_s": evaluate_1, "batch_s": per_batch, "evaluate_overhead_s": evaluate_1 - per_batch,
+            "server_s_per_round": server, "clients": clients}
+
+
+def print_floor(results: dict[str, float]) -> None:
+    table = Table(title=f"fedlit's orchestration floor (tiny random-initialised Llama, {results['clients']} clients, "
+                        "LocalBackend, CPU)")
+    for column in ("per", "seconds in all", "of which steps/batches", "fedlit adds", "target"):
+        table.add_column(column)
+    table.add_row("client fit", f"{results['fit_s'] * 1e3:.0f} ms", f"{results['step_s'] * 1e3:.0f} ms",
+                  f"{results['fit_overhead_s'] * 1e3:.0f} ms", "<= 50 ms")
+    table.add_row("client evaluation", f"{results['evaluate_s'] * 1e3:.0f} ms", f"{results['batch_s'] * 1e3:.0f} ms",
+                  f"{results['evaluate_overhead_s'] * 1e3:.0f} ms", "<= 50 ms")
+    table.add_row("round, server side", f"{results['server_s_per_round'] * 1e3:.0f} ms", "",
+                  f"{results['server_s_per_round'] * 1e3:.0f} ms", "<= 100 ms")
+    Console().print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -121,12 +213,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--floor", action="store_true", help="measure the orchestration floor (3.) only")
+    parser.add_argument("--floor-rounds", type=int, default=6)
+    parser.add_argument("--floor-steps", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="a quick --floor (the test suite runs it)")
     args = parser.parse_args()
     from fedlit.cli import quiet_libraries
 
     quiet_libraries()
     if args.rss_child:
         peak_rss_child(args)
+        return
+    if args.floor or args.smoke:
+        if args.smoke:
+            args.floor_rounds, args.floor_steps = 3, 2
+        results = floor(args)
+        print_floor(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
         return
     timing = time_overhead(args)
     rss_1, rss_10 = rss(args, 1), rss(args, 10)
