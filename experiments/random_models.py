@@ -19,8 +19,8 @@ SHAPES: dict[str, tuple[int, int, int, int, int]] = {
 
 
 def random_model(shape: str, directory: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """``directory`` holding a Llama of ``shape`` (random weights, seed 0, in ``dtype``) and SmolLM2's tokenizer;
-    made once and reused."""
+    """``directory`` holding a Llama of ``shape`` (random weights, seed 0, in ``dtype``; drawn on the GPU when there
+    is one: an 8B model in seconds) and SmolLM2's tokenizer; made once and reused."""
     if (directory / "config.json").is_file():
         return directory
     from fedlit.models.default import prepare_default_model
@@ -35,7 +35,8 @@ def random_model(shape: str, directory: Path, dtype: torch.dtype = torch.bfloat1
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    model = model.to_empty(device="cpu").to(dtype)
+    model = model.to_empty(device="cuda" if torch.cuda.is_available() else "cpu").to(dtype)
+    model.tie_weights()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             parameter.fill_(1.0) if "norm" in name else parameter.normal_(0.0, 0.02)

@@ -25,7 +25,7 @@ def test_bench_overhead_floor_smoke(tmp_path):
         assert 0 < results[key] < 5, (key, results)
 
 
-@pytest.mark.parametrize("backend", ["local", "ray"])
+@pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.long)])
 def test_gpu_bench_smoke(tmp_path, backend):
     pytest.importorskip("ray") if backend == "ray" else None
     results = smoke("gpu_bench.py", tmp_path, "--backends", backend)
