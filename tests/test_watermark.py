@@ -306,13 +306,17 @@ def test_one_clear_update_does_not_show_the_keys_positions(tiny_model_dir: Path,
     """The review's case: a 64-bit key, gamma 0.02, one client, one round at the quickstart's lr: the released
     adapter is that client's update. Attackers who rank entries by repeated magnitudes or by magnitude do no
     better than chance, the marked magnitudes are distributed as the others, and the key is still verified. The
-    same attackers find every position when the marks are set to the margin (the old enforcement)."""
+    same attackers find every position when the marks are set to the margin (the old enforcement).
+
+    The key and the client's secret are pinned (key_seed, insecure_seed): under the null hypothesis the KS p-value
+    is uniform, so fresh draws would fail the p > 0.01 bound about once in a hundred runs. Over 25 unpinned runs:
+    magnitude AUC 0.39-0.57 (mean 0.51), repeats AUC 0.499-0.507, KS p-values spread over 0.001-0.997."""
     from fedlit.algorithms import fed_homo_llm
     from fedlit.lightning_modules import OptimizerConfig
 
-    watermark = WatermarkConfig(signature=SignatureConfig(bits=64, gamma=0.02), trigger=None)
+    watermark = WatermarkConfig(signature=SignatureConfig(bits=64, gamma=0.02), trigger=None, key_seed=0)
     federation = Federation(strategy=FedAvg(), rounds=1, output_dir=str(tmp_path / "run"), loggers=[], progress=False,
-                            trainer={"max_steps": 8, "accelerator": "cpu"}, watermark=watermark)
+                            trainer={"max_steps": 8, "accelerator": "cpu"}, watermark=watermark, insecure_seed=0)
     data = DataConfig(source=str(plays_jsonl), partition="iid", num_clients=1, val_examples_per_client=4,
                       global_val_examples=6, batch_size=4, max_length=32)
     peft = LoraConfig(r=8, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
