@@ -2,8 +2,9 @@
 
 1. The quickstart job widened to 8 clients (8 plays, all sampled each round): LocalBackend (one process, its
    torch threads) vs RayBackend (2 workers x 1 CPU). Wall time, peak RSS summed over the whole process tree
-   (driver, Ray's own processes and workers, sampled every 0.2 s) and bytes moved (metrics.csv).
-   Target: Ray <= 0.85x Local's wall time for these fit-dominated rounds; tree RSS <= (workers + 1) x Local's.
+   (driver, Ray's own processes and workers, sampled every 0.2 s), peak PSS summed the same way (memory counted
+   once: Ray's workers map one shared copy of the frozen base) and bytes moved (metrics.csv).
+   Target: Ray <= 0.85x Local's wall time for these fit-dominated rounds; tree PSS <= 1.3x Local's.
 2. The LEAF federation (configs/leaf_shakespeare.yaml: one client per speaking role, 10 sampled per round,
    evaluation of 10 sampled clients) at 100 and at all ~660 clients: the server's own seconds per round (wall
    time of a round without evaluation minus its clients' fit time) and the driver's peak RSS.
@@ -35,20 +36,24 @@ RAY = '{"class_path": "fedlit.backends.RayBackend", "init_args": {"num_workers":
 
 
 def measure(command: list[str]) -> dict[str, float]:
-    """Run ``command``; its wall time and the peak of the RSS summed over it and all its descendants."""
+    """Run ``command``; its wall time and the peaks of the RSS and of the PSS summed over it and all its descendants
+    (PSS splits each shared page among the processes mapping it, so a sum of PSS counts memory once: a sum of RSS
+    counts a page every process shares, libraries and Ray's shared object store included, once per process)."""
     began = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak, driver_peak = 0, 0
+    peak, pss_peak, driver_peak = 0, 0, 0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, driver_peak
+        nonlocal peak, pss_peak, driver_peak
         root = psutil.Process(process.pid)
         while not stop.is_set():
             try:
                 tree = [root, *root.children(recursive=True)]
-                sizes = [p.memory_info().rss for p in tree if p.is_running()]
+                infos = [p.memory_full_info() for p in tree if p.is_running()]
+                sizes = [info.rss for info in infos]
                 peak, driver_peak = max(peak, sum(sizes)), max(driver_peak, sizes[0])
+                pss_peak = max(pss_peak, sum(info.pss for info in infos))
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -60,7 +65,8 @@ def measure(command: list[str]) -> dict[str, float]:
     sampler.join()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{err[-2000:]}")
-    return {"seconds": time.perf_counter() - began, "tree_rss_gib": peak / 2**30, "driver_rss_gib": driver_peak / 2**30}
+    return {"seconds": time.perf_counter() - began, "tree_rss_gib": peak / 2**30, "tree_pss_gib": pss_peak / 2**30,
+            "driver_rss_gib": driver_peak / 2**30}
 
 
 def metrics(output_dir: Path) -> list[dict[str, str]]:
@@ -137,14 +143,15 @@ def main() -> None:
     console = Console(width=140)
     if report["backends"]:
         table = Table(title=f"quickstart x 8 clients per round, {args.rounds} rounds, 2 CPU cores")
-        for column in ("backend", "wall s", "vs Local", "fit round s", "vs Local", "tree RSS GiB", "bytes moved",
-                       "final global loss"):
+        for column in ("backend", "wall s", "vs Local", "fit round s", "vs Local", "tree RSS GiB", "tree PSS GiB",
+                       "vs Local", "bytes moved", "final global loss"):
             table.add_column(column)
         local = report["backends"]["LocalBackend"]
         for name, r in report["backends"].items():
             fit = r["fit_round_seconds"]
             table.add_row(name, f"{r['seconds']:.0f}", f"{r['seconds'] / local['seconds']:.2f}x", f"{fit:.0f}",
                           f"{fit / local['fit_round_seconds']:.2f}x", f"{r['tree_rss_gib']:.2f}",
+                          f"{r['tree_pss_gib']:.2f}", f"{r['tree_pss_gib'] / local['tree_pss_gib']:.2f}x",
                           f"{r['bytes_moved']:,}", f"{r['final_global_loss']:.4f}")
         console.print(table)
     if not report["leaf"]:

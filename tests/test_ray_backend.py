@@ -242,3 +242,67 @@ def test_workers_keep_hub_code_off_and_share_logical_gpus_as_documented(monkeypa
     finally:
         backend.close()
         ray.shutdown()
+
+
+def mapping_of(tensor: torch.Tensor) -> str:
+    """The memory mapping that holds ``tensor``'s data in this process: ``private`` (the heap or an anonymous
+    mapping), else the mapped file's name (Ray's shared object store: ``/dev/shm/plasma...``)."""
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps"):
+        parts = line.split()
+        low, high = (int(x, 16) for x in parts[0].split("-"))
+        if low <= address < high:
+            return "private" if len(parts) < 6 or parts[5] == "[heap]" else parts[5]
+    return "(unmapped)"
+
+
+def digest(tensor: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(tensor.detach().numpy().tobytes()).hexdigest()
+
+
+class SharedBaseApp:
+    """Reports where its frozen and its trainable parameter live, after writing to the trainable one."""
+
+    def __init__(self, client_id: str, model: torch.nn.Module) -> None:
+        self.client_id, self.model = client_id, model
+
+    def describe(self, _):
+        with torch.no_grad():
+            self.model.adapter.add_(1.0)
+        return {"frozen": mapping_of(self.model.base.weight), "frozen_digest": digest(self.model.base.weight),
+                "trainable": mapping_of(self.model.adapter), "adapter_sum": float(self.model.adapter.sum()),
+                "pid": os.getpid()}
+
+
+class SharedBaseApps:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, client_id: str) -> SharedBaseApp:
+        return SharedBaseApp(client_id, self.model)
+
+
+def test_the_workers_and_the_driver_map_one_copy_of_the_frozen_base():
+    """A frozen weight reaches the workers as a view of Ray's shared object store (one copy per node), and the
+    driver's own parameter then points there too; a trainable one is each worker's own, written privately."""
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.base = torch.nn.Linear(512, 512, bias=False).requires_grad_(False)
+    model.adapter = torch.nn.Parameter(torch.zeros(512, 64))
+    frozen = digest(model.base.weight)
+    assert mapping_of(model.base.weight) == "private"
+    backend = RayBackend(num_workers=2)
+    backend.start(SharedBaseApps(model), None)
+    try:
+        seen = backend.call("describe", {"a": None, "b": None})
+        assert len({reply["pid"] for reply in seen.values()}) == 2
+        for reply in seen.values():
+            assert "plasma" in reply["frozen"] and reply["frozen_digest"] == frozen
+            assert reply["trainable"] == "private" and reply["adapter_sum"] == 512 * 64  # its own write only
+        assert "plasma" in mapping_of(model.base.weight) and digest(model.base.weight) == frozen
+        assert mapping_of(model.adapter) == "private" and float(model.adapter.sum()) == 0
+    finally:
+        backend.close()
+        ray.shutdown()

@@ -1,4 +1,5 @@
-"""RayBackend: clients run in parallel on a pool of Ray actors, each holding the frozen base model once.
+"""RayBackend: clients run in parallel on a pool of Ray actors; the actors of a node map one shared copy of the
+frozen base from Ray's object store (:mod:`fedlit.backends.shared_weights`).
 
 Only requests and replies cross process boundaries: the global adapter and the updates as bytes, protocol
 messages as bytes. A client's secure-aggregation state is created in the actor that runs its round setup, and
@@ -17,6 +18,7 @@ from typing import Any
 
 from fedlit.backends.base import Backend, ClientAppFactory, ClientHost, Reply
 from fedlit.backends.messages import ClientFailure
+from fedlit.backends.shared_weights import put_shared
 from fedlit.hub_code import hub_code_allowed, hub_code_env
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ class RayBackend(Backend):
                      logging_level=logging.WARNING, **local)
         self.ray, self.timeout_s = ray, timeout_s
         self._check_gpus(ray.cluster_resources().get("GPU", 0.0))
-        self.factory_ref = ray.put(app_factory)
+        self.factory_ref = put_shared(ray, app_factory)  # the node's workers and this process: one frozen base
         # the driver's Hub-code policy, in each worker's environment from its start (fedlit applies it on import)
         self.actor_class = ray.remote(_Worker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                                                         max_concurrency=1,
