@@ -5,7 +5,10 @@
    (driver, Ray's own processes and workers, sampled every 0.2 s), peak PSS summed the same way (memory counted
    once: Ray's workers map one shared copy of the frozen base) and bytes moved (metrics.csv).
    Target: Ray <= 0.85x Local's wall time for these fit-dominated rounds; tree PSS <= 1.3x Local's.
-2. The LEAF federation (configs/leaf_shakespeare.yaml: one client per speaking role, 10 sampled per round,
+2. Where the frozen base dominates memory (a random-initialised 1.7B Llama shape in bf16 with SmolLM2's tokenizer,
+   4 clients x 1 step of one 32-token example, 1 round): LocalBackend vs RayBackend (2 workers), peak PSS of the
+   process tree. Target: Ray <= 1.3x Local's (the workers and the driver map one copy of the base).
+3. The LEAF federation (configs/leaf_shakespeare.yaml: one client per speaking role, 10 sampled per round,
    evaluation of 10 sampled clients) at 100 and at all ~660 clients: the server's own seconds per round (wall
    time of a round without evaluation minus its clients' fit time) and the driver's peak RSS.
    Target: flat in the number of idle clients.
@@ -13,6 +16,7 @@
 Every configuration runs in a fresh process (``fedlit fit``), so memory figures do not mix.
 
     python experiments/bench_backends.py [--rounds 2] [--leaf-rounds 4] [--json out.json]
+    python experiments/bench_backends.py --smoke       (the tiny shape, 1 round of each part but LEAF: the test suite)
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+CONFIGS = Path(__file__).parent.parent / "configs"
 PLAYS = "[hamlet, macbeth, romeo_and_juliet, tempest, othello, lear, julius_caesar, twelfth_night]"
 RAY = '{"class_path": "fedlit.backends.RayBackend", "init_args": {"num_workers": 2, "cpus_per_worker": 1}}'
 
@@ -78,7 +83,7 @@ def backends(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, flo
     results = {}
     for name, extra in (("LocalBackend", []), ("RayBackend, 2 x 1 CPU", ["--backend", RAY])):
         output_dir = workdir / name.split(",")[0]
-        command = [sys.executable, "-m", "fedlit.cli", "fit", "--config", "configs/quickstart.yaml",
+        command = [sys.executable, "-m", "fedlit.cli", "fit", "--config", str(CONFIGS / "quickstart.yaml"),
                    "--data.clients", PLAYS, "--strategy.init_args.clients_per_round", "8", "--rounds",
                    str(args.rounds), "--eval_every", str(args.rounds), "--progress", "false",
                    "--output_dir", str(output_dir), *extra]
@@ -91,6 +96,28 @@ def backends(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, flo
         result["fit_round_seconds"] = stamps[1] - stamps[0]  # round 1: fits and aggregation, no evaluation
         results[name] = result
         print(name, result, flush=True)
+    return results
+
+
+def shared_base(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]:
+    """Part 2: LocalBackend vs RayBackend on a base that dominates memory."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from random_models import random_model
+
+    shape = "tiny" if args.smoke else "llama-1.7b"
+    model_dir = random_model(shape, workdir / shape)
+    results = {}
+    for name, extra in (("LocalBackend", []), ("RayBackend, 2 x 1 CPU", ["--backend", RAY])):
+        output_dir = workdir / f"shared-{name.split(',')[0]}"
+        command = [sys.executable, "-m", "fedlit.cli", "fit", "--config", str(CONFIGS / "quickstart.yaml"),
+                   "--model.name_or_path", str(model_dir), "--model.dtype", "bfloat16",
+                   "--data.clients", "[hamlet, macbeth, romeo_and_juliet, tempest]", "--data.max_length", "32",
+                   "--data.batch_size", "1", "--data.train_examples_per_client", "1",
+                   "--data.val_examples_per_client", "1", "--data.global_val_examples", "1",
+                   "--strategy.init_args.clients_per_round", "4", "--trainer.max_steps", "1", "--rounds", "1",
+                   "--progress", "false", "--output_dir", str(output_dir), *extra]
+        results[name] = measure(command)
+        print(name, results[name], flush=True)
     return results
 
 
@@ -114,7 +141,7 @@ def leaf(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, float]]
     results = {}
     for clients in ("100", "null"):
         output_dir = workdir / f"leaf-{clients}"
-        command = [sys.executable, "-m", "fedlit.cli", "fit", "--config", "configs/leaf_shakespeare.yaml",
+        command = [sys.executable, "-m", "fedlit.cli", "fit", "--config", str(CONFIGS / "leaf_shakespeare.yaml"),
                    "--data.num_clients", clients, "--rounds", str(args.leaf_rounds), "--eval_every",
                    str(args.leaf_rounds), "--trainer.max_steps", "1", "--progress", "false",
                    "--output_dir", str(output_dir)]
@@ -133,11 +160,15 @@ def main() -> None:
     parser.add_argument("--leaf-rounds", type=int, default=4)
     parser.add_argument("--skip-backends", action="store_true")
     parser.add_argument("--skip-leaf", action="store_true")
+    parser.add_argument("--skip-shared-base", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="part 2 on the tiny shape only (the test suite)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        report = {"backends": {} if args.skip_backends else backends(args, Path(tmp)),
-                  "leaf": {} if args.skip_leaf else leaf(args, Path(tmp))}
+        skip_backends, skip_leaf = args.skip_backends or args.smoke, args.skip_leaf or args.smoke
+        report = {"backends": {} if skip_backends else backends(args, Path(tmp)),
+                  "shared_base": {} if args.skip_shared_base else shared_base(args, Path(tmp)),
+                  "leaf": {} if skip_leaf else leaf(args, Path(tmp))}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     console = Console(width=140)
@@ -153,6 +184,15 @@ def main() -> None:
                           f"{fit / local['fit_round_seconds']:.2f}x", f"{r['tree_rss_gib']:.2f}",
                           f"{r['tree_pss_gib']:.2f}", f"{r['tree_pss_gib'] / local['tree_pss_gib']:.2f}x",
                           f"{r['bytes_moved']:,}", f"{r['final_global_loss']:.4f}")
+        console.print(table)
+    if report["shared_base"]:
+        table = Table(title="a base that dominates memory (random-initialised 1.7B Llama shape, bf16), 4 x 1 step")
+        for column in ("backend", "wall s", "tree RSS GiB", "tree PSS GiB", "vs Local", "driver RSS GiB"):
+            table.add_column(column)
+        local = report["shared_base"]["LocalBackend"]
+        for name, r in report["shared_base"].items():
+            table.add_row(name, f"{r['seconds']:.0f}", f"{r['tree_rss_gib']:.2f}", f"{r['tree_pss_gib']:.2f}",
+                          f"{r['tree_pss_gib'] / local['tree_pss_gib']:.2f}x", f"{r['driver_rss_gib']:.2f}")
         console.print(table)
     if not report["leaf"]:
         return

@@ -18,7 +18,7 @@ from typing import Any
 
 from fedlit.backends.base import Backend, ClientAppFactory, ClientHost, Reply
 from fedlit.backends.messages import ClientFailure
-from fedlit.backends.shared_weights import put_shared
+from fedlit.backends.shared_weights import SharedValue, put_shared
 from fedlit.hub_code import hub_code_allowed, hub_code_env
 
 log = logging.getLogger(__name__)
@@ -29,17 +29,18 @@ OPENING_METHODS = frozenset({"secagg_setup", "query"})
 
 
 class _Worker:
-    """One Ray actor: the client-app factory (and so the frozen base) once, on a :class:`ClientHost` (the driver
-    enforces the deadline: it can replace a stuck worker)."""
+    """One Ray actor: the client-app factory once (its frozen base mapped from the node's shared copy), on a
+    :class:`ClientHost` (the driver enforces the deadline: it can replace a stuck worker)."""
 
-    def __init__(self, app_factory: ClientAppFactory, torch_threads: int) -> None:
+    def __init__(self, app_factory: SharedValue, torch_threads: int) -> None:
+        import ray
         import torch
 
         from fedlit.cli import quiet_libraries
 
         torch.set_num_threads(torch_threads)
         quiet_libraries()
-        self.host = ClientHost(app_factory)
+        self.host = ClientHost(app_factory.get(ray))
 
     def call(self, method: str, client_id: str, request: Any) -> Reply | ClientFailure:
         return self.host.answer(method, client_id, request)
@@ -105,7 +106,7 @@ class RayBackend(Backend):
                      logging_level=logging.WARNING, **local)
         self.ray, self.timeout_s = ray, timeout_s
         self._check_gpus(ray.cluster_resources().get("GPU", 0.0))
-        self.factory_ref = put_shared(ray, app_factory)  # the node's workers and this process: one frozen base
+        self.factory = put_shared(ray, app_factory)  # the node's workers and this process: one frozen base
         # the driver's Hub-code policy, in each worker's environment from its start (fedlit applies it on import)
         self.actor_class = ray.remote(_Worker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
                                                         max_concurrency=1,
@@ -126,7 +127,7 @@ class RayBackend(Backend):
                              f"{cluster_gpus:g} GPU(s) ({fits} at most): lower num_workers or gpus_per_worker")
 
     def _new_worker(self) -> Any:
-        return self.actor_class.remote(self.factory_ref, self.cpus_per_worker)
+        return self.actor_class.remote(self.factory, self.cpus_per_worker)
 
     def _replace(self, index: int) -> None:
         """A worker that died or overran the deadline is killed and replaced; its clients' state is gone."""

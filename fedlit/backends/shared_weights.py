@@ -1,11 +1,13 @@
-"""One copy of a frozen base per machine on Ray: its weights travel as numpy arrays, which Ray keeps in the node's
-shared object store and hands every worker of the node as read-only views (zero-copy), instead of a private copy
-per worker; the driver's own parameters then point at the same copy. Trainable parameters (adapters, blocks tuned
-in full), small tensors and GPU tensors are copied as before: only what is never written is shared."""
+"""One copy of a frozen base per machine on Ray: each frozen weight goes into the node's shared object store on its
+own, the driver's parameter is repointed at that copy at once (its private memory freed before the next weight is
+copied, so the driver never holds the base twice), and every worker of the node maps the same copy as read-only
+views (zero-copy) instead of unpickling a private one. Trainable parameters (adapters, blocks tuned in full), small
+tensors and GPU tensors are copied as before: only what is never written is shared."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,53 +16,94 @@ import torch
 MIN_SHARED_BYTES = 1 << 16
 # dtypes numpy lacks travel as same-width integers
 _CARRIERS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}
-# while put_shared runs: the parameters serialised as shared, then their views deserialised here, in the same order
-_serialised: list[torch.nn.Parameter] | None = None
-_deserialised: list[torch.nn.Parameter] | None = None
+# while put_shared serialises: id of a shared parameter -> its index; while SharedValue.get deserialises: the views
+_index: dict[int, int] | None = None
+_views: list[Any] | None = None
 
 
-def put_shared(ray: Any, value: Any) -> Any:
-    """``ray.put(value)``, every frozen CPU ``torch.nn.Parameter`` in it serialised as a shared array (the
-    deserialiser is pickled with it, so workers need no registration of their own); this process's own frozen
-    parameters are then repointed at the object store's copy, and their private memory freed."""
-    global _serialised, _deserialised
-    ray.util.register_serializer(torch.nn.Parameter, serializer=_to_shared, deserializer=_from_shared)
-    _serialised = []
+@dataclass
+class SharedValue:
+    """A value in Ray's object store whose frozen weights are separate objects there; ``get`` rebuilds it with each
+    weight a view of the node's one copy."""
+
+    value: Any  # ObjectRef of the value, its frozen weights as placeholders
+    weights: list[Any]  # ObjectRef of each frozen weight (a numpy array), by placeholder index
+
+    def get(self, ray: Any) -> Any:
+        global _views
+        _views = ray.get(self.weights)
+        try:
+            return ray.get(self.value)
+        finally:
+            _views = None
+
+
+def put_shared(ray: Any, value: Any) -> SharedValue:
+    """Put ``value`` into Ray's object store, its frozen CPU parameters shared (this process's repointed at them)."""
+    global _index
+    frozen, small = _frozen_parameters(ray, value)
+    for param in small:  # its own memory: a small weight may view the buffer the shared ones were loaded into
+        param.data = param.detach().clone()
+    weights = []
+    for param in frozen:
+        data = param.detach()
+        carrier = _CARRIERS.get(data.dtype)
+        ref = ray.put((data.view(carrier) if carrier is not None else data).numpy())
+        param.data = _tensor(ray.get(ref), data.dtype)  # this process's private copy of the weight is freed here
+        weights.append(ref)
+    ray.util.register_serializer(torch.nn.Parameter, serializer=_serialise, deserializer=_deserialise)
+    _index = {id(param): i for i, param in enumerate(frozen)}
     try:
-        ref = ray.put(value)
-        originals, _serialised, _deserialised = _serialised, None, []
-        ray.get(ref)
-        views = _deserialised
+        return SharedValue(ray.put(value), weights)
     finally:
-        _serialised = _deserialised = None
-    for original, view in zip(originals, views, strict=True):
-        if not original.requires_grad:  # (a trainable one keeps its own memory: it is written)
-            original.data = view.data
-    return ref
+        _index = None
 
 
-def _to_shared(param: torch.nn.Parameter) -> tuple[str, Any, Any]:
-    data = param.detach()
-    if _serialised is not None:  # (all of them: a small one may view the same loaded buffer as a shared one)
-        _serialised.append(param)
-    if param.requires_grad or data.device.type != "cpu" or data.nbytes < MIN_SHARED_BYTES:
-        return "copy", data.clone(), param.requires_grad
-    carrier = _CARRIERS.get(data.dtype)
-    return "shared", (data.view(carrier) if carrier is not None else data).numpy(), str(data.dtype)
+def _shareable(param: torch.nn.Parameter) -> bool:
+    return not param.requires_grad and param.device.type == "cpu" and param.nbytes >= MIN_SHARED_BYTES
 
 
-def _from_shared(state: tuple[str, Any, Any]) -> torch.nn.Parameter:
+def _frozen_parameters(ray: Any, value: Any) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """The frozen CPU parameters reachable from ``value``, in the order pickling meets them (found by pickling it
+    into nothing, their data left out): those to share, and those too small to."""
+    found: dict[int, torch.nn.Parameter] = {}
+
+    class Finder(ray.cloudpickle.CloudPickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is torch.nn.Parameter:
+                if not obj.requires_grad and obj.device.type == "cpu":
+                    found.setdefault(id(obj), obj)
+                return tuple, ()
+            return super().reducer_override(obj)
+
+    class Nowhere:
+        def write(self, data: bytes) -> int:
+            return len(data)
+
+    Finder(Nowhere()).dump(value)
+    return [p for p in found.values() if _shareable(p)], [p for p in found.values() if not _shareable(p)]
+
+
+def _serialise(param: torch.nn.Parameter) -> tuple[str, Any, Any]:
+    index = None if _index is None else _index.get(id(param))
+    if index is None:
+        return "copy", param.detach().clone(), param.requires_grad
+    return "shared", index, str(param.dtype)
+
+
+def _deserialise(state: tuple[str, Any, Any]) -> torch.nn.Parameter:
     kind, data, extra = state
     if kind == "copy":
-        param = torch.nn.Parameter(data, requires_grad=extra)
-        if _deserialised is not None:
-            _deserialised.append(param)
-        return param
+        return torch.nn.Parameter(data, requires_grad=extra)
+    if _views is None:
+        raise RuntimeError("a shared frozen weight is rebuilt only through SharedValue.get")
+    return torch.nn.Parameter(_tensor(_views[data], getattr(torch, extra.removeprefix("torch."))),
+                              requires_grad=False)
+
+
+def _tensor(array: Any, dtype: torch.dtype) -> torch.Tensor:
+    """``array`` (read-only, in the object store) as a tensor of ``dtype``, sharing its memory."""
     with warnings.catch_warnings():  # read-only on purpose: a frozen weight is never written
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        tensor = torch.from_numpy(data)
-    dtype = getattr(torch, extra.removeprefix("torch."))
-    param = torch.nn.Parameter(tensor.view(dtype) if tensor.dtype != dtype else tensor, requires_grad=False)
-    if _deserialised is not None:
-        _deserialised.append(param)
-    return param
+        tensor = torch.from_numpy(array)
+    return tensor.view(dtype) if tensor.dtype != dtype else tensor
