@@ -119,12 +119,27 @@ def command_of(settings: dict) -> str:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl):
-    """Each config as shipped, pointed at the tiny model and data, runs one round and writes an adapter."""
+def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl, monkeypatch):
+    """Each config as shipped, pointed at the tiny model and data, runs one round and writes an adapter, with
+    transformers' Hub kernels off and no connection attempted beyond this machine (the Hub offline)."""
+    import socket
+
+    from transformers.integrations.hub_kernels import _kernels_enabled
+
     settings = yaml.safe_load(config.read_text())
     answer_set = settings.get("evaluation", {}).get("choices")
     command = command_of(settings)
+    attempts, connect = [], socket.socket.connect
+
+    def local_only(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(address)
+            raise OSError("offline")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
     main(shipped_config_args(config, tmp_path, tiny_model_dir, plays_jsonl))
+    assert attempts == [] and not _kernels_enabled()
     exported = "knowledge" if command == "fedmkt" else "adapter_model"  # FedMKT's global state: the LLM's logits
     assert (tmp_path / "run" / "adapter" / f"{exported}.safetensors").is_file()
     if command == "fedost":

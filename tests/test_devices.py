@@ -51,7 +51,8 @@ def test_a_device_this_machine_lacks_is_refused_by_name():
             torch_device("cuda")
 
 
-@pytest.mark.parametrize("command", ["fedost", "fedco", "fedmkt"])
+@pytest.mark.parametrize("command", ["fedost", pytest.param("fedco", marks=pytest.mark.long),
+                                     pytest.param("fedmkt", marks=pytest.mark.long)])
 def test_the_accelerator_reaches_every_trainer_of_a_command_server_side_steps_too(command, tmp_path, tiny_model_dir,
                                                                                   plays_jsonl, monkeypatch):
     """Every Trainer a run builds (client fits and evaluations, the server's distillation and evaluation, FedOST's

@@ -32,3 +32,11 @@ def test_gpu_bench_smoke(tmp_path, backend):
     (row,) = results["settings"]
     assert row["backend"] == backend and row["tokens_per_s"] > 0 and row["wall_per_round_s"] > 0
     assert row["host_to_device_bytes_per_round"] == 0  # (on the CPU nothing crosses to a device)
+
+
+@pytest.mark.long
+def test_bench_backends_smoke(tmp_path):
+    pytest.importorskip("ray")
+    results = smoke("bench_backends.py", tmp_path)["shared_base"]
+    assert set(results) == {"LocalBackend", "RayBackend, 2 x 1 CPU"}
+    assert all(r["tree_pss_gib"] > 0 and r["seconds"] > 0 for r in results.values())

@@ -67,16 +67,16 @@ def test_a_model_directory_s_own_code_runs_only_when_the_config_opts_in(tmp_path
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "remote.RemoteConfig", "AutoModelForCausalLM": "remote.RemoteModel"}
+    config["auto_map"] = {"AutoModelForCausalLM": "remote.RemoteModel"}
     (model_dir / "config.json").write_text(json.dumps(config))
     marker = tmp_path / "remote-code-ran"
     (model_dir / "remote.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
-                                         "from transformers import LlamaConfig as RemoteConfig\n"
-                                         "from transformers import LlamaForCausalLM as RemoteModel\n")
+                                         "from transformers import LlamaForCausalLM\n\n\n"
+                                         "class RemoteModel(LlamaForCausalLM):\n    pass\n")
     model = load_base_model(ModelConfig(str(model_dir)))
     assert type(model).__name__ == "LlamaForCausalLM" and not marker.exists()  # transformers' own class
     try:
-        load_base_model(ModelConfig(str(model_dir), hub_code=True))
+        assert type(load_base_model(ModelConfig(str(model_dir), hub_code=True))).__name__ == "RemoteModel"
         assert marker.exists()
     finally:
         apply_hub_code_policy(False)

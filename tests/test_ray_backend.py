@@ -221,27 +221,39 @@ class EnvironmentApp:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu_ids": ray.get_gpu_ids()}
 
 
-def test_workers_keep_hub_code_off_and_share_logical_gpus_as_documented(monkeypatch):
+@pytest.mark.parametrize(("workers", "share", "placed"), [
+    (2, 1, ["0", "1"]), pytest.param(4, 0.5, ["0", "0", "1", "1"], marks=pytest.mark.long)])
+def test_workers_keep_hub_code_off_and_see_their_logical_gpu(monkeypatch, workers, share, placed):
     """Started from a driver whose environment turns transformers' Hub kernels on, every worker has them off
-    (transformers' own check) and the ``kernels`` fetchers refused; 4 workers x 0.5 GPU on 2 (logical) GPUs: two on
-    each, each seeing its GPU as CUDA_VISIBLE_DEVICES; a pool that cannot fit is refused in one line."""
+    (transformers' own check) and the ``kernels`` fetchers refused; on 2 (logical) GPUs each worker sees the GPU Ray
+    gave it as CUDA_VISIBLE_DEVICES (with 0.5 GPU each: two per GPU); a pool that cannot fit is refused."""
     ray.shutdown()
     monkeypatch.setenv("USE_HUB_KERNELS", "YES")
     monkeypatch.delenv("FEDLIT_HUB_CODE", raising=False)
-    backend = RayBackend(num_workers=4, gpus_per_worker=0.5, gpus=2)
+    backend = RayBackend(num_workers=workers, gpus_per_worker=share, gpus=2)
     backend.start(EnvironmentApp, None)
     try:
-        seen = backend.call("describe", {str(i): None for i in range(4)})
-        assert len({reply["pid"] for reply in seen.values()}) == 4
+        seen = backend.call("describe", {str(i): None for i in range(workers)})
+        assert len({reply["pid"] for reply in seen.values()}) == workers
         assert not any(reply["transformers_kernels"] or reply["hub_code"] for reply in seen.values())
-        assert sorted(reply["cuda_visible_devices"] for reply in seen.values()) == ["0", "0", "1", "1"]
-        assert sorted(str(reply["gpu_ids"]) for reply in seen.values()) == ["[0]", "[0]", "[1]", "[1]"]
-        with pytest.raises(ValueError, match=r"5 workers x 0.5 GPU do not fit the Ray cluster's 2 GPU\(s\) \(4 at "
-                                             r"most\)"):
-            RayBackend(num_workers=5, gpus_per_worker=0.5).start(EnvironmentApp, None)
+        assert sorted(reply["cuda_visible_devices"] for reply in seen.values()) == placed
+        assert sorted(reply["gpu_ids"][0] for reply in seen.values()) == [int(gpu) for gpu in placed]
+        with pytest.raises(ValueError, match=rf"{workers + 1} workers x {share:g} GPU do not fit the Ray cluster's "
+                                             rf"2 GPU\(s\) \({workers} at most\)"):
+            RayBackend(num_workers=workers + 1, gpus_per_worker=share).start(EnvironmentApp, None)
     finally:
         backend.close()
         ray.shutdown()
+
+
+def test_fractional_gpus_pack_whole_workers_per_gpu():
+    with pytest.raises(ValueError, match=r"5 workers x 0.25 GPU do not fit the Ray cluster's 1 GPU\(s\) \(4 at most"):
+        RayBackend(num_workers=5, gpus_per_worker=0.25)._check_gpus(1.0)
+    RayBackend(num_workers=4, gpus_per_worker=0.25)._check_gpus(1.0)
+    with pytest.raises(ValueError, match=r"3 workers x 0.4 GPU do not fit the Ray cluster's 1.5 GPU\(s\) \(2 at"):
+        RayBackend(num_workers=3, gpus_per_worker=0.4)._check_gpus(1.5)  # a share is never split across GPUs
+    with pytest.raises(ValueError, match="above 1 it must be a whole number of GPUs"):
+        RayBackend(gpus_per_worker=1.5)
 
 
 def mapping_of(tensor: torch.Tensor) -> str:
