@@ -161,6 +161,7 @@ class HangingApp:
     secagg_setup = query = evaluate
 
 
+@pytest.mark.long  # (the deadline on a fit, and the worker replaced: test_the_deadline_holds_on_ray_...)
 def test_every_call_has_the_deadline_not_only_fit(tmp_path):
     backend = RayBackend(num_workers=2)
     backend.start(HangingApp, timeout_s=3)

@@ -6,6 +6,9 @@ tensors and GPU tensors are copied as before: only what is never written is shar
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -45,11 +48,13 @@ def put_shared(ray: Any, value: Any) -> SharedValue:
     for param in small:  # its own memory: a small weight may view the buffer the shared ones were loaded into
         param.data = param.detach().clone()
     weights = []
+    mapped = _file_mappings() if sys.platform == "linux" else []
     for param in frozen:
         data = param.detach()
         carrier = _CARRIERS.get(data.dtype)
         ref = ray.put((data.view(carrier) if carrier is not None else data).numpy())
         param.data = _tensor(ray.get(ref), data.dtype)  # this process's private copy of the weight is freed here
+        _drop_file_pages(data, mapped)  # (or, read from a mapped checkpoint, its pages leave this process)
         weights.append(ref)
     ray.util.register_serializer(torch.nn.Parameter, serializer=_serialise, deserializer=_deserialise)
     _index = {id(param): i for i, param in enumerate(frozen)}
@@ -57,6 +62,33 @@ def put_shared(ray: Any, value: Any) -> SharedValue:
         return SharedValue(ray.put(value), weights)
     finally:
         _index = None
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """The address ranges of this process that map a file read-only or privately (a checkpoint loaded with mmap)."""
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5].startswith("/") and not parts[5].startswith("/dev/") and parts[1][3] == "p":
+                low, high = (int(x, 16) for x in parts[0].split("-"))
+                ranges.append((low, high))
+    return ranges
+
+
+def _drop_file_pages(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
+    """A weight that lies in a file mapping (transformers maps safetensors checkpoints) keeps its pages resident in
+    this process until the whole file is unmapped, i.e. until the last weight is shared: the driver would hold the
+    base twice for a moment. Its whole pages are dropped now (MADV_DONTNEED: clean file pages, re-read from the
+    file if ever touched again). Linux only; elsewhere nothing is done."""
+    start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.nbytes
+    if not any(low <= start and end <= high for low, high in mapped):
+        return
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page
+    if last > first:
+        ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
+                                                  mmap.MADV_DONTNEED)
 
 
 def _shareable(param: torch.nn.Parameter) -> bool:

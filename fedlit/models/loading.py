@@ -97,9 +97,7 @@ def load_base_model(config: ModelConfig, skip_modules: list[str] | None = None) 
     if config.quantization is not None and torch.cuda.is_available():  # quantized on the GPU, never on the CPU
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
-        # read into memory, not mapped from the file: a Ray driver then frees each weight as it goes into the
-        # shared object store, instead of keeping the whole file's pages mapped until the last one has
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config.dtype), disable_mmap=True,
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config.dtype),
                                                      trust_remote_code=config.hub_code, **kwargs)
     except OSError as err:
         raise OSError(
