@@ -18,6 +18,7 @@ def smoke(script: str, tmp_path: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.long
 def test_bench_overhead_floor_smoke(tmp_path):
     results = smoke("bench_overhead.py", tmp_path)
     assert results["clients"] == 4

@@ -194,7 +194,8 @@ def uninterrupted(tmp_path_factory, tiny_model_dir, plays_jsonl):
     return args, env, whole, time.perf_counter() - began
 
 
-@pytest.mark.parametrize("kill_after", [pytest.param(0.35, marks=pytest.mark.long), 0.7])
+@pytest.mark.long  # (interrupt and resume in make test: test_bad_input's signal test)
+@pytest.mark.parametrize("kill_after", [0.35, 0.7])
 def test_sigkill_at_a_random_moment_then_resume_ends_identical(tmp_path, uninterrupted, kill_after):
     """The real CLI in a subprocess, SIGKILLed part-way (the kill point is a fraction of an uninterrupted run's
     time, with jitter), then ``--resume``: same final adapter as the uninterrupted run."""

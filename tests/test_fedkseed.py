@@ -188,6 +188,7 @@ def test_compression_and_non_finite_settings_are_refused_before_any_model_loads(
             ZerothOrderConfig(**settings)
 
 
+@pytest.mark.long
 def test_on_ray_a_fedkseed_run_is_bit_identical_to_local(tiny_model_dir, plays_jsonl, tmp_path):
     ray = pytest.importorskip("ray")
     from fedlit.backends import RayBackend
