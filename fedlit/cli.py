@@ -31,7 +31,6 @@ from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.devices import DEVICE_HELP
 from fedlit.federation import FEDERATION_KEYS, Federation
-from fedlit.hub_code import apply_hub_code_policy
 from fedlit.loop import NothingTrained, RunInterrupted, default_loggers
 from fedlit.run_dir import OutputDirError, check_fresh, lock_output_dir
 from fedlit.watermark import Verification
@@ -144,6 +143,7 @@ def check_sweep_runs(spec: Any, points: list[dict[str, Any]], trainer: dict[str,
     starts: a swept key the config lacks, or a value it refuses, fails here with one line naming the run and the
     key, not in every run."""
     from fedlit.sweep import SweepError, expand_command
+    from fedlit.sweep.runner import trainer_options
 
     parsers: dict[str, ArgumentParser] = {}
     for index, values in enumerate(points):
@@ -154,7 +154,7 @@ def check_sweep_runs(spec: Any, points: list[dict[str, Any]], trainer: dict[str,
         command = line[found[0] + 1]
         parser = parsers.setdefault(command, fit_parser(command))
         try:
-            parse_quietly(parser, [*line[found[0] + 2:], *(f"--trainer.{k}={v}" for k, v in (trainer or {}).items())])
+            parse_quietly(parser, [*line[found[0] + 2:], *trainer_options(trainer)])
         except ParseError as error:
             raise SweepError(f"{spec.path}: run {index} ({values}) would fail: {error}") from None
 
@@ -398,7 +398,6 @@ def parse_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    apply_hub_code_policy(False)  # before anything can import bitsandbytes; a model config may opt in when it loads
     _check_config_files(argv)
     parser = build_parser()
     config = parse_args(parser, argv)

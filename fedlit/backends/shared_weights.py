@@ -91,8 +91,12 @@ def _drop_file_pages(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> Non
                                                   mmap.MADV_DONTNEED)
 
 
+def _frozen_on_cpu(param: torch.nn.Parameter) -> bool:
+    return not param.requires_grad and param.device.type == "cpu"
+
+
 def _shareable(param: torch.nn.Parameter) -> bool:
-    return not param.requires_grad and param.device.type == "cpu" and param.nbytes >= MIN_SHARED_BYTES
+    return _frozen_on_cpu(param) and param.nbytes >= MIN_SHARED_BYTES
 
 
 def _frozen_parameters(ray: Any, value: Any) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
@@ -103,7 +107,7 @@ def _frozen_parameters(ray: Any, value: Any) -> tuple[list[torch.nn.Parameter], 
     class Finder(ray.cloudpickle.CloudPickler):
         def reducer_override(self, obj: Any) -> Any:
             if type(obj) is torch.nn.Parameter:
-                if not obj.requires_grad and obj.device.type == "cpu":
+                if _frozen_on_cpu(obj):
                     found.setdefault(id(obj), obj)
                 return tuple, ()
             return super().reducer_override(obj)

@@ -80,6 +80,11 @@ def _metric(spec: SweepSpec, run_dir: Path) -> float | None:
     return value
 
 
+def trainer_options(trainer: dict[str, str] | None) -> list[str]:
+    """The sweep's Trainer placement (``accelerator``, ``devices``) as a run's command-line options."""
+    return [f"--trainer.{key}={value}" for key, value in (trainer or {}).items()]
+
+
 class SweepRunner:
     """Runs a sweep's pending trials, ``parallel`` at a time, each as its own process."""
 
@@ -96,8 +101,8 @@ class SweepRunner:
         sweep's Trainer placement (``accelerator``, ``devices``) over the run's."""
         run_dir = self.directory / "runs" / trial.name
         line = expand_command(self.spec.command, self.spec.parameters, trial.values, self.spec.program)
-        placement = [f"--trainer.{key}={value}" for key, value in self.trainer.items()]
-        return [*line, *placement, f"--output_dir={run_dir}", *(["--resume=true"] if run_dir.exists() else [])]
+        return [*line, *trainer_options(self.trainer), f"--output_dir={run_dir}",
+                *(["--resume=true"] if run_dir.exists() else [])]
 
     def trial_env(self, trial: Trial) -> dict[str, str]:
         """The run's environment: W&B offline (unless WANDB_MODE says otherwise), grouped by sweep, named by run;
