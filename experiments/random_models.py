@@ -18,14 +18,16 @@ SHAPES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
-def random_model(shape: str, directory: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+def random_model(shape: str, directory: Path, dtype: torch.dtype = torch.bfloat16,
+                 tokenizer: Path | None = None) -> Path:
     """``directory`` holding a Llama of ``shape`` (random weights, seed 0, in ``dtype``; drawn on the GPU when there
-    is one: an 8B model in seconds) and SmolLM2's tokenizer; made once and reused."""
+    is one: an 8B model in seconds) and SmolLM2's tokenizer (from ``tokenizer``, a directory holding its files, else
+    the default model's); made once and reused."""
     if (directory / "config.json").is_file():
         return directory
     from fedlit.models.default import prepare_default_model
 
-    tokenizer = AutoTokenizer.from_pretrained(prepare_default_model())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer or prepare_default_model())
     hidden, blocks, heads, kv_heads, width = SHAPES[shape]
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=blocks,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=width,
