@@ -142,7 +142,10 @@ class Client:
                                           if mods["dp_sgd"] is not None else None)
         kwargs = {**CLIENT_TRAINER_DEFAULTS, **trainer_kwargs}
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *filter(None, mods.values())]
-        build_trainer(**kwargs).fit(module, datamodule=self.datamodule)
+        try:
+            build_trainer(**kwargs).fit(module, datamodule=self.datamodule)
+        finally:  # the data outlives the fit: its Trainer (this fit's module, optimizer state, gradients) must not
+            self.datamodule.trainer = None
         update = mods["extraction"].update
         assert update is not None, "AdapterExtraction did not run: fit ended early"
         if mods["dp_sgd"] is not None:

@@ -41,3 +41,13 @@ def test_bench_backends_smoke(tmp_path):
     results = smoke("bench_backends.py", tmp_path)["shared_base"]
     assert set(results) == {"LocalBackend", "RayBackend, 2 x 1 CPU"}
     assert all(r["tree_pss_gib"] > 0 and r["seconds"] > 0 for r in results.values())
+
+
+def test_bench_secagg_smoke(tmp_path):
+    results = smoke("bench_secagg.py", tmp_path)
+    assert [(r["graph"], r["dropout_fraction"]) for r in results["rows"]] == [
+        ("SecAgg+ k=2", 0.0), ("SecAgg+ k=2", 0.1), ("SecAgg (all pairs)", 0.0), ("SecAgg (all pairs)", 0.1)]
+    assert all(r["client_mask_s"] > 0 and r["bytes_sent_per_client"] > r["plain_bytes_per_client"]
+               for r in results["rows"])
+    assert {r["implementation"] for r in results["flower_rows"]} == {"fedlit", "Flower SecAggPlusWorkflow"}
+    assert results["keystream_gb_per_s"] > 0

@@ -1,6 +1,8 @@
 """End-to-end FederatedLoop behaviour on the tiny model: learning, outputs, payloads, resume, errors."""
 
 import csv
+import gc
+import weakref
 
 import lightning as L
 import pytest
@@ -197,6 +199,26 @@ def test_client_trains_adapter_in_train_mode(make_loop):
     client.fit(FitIns(to_bytes(payload), seed=0), loop.module_factory,
                {"max_steps": 2, "accelerator": "cpu", "callbacks": [Spy()]})
     assert seen == [True, True]
+
+
+def test_a_client_keeps_no_module_or_optimizer_state_between_its_fits(make_loop):
+    """A client's data lives as long as the client; Lightning gives it a reference to the Trainer, which holds the
+    fit's module, optimizer state and gradients: with hundreds of clients per worker that was an adapter's worth
+    of tensors, four times over, per client."""
+    loop = make_loop(rounds=1)
+    built = []
+
+    def factory():
+        module = loop.module_factory()
+        built.append(weakref.ref(module))
+        return module
+
+    client = loop.clients["alpha"]
+    client.fit(FitIns(to_bytes(loop.module_factory().trainable_state_dict()), seed=0), factory,
+               {"max_steps": 2, "accelerator": "cpu"})
+    gc.collect()
+    assert len(built) == 1 and built[0]() is None
+    assert client.datamodule.trainer is None
 
 
 def test_eval_clients_evaluates_a_seeded_sample_plus_the_global_split(make_loop, tmp_path):

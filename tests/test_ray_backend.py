@@ -1,11 +1,13 @@
 """RayBackend: the same results as LocalBackend, worker failures as client faults, secrets only in workers."""
 
 import csv
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ pytest.importorskip("ray")
 import ray.cloudpickle  # noqa: E402
 
 from fedlit.backends import LocalBackend, RayBackend  # noqa: E402
+from fedlit.backends.freed_memory import settle_heap  # noqa: E402
 from fedlit.client import Client  # noqa: E402
 from fedlit.compression import CompressionConfig  # noqa: E402
 from fedlit.faults import FaultPolicy  # noqa: E402
@@ -321,3 +324,25 @@ def test_the_workers_and_the_driver_map_one_copy_of_the_frozen_base():
     finally:
         backend.close()
         ray.shutdown()
+
+
+def test_a_worker_settles_its_heap_after_each_call_cyclic_garbage_freed_and_long_lived_objects_frozen():
+    class Node:
+        pass
+
+    enabled = gc.isenabled()
+    gc.disable()  # only settle_heap may collect here
+    try:
+        node = Node()
+        node.itself, node.weights = node, torch.zeros(1 << 18)
+        alive = weakref.ref(node)
+        del node
+        assert alive() is not None  # a cycle: reference counting alone keeps it
+        settle_heap()
+        assert alive() is None
+        settle_heap(freeze=True)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedlit.backends.base import Backend, ClientAppFactory, ClientHost, Reply
+from fedlit.backends.freed_memory import settle_heap
 from fedlit.backends.messages import ClientFailure
 from fedlit.backends.shared_weights import SharedValue, put_shared
 from fedlit.hub_code import hub_code_allowed, hub_code_env
@@ -41,9 +42,13 @@ class _Worker:
         torch.set_num_threads(torch_threads)
         quiet_libraries()
         self.host = ClientHost(app_factory.get(ray))
+        settle_heap(freeze=True)
 
     def call(self, method: str, client_id: str, request: Any) -> Reply | ClientFailure:
-        return self.host.answer(method, client_id, request)
+        try:
+            return self.host.answer(method, client_id, request)
+        finally:
+            settle_heap()
 
     def pid(self) -> int:
         import os
