@@ -2,6 +2,7 @@
 it (``fedlit.loop.validate``: a server Trainer, the quickstart's precision), timed over repeats.
 
     python experiments/bench_evaluation.py [--examples 64] [--repeats 3] [--precision bf16-mixed] [--json out.json]
+    python experiments/bench_evaluation.py --smoke        (the tiny model: the test suite)
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
+from smoke import tiny_model
 
 from fedlit.algorithms import fed_homo_llm
 from fedlit.data import DataConfig
 from fedlit.federation import Federation
 from fedlit.models import ModelConfig
+from fedlit.models.default import DEFAULT_MODEL
 from fedlit.validation import validate
 
 
@@ -28,13 +32,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--json")
+    parser.add_argument("--smoke", action="store_true", help="the tiny model, 4 examples, once (the test suite)")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    import tempfile
+    if args.smoke:
+        args.examples, args.repeats, args.precision = 4, 1, "32-true"
 
     with tempfile.TemporaryDirectory() as tmp:
         loop = fed_homo_llm(
-            model=ModelConfig(),
+            model=ModelConfig(tiny_model(Path(tmp)) if args.smoke else DEFAULT_MODEL),
             data=DataConfig(clients=["hamlet", "macbeth", "romeo_and_juliet", "tempest"], train_examples_per_client=8,
                             val_examples_per_client=1, global_val_examples=args.examples, max_length=64),
             federation=Federation(output_dir=tmp, loggers=[], progress=False, trainer={"accelerator": "cpu"}),

@@ -7,6 +7,7 @@ pretrained from random weights on the same text with a plain Lightning Trainer f
 plays (hamlet, macbeth, romeo_and_juliet, tempest) are left out of both, so their data stays private to them.
 
     python experiments/build_shakespeare_slm.py [--output outputs/shakespeare-slm] [--steps 1000] [--json out.json]
+    python experiments/build_shakespeare_slm.py --smoke --output DIR    (2 steps: the test suite)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from fedlit.cli import quiet_libraries
 from fedlit.data.datamodule import CausalLMCollator
 from fedlit.data.public import PublicDataConfig, public_blocks, public_texts
+from fedlit.data.shakespeare import prepare_shakespeare
 from fedlit.io import atomic_directory
 from fedlit.lightning_modules import CausalLMModule, OptimizerConfig
 
@@ -46,12 +48,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true", help="one play, 2 steps, a 300-token vocabulary (the test "
+                        "suite)")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.vocab_size = 2, 300
     if args.output.exists():
         raise SystemExit(f"{args.output} exists: remove it or give another --output")
     quiet_libraries()
     L.seed_everything(0, verbose=False)
-    data = PublicDataConfig(source="shakespeare", exclude={"play": CLIENT_PLAYS}, max_length=128, batch_size=16)
+    excluded = CLIENT_PLAYS
+    if args.smoke:  # one play's text only
+        excluded = [path.stem for path in prepare_shakespeare().glob("*.txt") if path.stem != "julius_caesar"]
+    data = PublicDataConfig(source="shakespeare", exclude={"play": excluded}, max_length=128, batch_size=16)
     began = time.perf_counter()
     tokenizer = train_tokenizer(public_texts(data), args.vocab_size)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=192, intermediate_size=512, num_hidden_layers=4,

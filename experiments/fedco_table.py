@@ -25,6 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 from shakespeare_task import global_scores, run
+from smoke import parse_experiment_args
 
 from fedlit.cli import compose, fit_parser, quiet_libraries
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--init-ablation", action="store_true")
     parser.add_argument("--kd-control", action="store_true")
     parser.add_argument("--json", type=Path)
-    args, options = parser.parse_known_args()
+    args, options = parse_experiment_args(parser, "fedco")
     quiet_libraries()
     cli = fit_parser("fedco")
     options = ["--config", args.config, *options]

@@ -5,6 +5,7 @@ client alone with its own teacher for the same rounds x steps, and prints the me
 perplexity and next-token accuracy on the server's split, with the untrained mentee (round 0) for reference.
 
     python experiments/fedhetero_table.py [--json out.json] [any fedlit fedhetero option]
+    python experiments/fedhetero_table.py --smoke --output-dir DIR   (the tiny model: the test suite)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 from shakespeare_task import global_scores, run
+from smoke import parse_experiment_args
 
 from fedlit.cli import compose, fit_parser, quiet_libraries
 
@@ -28,7 +30,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/fedhetero.yaml")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/fedhetero_table"))
     parser.add_argument("--json", type=Path)
-    args, options = parser.parse_known_args()
+    args, options = parse_experiment_args(parser, "fedhetero")
     quiet_libraries()
     cli = fit_parser("fedhetero")
     config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from smoke import parse_experiment_args
 
 from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.data import GLOBAL
@@ -72,7 +73,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/fedmkt.yaml")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/fedmkt_table"))
     parser.add_argument("--json", type=Path)
-    args, options = parser.parse_known_args()
+    args, options = parse_experiment_args(parser, "fedmkt")
     quiet_libraries()
     cli = fit_parser("fedmkt")
     options = ["--config", args.config, *options]

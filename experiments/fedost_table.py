@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from smoke import parse_experiment_args
 
 from fedlit.cli import compose, fit_parser, quiet_libraries
 
@@ -33,8 +34,10 @@ def main() -> None:
     parser.add_argument("--distilled-ratios", type=float, nargs="*", default=[0.5])
     parser.add_argument("--distill-steps", type=int, default=100)
     parser.add_argument("--json", type=Path)
-    args, options = parser.parse_known_args()
+    args, options = parse_experiment_args(parser, "fedost")
     quiet_libraries()
+    if args.smoke:  # one emulator ratio, and one distilled for a step
+        args.ratios, args.distilled_ratios, args.distill_steps = [0.5], [0.5], 1
     cli = fit_parser("fedost")
     reports = {}
     settings = [(r, 0) for r in args.ratios] + [(r, args.distill_steps) for r in args.distilled_ratios]

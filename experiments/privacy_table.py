@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 from shakespeare_task import global_scores, run
+from smoke import parse_experiment_args
 
 from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.privacy import ClientDPConfig
@@ -32,8 +33,10 @@ def main() -> None:
     parser.add_argument("--clip-norm", type=float)
     parser.add_argument("--delta", type=float, default=1e-3)
     parser.add_argument("--json", type=Path)
-    args, options = parser.parse_known_args()
+    args, options = parse_experiment_args(parser, "fit")
     quiet_libraries()
+    if args.smoke:
+        args.noise = [1.0]
     cli = fit_parser()
     # the DP noise pinned (insecure_seed: a public seed, for a reproducible table; never for a real run)
     config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),

@@ -25,6 +25,7 @@ import numpy as np
 from datasets import concatenate_datasets
 from rich.console import Console
 from rich.table import Table
+from smoke import parse_experiment_args
 
 from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.client import Client
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/shakespeare_task"))
     parser.add_argument("--fedadam-lr", type=float, default=3e-3)
     parser.add_argument("--json", type=Path)
-    args, fit_options = parser.parse_known_args()
+    args, fit_options = parse_experiment_args(parser, "fit")
     quiet_libraries()
 
     cli = fit_parser()

@@ -1,19 +1,21 @@
 """Experiment scripts' ``--smoke`` modes: each runs end to end on tiny shapes, so none rots outside the suite."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+REPO = Path(__file__).parent.parent
+EXPERIMENTS = REPO / "experiments"
 
 
-def smoke(script: str, tmp_path: Path, *extra: str) -> dict:
+def smoke(script: str, tmp_path: Path, *extra: str, cwd: Path | None = None) -> dict:
     out = tmp_path / f"{script}.json"
     done = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--smoke", "--json", str(out), *extra],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                          cwd=cwd or tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -51,3 +53,64 @@ def test_bench_secagg_smoke(tmp_path):
                for r in results["rows"])
     assert {r["implementation"] for r in results["flower_rows"]} == {"fedlit", "Flower SecAggPlusWorkflow"}
     assert results["keystream_gb_per_s"] > 0
+
+
+def table_smoke(script: str, tmp_path: Path) -> dict:
+    """A table script on its shipped config (read from the checkout), shrunk to the tiny model."""
+    return smoke(script, tmp_path, "--output-dir", str(tmp_path / "out"), cwd=REPO)
+
+
+def finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+@pytest.mark.parametrize("script, rows", [
+    ("fedhetero_table.py", ["untrained mentee adapter (round 0)", "federated (FedAvg)",
+                            "local-only (mean over clients)"]),
+    ("shakespeare_task.py", ["zero-shot (base model)", "FedAvg", "FedAdam (server_lr 0.003)",
+                             "local-only (mean over clients)", "centralised (union of data, 2 steps per round)"]),
+])
+def test_task_tables_smoke(tmp_path, script, rows):
+    results = table_smoke(script, tmp_path)
+    assert list(results["results"]) == rows
+    assert set(results["local_per_client"]) == {"client-000", "client-001"}
+    assert all(finite(*scores.values()) for scores in results["results"].values())
+
+
+def test_fedco_table_smoke(tmp_path):
+    results = table_smoke("fedco_table.py", tmp_path)
+    assert list(results["slm"]) == ["SLM as given to clients (round 0)", "local-only (mean over clients)",
+                                    "FedAvg only", "FedCoLLM"]
+    assert list(results["llm"]) == ["before (round 0)", "after FedCoLLM"]
+    assert all(finite(*scores.values()) for scores in [*results["slm"].values(), *results["llm"].values()])
+
+
+def test_fedmkt_table_smoke(tmp_path):
+    results = table_smoke("fedmkt_table.py", tmp_path)
+    assert list(results["llm"]) == ["before (round 0)", "after FedMKT"]
+    assert set(results["seconds"]) == {"standalone", "LLM-to-SLM", "FedMKT"}
+    assert all(sent > 0 for sent in results["bytes_sent_per_client_round"])
+
+
+def test_fedost_table_smoke(tmp_path):
+    results = table_smoke("fedost_table.py", tmp_path)
+    assert list(results) == ["0.5 of the middle", "0.5 of the middle, distilled 1 steps"]
+    assert all(row["bytes_per_client_per_round"] > 0 for row in results.values())
+
+
+def test_privacy_table_smoke(tmp_path):
+    results = table_smoke("privacy_table.py", tmp_path)
+    assert list(results["rows"]) == ["no DP", "zero-shot (round 0)", "DP, sigma 1"]
+    assert results["clip_norm"] > 0 and finite(*results["update_norms"])
+
+
+def test_bench_evaluation_smoke(tmp_path):
+    results = smoke("bench_evaluation.py", tmp_path)
+    assert results["examples"] == 4 and results["median_seconds"] > 0
+    assert finite(results["metrics"]["loss"]) and results["metrics"]["perplexity"] > 1
+
+
+def test_build_shakespeare_slm_smoke(tmp_path):
+    results = smoke("build_shakespeare_slm.py", tmp_path, "--output", str(tmp_path / "slm"))
+    assert results["vocab_size"] == 300 and results["steps"] == 2 and finite(results["final_train_loss"])
+    assert (tmp_path / "slm" / "config.json").is_file() and (tmp_path / "slm" / "tokenizer.json").is_file()
