@@ -16,6 +16,7 @@ epsilon), and the server's LLM (its plain instruct model: it restores far better
 restore the text; each scored as the share of the prompt's usable tokens (multiset) that the guess contains.
 
     python experiments/private_inference_table.py [--examples 96] [--json outputs/private_inference.json]
+    python experiments/private_inference_table.py --smoke --json OUT --output-dir DIR   (the tiny model: the test suite)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from smoke import parse_experiment_args, tiny_model
 from transformers import PreTrainedTokenizerBase
 
 from fedlit.cli import fit_parser, quiet_libraries, run_fit
@@ -141,15 +143,16 @@ def epsilon_row(task: Task, epsilon: float, table: CandidateTable, local, server
     }
 
 
-def server_adapter(task: str, given: str | None, output_dir: Path) -> str:
-    """The task's federated adapter: ``given``, or trained with the task's config into ``output_dir``."""
+def server_adapter(task: str, given: str | None, output_dir: Path, options: list[str]) -> str:
+    """The task's federated adapter: ``given``, or trained with the task's config (and ``options``) into
+    ``output_dir``."""
     if given:
         return given
     run_dir = output_dir / f"{task}-server"
     if not (run_dir / "adapter").is_dir():
         parser = fit_parser()
         run_fit("fit", parser.parse_args(["--config", TASKS[task], "--output_dir", str(run_dir),
-                                          "--progress", "false"]), parser)
+                                          "--progress", "false", *options]), parser)
     return str(run_dir / "adapter")
 
 
@@ -161,24 +164,29 @@ def main() -> None:
     parser.add_argument("--continuation-adapter")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/private_inference"))
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args, options = parse_experiment_args(parser, "fit")
     quiet_libraries()
+    epsilons = EPSILONS
+    model = ModelConfig()
+    if args.smoke:  # 2 prompts per task, 2 epsilons, a small candidate table
+        args.examples, args.candidates, epsilons = 2, 32, (1.0, math.inf)
+        model = ModelConfig(tiny_model(args.output_dir))
     torch.manual_seed(0)
-    tokenizer = load_tokenizer(ModelConfig())
-    local = load_base_model(ModelConfig()).eval()
+    tokenizer = load_tokenizer(model)
+    local = load_base_model(model).eval()
     table = candidate_table(local, tokenizer, args.candidates)
     template = InferenceConfig.extraction_template
     results: dict[str, dict] = {}
     for name, config_path in TASKS.items():
         began = time.perf_counter()
         task = load_task(name, config_path, args.examples, tokenizer)
-        adapter = server_adapter(name, getattr(args, f"{name.replace('-', '_')}_adapter"), args.output_dir)
+        adapter = server_adapter(name, getattr(args, f"{name.replace('-', '_')}_adapter"), args.output_dir, options)
         server = GenerationServer(load_trained_model(adapter=adapter).eval(), tokenizer, task.new_tokens)
         rows = {"local model alone (clear prompt, no server)": {"quality": quality(local, task, task.prompts,
                                                                                   tokenizer.pad_token_id)},
                 "server model on the clear prompt (no privacy)": {"quality": quality(server.model, task, task.prompts,
                                                                                     tokenizer.pad_token_id)}}
-        for epsilon in EPSILONS:
+        for epsilon in epsilons:
             rows[f"epsilon {epsilon:g}"] = epsilon_row(task, epsilon, table, local, server, tokenizer, template)
             print(name, epsilon, rows[f"epsilon {epsilon:g}"], f"({time.perf_counter() - began:.0f} s)", flush=True)
         results[name] = {"examples": len(task.prompts), "rows": rows}

@@ -11,7 +11,9 @@ Update compression (``--part compression``): the fp32 base, updates as float32 o
 without error feedback: bytes each client sends per round (the encoded bytes) and the global held-out loss.
 
     python experiments/quantization_table.py [--part base compression] [--tasks quickstart which_play]
-        [--compressions float32 "4-bit" "2-bit, no EF" ...] [--json out.json] [any fedlit fit option, e.g. --rounds 2]
+        [--precisions fp32 bf16 int8 nf4] [--compressions float32 "4-bit" "2-bit, no EF" ...] [--json out.json]
+        [any fedlit fit option, e.g. --rounds 2]
+    python experiments/quantization_table.py --smoke --json OUT --output-dir DIR   (the tiny model: the test suite)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from smoke import parse_experiment_args
 
 TASKS = {"quickstart": "configs/quickstart.yaml", "which_play": "configs/task_which_play.yaml"}
 PRECISIONS = {
@@ -75,9 +78,9 @@ def child(output: Path, fit_args: list[str]) -> None:
     output.write_text(json.dumps(result))
 
 
-def base_rows(task: str, config: str, output_dir: Path, options: list[str]) -> dict[str, dict]:
+def base_rows(task: str, config: str, output_dir: Path, options: list[str], names: list[str]) -> dict[str, dict]:
     rows = {}
-    for name, args in PRECISIONS.items():
+    for name, args in ((n, PRECISIONS[n]) for n in names):
         result = output_dir / task / f"{name}.json"
         command = [sys.executable, __file__, "--child", str(result), "--config", config,
                    "--output_dir", str(output_dir / task / name), "--progress", "false", "--loggers", "[]",
@@ -133,15 +136,18 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/quantization_table"))
     parser.add_argument("--compressions", nargs="+", choices=tuple(COMPRESSIONS), default=list(COMPRESSIONS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    args, options = parser.parse_known_args()
+    args, options = parser.parse_known_args() if "--child" in sys.argv else parse_experiment_args(parser, "fit")
     if args.child is not None:
         child(args.child, options)
         return
+    if args.smoke:  # one task, the nf4 base, float and 4-bit updates
+        args.tasks, args.precisions, args.compressions = ["quickstart"], ["nf4"], ["float32", "4-bit"]
     results: dict[str, dict] = {}
     for task in args.tasks:
         if "base" in args.part:
-            results[f"{task}/base"] = rows = base_rows(task, TASKS[task], args.output_dir, options)
+            results[f"{task}/base"] = rows = base_rows(task, TASKS[task], args.output_dir, options, args.precisions)
             show(f"{task}: base precision", rows, {
                 "base_mib": "base weights (MiB)", "peak_rss_mib": "peak RSS (MiB)",
                 "seconds_per_step": "s / local step", "loss": "held-out loss",

@@ -16,7 +16,8 @@ and the global held-out loss:
 
 Results are kept in the JSON file as they come; a rerun skips rows already there.
 
-    python experiments/watermark_table.py [--json outputs/watermark_table.json] [--only row ...]
+    python experiments/watermark_table.py [--json outputs/watermark_table.json] [--only row ...] [fedlit fit options]
+    python experiments/watermark_table.py --smoke --json OUT --output-dir DIR   (the tiny model: the test suite)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from shakespeare_task import run
+from smoke import parse_experiment_args
 
 from fedlit.checkpoint import newest_valid_checkpoint
 from fedlit.cli import compose, fit_parser, quiet_libraries
@@ -157,14 +159,17 @@ def main() -> None:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/watermark_table"))
     parser.add_argument("--json", type=Path, default=Path("outputs/watermark_table.json"))
     parser.add_argument("--only", nargs="*", help="run only these rows (names as in the JSON)")
-    args = parser.parse_args()
+    args, options = parse_experiment_args(parser, "fit")
     quiet_libraries()
+    if args.smoke:  # two rows; the tiny model's LoRA holds a few hundred B entries
+        args.only = args.only or ["watermarked", "no watermark"]
+        options += ["--watermark.signature.bits=64", "--data.clients=null"]
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
     out = args.output_dir
     key_dir = (out / "keys").resolve()
     # keys and every client secret (trigger swaps, imprinted magnitudes) pinned, so the table is reproducible
     base, data = compose_base(args.config, out, f"--watermark.key_dir={key_dir}", "--watermark.key_seed=0",
-                              "--insecure_seed=0")
+                              "--insecure_seed=0", *options)
     watermark = base.federation.watermark
     initial = base.module_factory().trainable_state_dict()
 
@@ -221,7 +226,8 @@ def main() -> None:
             return {**scored(f"bits-{bits}", key_dir=out / f"keys-{bits}", watermark=wide), "bits": bits}
         row(f"{bits} sign bits per client", capacity)
 
-    task, _ = compose_base(args.task_config, out / "task", "--evaluation.generate_max_new_tokens=0")
+    task, _ = compose_base(args.task_config, out / "task", "--evaluation.generate_max_new_tokens=0",
+                           *(option for option in options if not option.startswith("--watermark")))
     task_initial = task.module_factory().trainable_state_dict()
 
     def which_play(name: str, keys: str = "task-keys", **changes: Any) -> dict:

@@ -114,3 +114,25 @@ def test_build_shakespeare_slm_smoke(tmp_path):
     results = smoke("build_shakespeare_slm.py", tmp_path, "--output", str(tmp_path / "slm"))
     assert results["vocab_size"] == 300 and results["steps"] == 2 and finite(results["final_train_loss"])
     assert (tmp_path / "slm" / "config.json").is_file() and (tmp_path / "slm" / "tokenizer.json").is_file()
+
+
+def test_watermark_table_smoke(tmp_path):
+    results = table_smoke("watermark_table.py", tmp_path)
+    assert list(results) == ["watermarked", "no watermark"]
+    assert results["watermarked"]["sign_mean"] > results["no watermark"]["sign_mean"]  # 64 bits embedded in 1 step
+
+
+def test_quantization_table_smoke(tmp_path):
+    results = table_smoke("quantization_table.py", tmp_path)
+    (nf4,) = results["quickstart/base"].values()
+    assert finite(nf4["loss"], nf4["full_base_loss"]) and nf4["base_mib"] > 0
+    compression = results["quickstart/compression"]
+    assert compression["4-bit"]["bytes_per_client_round"] < compression["float32"]["bytes_per_client_round"]
+
+
+def test_private_inference_table_smoke(tmp_path):
+    results = table_smoke("private_inference_table.py", tmp_path)["results"]
+    assert set(results) == {"which-play", "continuation"}
+    for task in results.values():
+        assert task["examples"] == 2 and list(task["rows"])[-2:] == ["epsilon 1", "epsilon inf"]
+        assert task["rows"]["epsilon inf"]["changed"] == 0 and task["rows"]["epsilon 1"]["changed"] > 0
