@@ -2,22 +2,45 @@
 
 import json
 import math
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).parent.parent
 EXPERIMENTS = REPO / "experiments"
 
 
 def smoke(script: str, tmp_path: Path, *extra: str, cwd: Path | None = None) -> dict:
+    """``script --smoke`` in a fresh process (for the scripts that patch torch, start Ray or set thread counts)."""
     out = tmp_path / f"{script}.json"
     done = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--smoke", "--json", str(out), *extra],
                           cwd=cwd or tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
+
+
+def in_process(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> dict:
+    """``script --smoke`` run in this process as ``python experiments/<script>`` from the checkout would run it (a
+    fresh interpreter would spend most of a smoke importing)."""
+    out = tmp_path / f"{script}.json"
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    monkeypatch.setattr(sys, "argv", [script, "--smoke", "--json", str(out), *extra])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(EXPERIMENTS / script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.read_text())
+
+
+def table_smoke(script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A table script on its shipped config, shrunk to the tiny model."""
+    return in_process(script, tmp_path, monkeypatch, "--output-dir", str(tmp_path / "out"))
 
 
 @pytest.mark.long
@@ -55,11 +78,6 @@ def test_bench_secagg_smoke(tmp_path):
     assert results["keystream_gb_per_s"] > 0
 
 
-def table_smoke(script: str, tmp_path: Path) -> dict:
-    """A table script on its shipped config (read from the checkout), shrunk to the tiny model."""
-    return smoke(script, tmp_path, "--output-dir", str(tmp_path / "out"), cwd=REPO)
-
-
 def finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
@@ -70,68 +88,68 @@ def finite(*values: float) -> bool:
     ("shakespeare_task.py", ["zero-shot (base model)", "FedAvg", "FedAdam (server_lr 0.003)",
                              "local-only (mean over clients)", "centralised (union of data, 2 steps per round)"]),
 ])
-def test_task_tables_smoke(tmp_path, script, rows):
-    results = table_smoke(script, tmp_path)
+def test_task_tables_smoke(tmp_path, script, rows, monkeypatch):
+    results = table_smoke(script, tmp_path, monkeypatch)
     assert list(results["results"]) == rows
     assert set(results["local_per_client"]) == {"client-000", "client-001"}
     assert all(finite(*scores.values()) for scores in results["results"].values())
 
 
-def test_fedco_table_smoke(tmp_path):
-    results = table_smoke("fedco_table.py", tmp_path)
+def test_fedco_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("fedco_table.py", tmp_path, monkeypatch)
     assert list(results["slm"]) == ["SLM as given to clients (round 0)", "local-only (mean over clients)",
                                     "FedAvg only", "FedCoLLM"]
     assert list(results["llm"]) == ["before (round 0)", "after FedCoLLM"]
     assert all(finite(*scores.values()) for scores in [*results["slm"].values(), *results["llm"].values()])
 
 
-def test_fedmkt_table_smoke(tmp_path):
-    results = table_smoke("fedmkt_table.py", tmp_path)
+def test_fedmkt_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("fedmkt_table.py", tmp_path, monkeypatch)
     assert list(results["llm"]) == ["before (round 0)", "after FedMKT"]
     assert set(results["seconds"]) == {"standalone", "LLM-to-SLM", "FedMKT"}
     assert all(sent > 0 for sent in results["bytes_sent_per_client_round"])
 
 
-def test_fedost_table_smoke(tmp_path):
-    results = table_smoke("fedost_table.py", tmp_path)
+def test_fedost_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("fedost_table.py", tmp_path, monkeypatch)
     assert list(results) == ["0.5 of the middle", "0.5 of the middle, distilled 1 steps"]
     assert all(row["bytes_per_client_per_round"] > 0 for row in results.values())
 
 
-def test_privacy_table_smoke(tmp_path):
-    results = table_smoke("privacy_table.py", tmp_path)
+def test_privacy_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("privacy_table.py", tmp_path, monkeypatch)
     assert list(results["rows"]) == ["no DP", "zero-shot (round 0)", "DP, sigma 1"]
     assert results["clip_norm"] > 0 and finite(*results["update_norms"])
 
 
-def test_bench_evaluation_smoke(tmp_path):
-    results = smoke("bench_evaluation.py", tmp_path)
+def test_bench_evaluation_smoke(tmp_path, monkeypatch):
+    results = in_process("bench_evaluation.py", tmp_path, monkeypatch)
     assert results["examples"] == 4 and results["median_seconds"] > 0
     assert finite(results["metrics"]["loss"]) and results["metrics"]["perplexity"] > 1
 
 
-def test_build_shakespeare_slm_smoke(tmp_path):
-    results = smoke("build_shakespeare_slm.py", tmp_path, "--output", str(tmp_path / "slm"))
+def test_build_shakespeare_slm_smoke(tmp_path, monkeypatch):
+    results = in_process("build_shakespeare_slm.py", tmp_path, monkeypatch, "--output", str(tmp_path / "slm"))
     assert results["vocab_size"] == 300 and results["steps"] == 2 and finite(results["final_train_loss"])
     assert (tmp_path / "slm" / "config.json").is_file() and (tmp_path / "slm" / "tokenizer.json").is_file()
 
 
-def test_watermark_table_smoke(tmp_path):
-    results = table_smoke("watermark_table.py", tmp_path)
+def test_watermark_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("watermark_table.py", tmp_path, monkeypatch)
     assert list(results) == ["watermarked", "no watermark"]
     assert results["watermarked"]["sign_mean"] > results["no watermark"]["sign_mean"]  # 64 bits embedded in 1 step
 
 
-def test_quantization_table_smoke(tmp_path):
-    results = table_smoke("quantization_table.py", tmp_path)
+def test_quantization_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("quantization_table.py", tmp_path, monkeypatch)
     (nf4,) = results["quickstart/base"].values()
     assert finite(nf4["loss"], nf4["full_base_loss"]) and nf4["base_mib"] > 0
     compression = results["quickstart/compression"]
     assert compression["4-bit"]["bytes_per_client_round"] < compression["float32"]["bytes_per_client_round"]
 
 
-def test_private_inference_table_smoke(tmp_path):
-    results = table_smoke("private_inference_table.py", tmp_path)["results"]
+def test_private_inference_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("private_inference_table.py", tmp_path, monkeypatch)["results"]
     assert set(results) == {"which-play", "continuation"}
     for task in results.values():
         assert task["examples"] == 2 and list(task["rows"])[-2:] == ["epsilon 1", "epsilon inf"]
