@@ -15,9 +15,10 @@ from fedlit.payload import Payload, Update, flatten
 from fedlit.privacy.client_dp import CLIP_TOLERANCE, ClientDPConfig, ClientPrivacyAccountant, clip_to_norm
 from fedlit.privacy.party_secret import PartySecret
 from fedlit.strategies.base import Strategy, shifted
+from fedlit.strategies.wrapper import StrategyWrapper
 
 
-class DPFedAvg(Strategy):
+class DPFedAvg(StrategyWrapper):
     """``strategy`` under client-level DP.
 
     Args:
@@ -35,8 +36,8 @@ class DPFedAvg(Strategy):
         if strategy.needs_individual_updates:
             raise ValueError(f"{type(strategy).__name__} needs each client's update, which client-level DP hides: "
                              "use a strategy that works on the mean update (FedAvg, FedAvgM, FedAdam, ...)")
-        super().__init__(strategy.clients_per_round, strategy.sampling)
-        self.inner, self.config = strategy, config
+        super().__init__(strategy)
+        self.config = config
         self.accountant = ClientPrivacyAccountant(config, num_clients, strategy.sample_size(num_clients),
                                                   poisson=strategy.sampling == "poisson")
         self.noise_share = config.noise_multiplier * config.clip_norm / np.sqrt(min_clients)
@@ -48,7 +49,8 @@ class DPFedAvg(Strategy):
         return self.inner.configure_round(server_round, client_ids, seed)
 
     def fit_plan(self, masked: bool) -> dict[str, Any]:
-        return {"clip_norm": self.config.clip_norm, "noise_std": self.noise_share if masked else 0.0}
+        return {**self.inner.fit_plan(masked), "clip_norm": self.config.clip_norm,
+                "noise_std": self.noise_share if masked else 0.0}
 
     def aggregate(self, global_payload: Payload, updates: Sequence[Update]) -> Payload:
         """Clipped updates in the clear: the server clips each again (a quantized update may come out a little
@@ -65,21 +67,19 @@ class DPFedAvg(Strategy):
         """Unweighted, clipped, noised-in-shares updates: their sum over the fixed denominator."""
         return self.step(global_payload, shifted(global_payload, summed / self.accountant.expected_clients))
 
-    def step(self, global_payload: Payload, average: Payload) -> Payload:
-        return self.inner.step(global_payload, average)
-
     def stop_reason(self, server_round: int) -> str | None:
         if self.config.target_epsilon is None:
-            return None
+            return self.inner.stop_reason(server_round)
         epsilon = self.accountant.epsilon(server_round)
         if epsilon <= self.config.target_epsilon:
-            return None
+            return self.inner.stop_reason(server_round)
         return (f"privacy budget: stopping before round {server_round}, which would take epsilon to {epsilon:.3f} "
                 f"(target {self.config.target_epsilon:g}, delta {self.config.delta:g}); the global adapter "
                 f"after round {server_round - 1} is the result")
 
     def round_rows(self, server_round: int) -> list[dict[str, Any]]:
-        return [{"client": "server", "split": "privacy", "epsilon": self.accountant.epsilon(server_round)}]
+        return [*self.inner.round_rows(server_round),
+                {"client": "server", "split": "privacy", "epsilon": self.accountant.epsilon(server_round)}]
 
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self.inner.state_dict(), "noise_secret": self.secret.hex()}

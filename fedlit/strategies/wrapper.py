@@ -1,0 +1,50 @@
+"""A strategy that wraps another: it forwards every part of the strategy interface to the inner strategy, so a
+wrapper overrides only what it changes (client-level DP: the fit plan, noisy aggregation, accounting; FedMKT's
+knowledge gathering: aggregation) and never silently drops what the inner strategy asks for (its fit plan, its
+reason to stop, its metrics rows, its state)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fedlit.payload import Payload, Update
+from fedlit.strategies.base import Strategy
+
+
+class StrategyWrapper(Strategy):
+    """``inner`` with nothing changed; subclasses override what they change."""
+
+    def __init__(self, inner: Strategy) -> None:
+        super().__init__(inner.clients_per_round, inner.sampling)
+        self.inner = inner
+        self.needs_individual_updates = inner.needs_individual_updates
+
+    def configure_round(self, server_round: int, client_ids: Sequence[str], seed: int) -> list[str]:
+        return self.inner.configure_round(server_round, client_ids, seed)
+
+    def aggregate(self, global_payload: Payload, updates: Sequence[Update]) -> Payload:
+        return self.inner.aggregate(global_payload, updates)
+
+    def aggregate_masked(self, global_payload: Payload, summed: np.ndarray, total: float) -> Payload:
+        return self.inner.aggregate_masked(global_payload, summed, total)
+
+    def fit_plan(self, masked: bool) -> dict[str, Any]:
+        return self.inner.fit_plan(masked)
+
+    def stop_reason(self, server_round: int) -> str | None:
+        return self.inner.stop_reason(server_round)
+
+    def round_rows(self, server_round: int) -> list[dict[str, Any]]:
+        return self.inner.round_rows(server_round)
+
+    def step(self, global_payload: Payload, average: Payload) -> Payload:
+        return self.inner.step(global_payload, average)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
