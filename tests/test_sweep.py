@@ -108,7 +108,7 @@ def test_a_count_below_one_is_refused_not_sliced(tmp_path, count):
 
 
 def test_a_run_whose_summary_lacks_the_metric_is_failed_not_finished(tmp_path):
-    from fedlit.sweep.runner import SweepRunner, Trial
+    from fedlit.sweep import SweepRunner, Trial
 
     spec = write_sweep(tmp_path, NESTED)
     run_dir = tmp_path / "out" / "runs" / "run-000"

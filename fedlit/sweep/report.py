@@ -8,13 +8,11 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedlit.io import atomic_write_bytes
 from fedlit.sweep.spec import SweepSpec
-
-if TYPE_CHECKING:
-    from fedlit.sweep.runner import Trial
+from fedlit.sweep.trial import Trial
 
 
 def best_trial(spec: SweepSpec, trials: Sequence[Trial]) -> Trial | None:

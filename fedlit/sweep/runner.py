@@ -25,20 +25,9 @@ from fedlit.sweep.command import expand_command
 from fedlit.sweep.report import write_report
 from fedlit.sweep.search import sweep_points
 from fedlit.sweep.spec import SweepError, SweepSpec
+from fedlit.sweep.trial import Trial
 
 STATE = "sweep.json"
-
-
-@dataclass
-class Trial:
-    """One run of the sweep: its values, and (once run) its status, seconds and target metric."""
-
-    name: str
-    values: dict[str, Any]
-    status: str = "pending"  # pending | finished | failed (exit N) | failed (no <metric>): its summary lacks it
-    seconds: float = 0.0
-    metric: float | None = None
-    attempts: int = 0
 
 
 @dataclass
