@@ -26,7 +26,7 @@ CONNECTION = "fedlit"
 
 
 def deploy_parser() -> ArgumentParser:
-    from fedlit.cli import ALGORITHMS
+    from fedlit.cli.fit_command import ALGORITHMS
 
     parser = ArgumentParser(description="Run a fedlit config across parties on a Flower SuperLink.")
     parser.add_argument("--config", type=str, required=True, help="the run's YAML config (no client data paths)")
@@ -95,7 +95,7 @@ def deploy(args: Namespace) -> int:
     """Submit the run ``args`` (parsed by :func:`deploy_parser`) and follow it; the exit status."""
     import tomli_w
 
-    from fedlit.cli import fit_parser
+    from fedlit.cli.fit_command import fit_parser
 
     if args.command in NOT_DEPLOYED:
         raise ValueError(f"fedlit deploy --command {args.command}: {NOT_DEPLOYED[args.command]}")

@@ -70,7 +70,7 @@ def _client_app(client_id: str, command: str, config_text: str, package: Path | 
     """The party's fedlit ClientApp, built by the same composition as a local run but over its own data only
     (and the client ``package`` the server sent, if the algorithm trains on one): it keeps no server state (a
     plain FedAvg over itself, the default fault policy, nothing written)."""
-    from fedlit.cli import compose, fit_parser
+    from fedlit.cli.fit_command import compose, fit_parser
     from fedlit.client import ClientApp as FedlitClientApp
     from fedlit.faults import FaultPolicy
     from fedlit.flower.received import ReceivedPackage

@@ -39,7 +39,8 @@ class RunFailed(RuntimeError):
 
 
 def _run(grid: Grid, context: Context) -> None:
-    from fedlit.cli import error_line, fit_parser, quiet_libraries, run_fit
+    from fedlit.cli.errors import error_line
+    from fedlit.cli.fit_command import fit_parser, quiet_libraries, run_fit
     from fedlit.loop import NothingTrained, RunInterrupted
 
     settings = context.run_config
