@@ -13,7 +13,7 @@ export FEDLIT_CACHE ?= $(HOME)/.cache/fedlit
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedlit-installed
 
-.PHONY: setup prepare run test test-fast test-long test-deployment deployment-demo bench lint clean
+.PHONY: setup prepare run test test-fast test-long test-deployment test-rest deployment-demo bench lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test-long: prepare
 test-deployment: prepare
 	$(BIN)/python -m pytest -m deployment $(PYTEST_ARGS)
 
+# what CI runs after `make test`: the long and the long deployment suites, once each
+test-rest: prepare
+	$(BIN)/python -m pytest -m "long or deployment_long" $(PYTEST_ARGS)
+
 deployment-demo: prepare
 	scripts/local_deployment.sh $(ARGS)
 
@@ -56,5 +60,9 @@ bench: prepare
 lint: setup
 	$(BIN)/ruff check fedlit tests experiments
 
+# the documentation site from docs/ (MkDocs, Material theme, API reference from the docstrings); broken links fail
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs .pytest_cache site

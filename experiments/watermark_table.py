@@ -216,7 +216,7 @@ def main() -> None:
                                                                 strategy=FedAvg()))
     row("secure aggregation", lambda: scored("secagg", secure_aggregation=SecureAggregationConfig()))
     clip = float(np.median(trained("twin", watermark=None).update_norms))
-    for sigma in (0.0, 0.03):  # clipping alone; the mildest noise of README's DP table
+    for sigma in (0.0, 0.03):  # clipping alone; the mildest noise of docs/privacy.md's DP table
         row(f"client-level DP: clip {clip:.3g}, noise multiplier {sigma:g}", lambda sigma=sigma: scored(
             f"dp-{sigma:g}", privacy=ClientDPConfig(noise_multiplier=sigma, clip_norm=clip, delta=1e-3)))
     for bits in (2048, 92160):

@@ -123,9 +123,10 @@ def fed_co_llm(
         loss: the CE/KL mix and temperature of every distillation.
         peft: the SLM's adapter, the one clients federate (default: LoRA r=8 on q_proj and v_proj).
         llm_peft: the LLM's adapter (default: as ``peft``).
-        data, optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores
-        the global SLM adapter on every party and the LLM on the server's held-out split (rows ``model: llm``);
-        ``federation.output_dir`` also gets ``client_slm/`` and the final ``llm_adapter/``.
+
+    ``data``, ``optimizer``, ``evaluation`` and ``federation`` are as for :func:`fedlit.algorithms.fed_homo_llm`;
+    evaluation scores the global SLM adapter on every party and the LLM on the server's held-out split (rows
+    ``model: llm``); ``federation.output_dir`` also gets ``client_slm/`` and the final ``llm_adapter/``.
     """
     federation = federation or Federation()
     seed, trainer_kwargs = federation.seed, federation.trainer

@@ -73,8 +73,9 @@ def fed_hetero_llm(
         mentee: the common small model every client trains an adapter of (default: the default model cut to
             8 blocks by layer drop; with ``quantization``, QLoRA on the layer-dropped model).
         loss: the CE/KL mix and temperature of the distillation.
-        data, peft, optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`; evaluation
-        scores the global mentee adapter.
+
+    ``data``, ``peft``, ``optimizer``, ``evaluation`` and ``federation`` are as for
+    :func:`fedlit.algorithms.fed_homo_llm`; evaluation scores the global mentee adapter.
     """
     federation = federation or Federation()
     tokenizer = load_tokenizer(mentee)

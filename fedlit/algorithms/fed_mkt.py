@@ -189,11 +189,12 @@ def fed_mkt(
         transfer: the public texts, top-k, the server's distillation steps and learning rate.
         loss: the CE/KD mix and temperature on both sides.
         peft: the SLMs' adapter (default LoRA r=8 on q_proj and v_proj); ``llm_peft``: the LLM's (default: as peft).
-        data, optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`. Evaluation scores
-            each client's own SLM on its held-out split and the LLM (rows ``model: llm``) on the server's. Secure
-            aggregation, DP and compression work on adapter updates and are refused. Outputs: ``llm_adapter/``,
-            ``adapter/knowledge.safetensors`` (the LLM's last knowledge), each client's own adapter under
-            ``client_state/personal`` (unless ``fedavg``: then ``adapter/`` also holds the averaged one).
+
+    ``data``, ``optimizer``, ``evaluation`` and ``federation`` are as for :func:`fedlit.algorithms.fed_homo_llm`.
+    Evaluation scores each client's own SLM on its held-out split and the LLM (rows ``model: llm``) on the
+    server's. Secure aggregation, DP and compression work on adapter updates and are refused. Outputs:
+    ``llm_adapter/``, ``adapter/knowledge.safetensors`` (the LLM's last knowledge), each client's own adapter under
+    ``client_state/personal`` (unless ``fedavg``: then ``adapter/`` also holds the averaged one).
     """
     federation = federation or Federation()
     slms = dict(slms or {})

@@ -197,9 +197,10 @@ def fed_ost(
         owner_watermark: the owner's signature, imprinted on the adapter blocks before they are packaged (its key
             in ``key_dir/owner.json``, a relative ``key_dir`` under ``output_dir``); verify the plugged-in model with
             ``fedlit verify --model output_dir/plugged_in``.
-        optimizer, evaluation, federation: as for :func:`fedlit.algorithms.fed_homo_llm`;
-            ``federation.output_dir`` also gets ``client_package/`` (all a client receives), ``plugged_in/`` and
-            ``offsite.json``.
+
+    ``optimizer``, ``evaluation`` and ``federation`` are as for :func:`fedlit.algorithms.fed_homo_llm`;
+    ``federation.output_dir`` also gets ``client_package/`` (all a client receives), ``plugged_in/`` and
+    ``offsite.json``.
     """
     federation = federation or Federation()
     seed = federation.seed
