@@ -27,7 +27,7 @@ from fedlit.cli import quiet_libraries
 from fedlit.data.datamodule import CausalLMCollator
 from fedlit.data.public import PublicDataConfig, public_blocks, public_texts
 from fedlit.data.shakespeare import prepare_shakespeare
-from fedlit.io import atomic_directory
+from fedlit.files import atomic_directory
 from fedlit.lightning_modules import CausalLMModule, OptimizerConfig
 
 CLIENT_PLAYS = ["hamlet", "macbeth", "romeo_and_juliet", "tempest"]

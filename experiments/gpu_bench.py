@@ -270,7 +270,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="*", default=["local"], help="--smoke: which backends")
     args = parser.parse_args()
     from fedlit.cli import quiet_libraries
-    from fedlit.io import atomic_write_bytes
+    from fedlit.files import atomic_write_bytes
 
     quiet_libraries()
     by_name = {s.name: s for s in SETTINGS}

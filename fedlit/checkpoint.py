@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedlit.io import atomic_write_bytes
+from fedlit.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
 from fedlit.faults import ClientError
 from fedlit.federation import Federation
-from fedlit.io import atomic_directory, atomic_write_bytes
+from fedlit.files import atomic_directory, atomic_write_bytes
 from fedlit.payload import Payload, Update, to_bytes
 from fedlit.progress import RoundProgress
 from fedlit.run_dir import LOOP_OUTPUTS, check_fresh, lock_output_dir, unlock_output_dir

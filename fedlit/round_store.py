@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from fedlit.io import atomic_write_bytes
+from fedlit.files import atomic_write_bytes
 
 
 def client_state_dir(root: Path, run_id: str, client_id: str) -> Path:

@@ -31,7 +31,7 @@ from fedlit.checkpoint import (
 from fedlit.cli import main
 from fedlit.data import DataConfig
 from fedlit.federation import Federation
-from fedlit.io import atomic_directory
+from fedlit.files import atomic_directory
 from fedlit.lightning_modules import OptimizerConfig
 from fedlit.models import ModelConfig
 from fedlit.run_dir import OutputDirError, check_fresh

@@ -23,7 +23,7 @@ from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig
 from fedlit.data.public import public_blocks, public_dataloader
 from fedlit.federation import Federation
-from fedlit.io import atomic_directory, atomic_write_bytes
+from fedlit.files import atomic_directory, atomic_write_bytes
 from fedlit.lightning_modules import CausalLMModule, EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.lightning_modules.emulator_distillation import EmulatorDistillation
 from fedlit.lightning_modules.knowledge_distillation import DistillationConfig

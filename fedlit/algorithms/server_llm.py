@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlit.data.datamodule import CausalLMDataModule
-from fedlit.io import atomic_directory
+from fedlit.files import atomic_directory
 from fedlit.lightning_modules import PeftModule
 from fedlit.validation import validate
 

@@ -11,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedlit.io import atomic_directory
+from fedlit.files import atomic_directory
 from fedlit.lightning_modules.emulator_distillation import EmulatorDistillation
 
 MANIFEST = "fedlit_package.json"

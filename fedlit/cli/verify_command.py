@@ -32,7 +32,7 @@ def run_verify(config: Namespace) -> int:
     """Print one line per key; 0 when every key is verified, :data:`EXIT_NOT_VERIFIED` otherwise."""
     import json
 
-    from fedlit.io import atomic_write_bytes
+    from fedlit.files import atomic_write_bytes
     from fedlit.models import load_trained_model
     from fedlit.watermark import WatermarkKey, verify
 

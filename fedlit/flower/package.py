@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path, PurePosixPath
 
-from fedlit.io import atomic_directory, cache_dir
+from fedlit.files import atomic_directory, cache_dir
 
 Files = dict[str, bytes]  # relative path -> content
 

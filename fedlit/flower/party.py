@@ -23,10 +23,10 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedlit.backends.messages import ClientFailure
+from fedlit.files import cache_dir
 from fedlit.flower.envelope import read_request, reply_content
 from fedlit.flower.package import package_dir, store_package
 from fedlit.hub_code import hub_code_allowed
-from fedlit.io import cache_dir
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.party import SecAggParty
 from fedlit.secure.protocol import SecAggClient

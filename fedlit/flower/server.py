@@ -19,9 +19,9 @@ import yaml
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedlit.files import atomic_write_bytes
 from fedlit.flower.backend import FlowerBackend
 from fedlit.hub_code import hub_code_allowed
-from fedlit.io import atomic_write_bytes
 from fedlit.secret_audit import clients_secrets, watch
 
 app = ServerApp()

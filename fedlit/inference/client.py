@@ -15,8 +15,8 @@ from typing import Literal
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from fedlit.files import atomic_write_bytes
 from fedlit.inference.messages import Continuations, Query
-from fedlit.io import atomic_write_bytes
 from fedlit.lightning_modules.generation import generate_texts
 from fedlit.models import ModelConfig, load_tokenizer, load_trained_model
 from fedlit.privacy.inference import CandidateTable, candidate_table, check_epsilon

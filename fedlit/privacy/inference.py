@@ -24,7 +24,7 @@ from safetensors.torch import save
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedlit.io import atomic_write_bytes, cache_dir
+from fedlit.files import atomic_write_bytes, cache_dir
 from fedlit.models.identity import model_fingerprint
 
 log = logging.getLogger(__name__)

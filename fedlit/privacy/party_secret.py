@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedlit.io import atomic_write_bytes
+from fedlit.files import atomic_write_bytes
 from fedlit.secret_audit import born
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedlit.io import atomic_write_bytes
+from fedlit.files import atomic_write_bytes
 from fedlit.sweep.spec import SweepSpec
 from fedlit.sweep.trial import Trial
 

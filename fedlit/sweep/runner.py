@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedlit.io import atomic_write_bytes
+from fedlit.files import atomic_write_bytes
 from fedlit.run_dir import lock_output_dir, unlock_output_dir
 from fedlit.sweep.command import expand_command
 from fedlit.sweep.report import write_report

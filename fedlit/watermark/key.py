@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedlit.io import atomic_write_bytes
+from fedlit.files import atomic_write_bytes
 from fedlit.models.identity import base_of, model_fingerprint
 from fedlit.watermark.config import SignatureConfig, TriggerConfig, WatermarkConfig
 

@@ -1,4 +1,5 @@
-"""Atomic file and directory writes, and the cache directory for the default model and data."""
+"""Atomic file and directory writes, and the cache directory for the default model and data (not named io: that
+is the standard library's)."""
 
 from __future__ import annotations
 
