@@ -18,7 +18,7 @@ from peft import LoraConfig, PeftConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
-from fedlit.algorithms.federation import federated_loop
+from fedlit.algorithms.federated_loop import federated_loop
 from fedlit.algorithms.server_llm import ServerLLM
 from fedlit.callbacks.emulator_construction import write_client_package
 from fedlit.data.datamodule import CausalLMDataModule

@@ -6,7 +6,7 @@ import functools
 
 from peft import LoraConfig, PeftConfig
 
-from fedlit.algorithms.federation import federated_loop
+from fedlit.algorithms.federated_loop import federated_loop
 from fedlit.data.federated import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model

@@ -9,7 +9,7 @@ from typing import Literal
 from peft import LoraConfig, PeftConfig
 
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
-from fedlit.algorithms.federation import federated_loop
+from fedlit.algorithms.federated_loop import federated_loop
 from fedlit.data.federated import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import EvaluationConfig, build_peft_model

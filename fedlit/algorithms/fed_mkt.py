@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
-from fedlit.algorithms.federation import federated_loop
+from fedlit.algorithms.federated_loop import federated_loop
 from fedlit.algorithms.server_llm import ServerLLM
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig, FederatedData

@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, PeftConfig
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from fedlit.algorithms.federation import federated_loop
+from fedlit.algorithms.federated_loop import federated_loop
 from fedlit.callbacks.emulator_construction import EmulatorConstruction, read_manifest, write_client_package
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig

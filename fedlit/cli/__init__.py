@@ -88,13 +88,13 @@ def _deploy(command: str, settings: Namespace, parser: ArgumentParser) -> int:
 
 
 def _infer_parser() -> ArgumentParser:
-    from fedlit.inference.command import infer_parser
+    from fedlit.cli.infer_command import infer_parser
 
     return infer_parser()
 
 
 def _infer(command: str, settings: Namespace, parser: ArgumentParser) -> int:
-    from fedlit.inference.command import run_infer
+    from fedlit.cli.infer_command import run_infer
 
     return run_infer(settings, parser)
 
