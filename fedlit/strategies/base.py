@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class Strategy:
             add/remove-one accounting assumes; the count varies from round to round).
     """
 
-    needs_individual_updates: ClassVar[bool] = False
+    needs_individual_updates: bool = False  # (an instance may say otherwise: a wrapper says what its inner says)
 
     def __init__(self, clients_per_round: int | float = 1.0, sampling: str = "fixed") -> None:
         if isinstance(clients_per_round, float) and not 0 < clients_per_round <= 1:
