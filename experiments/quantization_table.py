@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    args, options = parser.parse_known_args() if "--child" in sys.argv else parse_experiment_args(parser, "fit")
+    args, options = parse_experiment_args(parser, "fit")  # a child is never started with --smoke
     if args.child is not None:
         child(args.child, options)
         return
