@@ -47,15 +47,15 @@ def scores(loop: FederatedLoop, party: str, server_round: int, model: str = "") 
 
 def overlap(loop: FederatedLoop) -> int:
     """Public texts whose line is in the server's held-out split (the LLM sees their labels while it learns)."""
-    tokenizer = loop.server_step.llm.tokenizer
-    held_out = [tokenizer.decode(e["input_ids"]) for e in loop.server_step.held_out[GLOBAL].val_dataset]
-    lines = [text.split("?\n", 1)[1].rsplit("\nPlay:", 1)[0] for text in loop.server_step.public.texts]
+    tokenizer = loop.strategy.llm.tokenizer
+    held_out = [tokenizer.decode(e["input_ids"]) for e in loop.strategy.held_out[GLOBAL].val_dataset]
+    lines = [text.split("?\n", 1)[1].rsplit("\nPlay:", 1)[0] for text in loop.strategy.public.texts]
     return sum(any(line in example for example in held_out) for line in lines)
 
 
 def vocabulary_map_seconds(loop: FederatedLoop) -> dict[str, float]:
     """The time to map each distinct SLM vocabulary onto the LLM's and back, computed afresh (runs use the cache)."""
-    llm = loop.server_step.llm.tokenizer
+    llm = loop.strategy.llm.tokenizer
     timings = {}
     for client in loop.clients.values():
         slm = client.module_factory().tokenizer
@@ -104,7 +104,7 @@ def main() -> None:
         table.add_row(cid, clients.get(cid, ""),
                       *(f"{row[c]['choice_accuracy']:.3f} / {row[c]['loss']:.3f}" for c in columns))
     Console(width=160).print(table)
-    table = Table(title=f"server LLM on {len(fedmkt.server_step.held_out[GLOBAL].val_dataset)} held-out examples")
+    table = Table(title=f"server LLM on {len(fedmkt.strategy.held_out[GLOBAL].val_dataset)} held-out examples")
     for column in ("setting", *METRICS):
         table.add_column(column)
     for name, values in llm.items():

@@ -13,7 +13,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -49,31 +49,6 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["round", "client", "split", "model", "loss", "perplexity", "token_accuracy", "exact_match",
                   "choice_accuracy", "num_examples", "bytes_received", "bytes_sent", "seconds", "update_norm",
                   "epsilon", "excluded"]
-
-
-class ServerStep(Protocol):
-    """Server-side training between aggregation and evaluation, e.g. FedCoLLM's mutual distillation.
-
-    It holds models of its own: their state travels in the loop's round checkpoints, their metrics in its
-    rows. A row is ``{"client": ..., "split": ..., "model": ..., <metric columns>}``; ``model`` names the
-    server's model (the federated one's rows leave it empty).
-    """
-
-    def initial(self, payload: Payload) -> Payload:
-        """The global payload of round 1, from the loop module's initial one."""
-
-    def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
-        """Take the aggregated adapter; return the one clients get next round, and training rows."""
-
-    def evaluate(self) -> list[dict[str, Any]]:
-        """Held-out rows of the server's own models."""
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def save(self, directory: Path) -> None:
-        """Export the server's own trained state at the end of the run (atomically)."""
 
 
 def check_federation(clients: Sequence[Client], federation: Federation) -> None:
@@ -172,8 +147,6 @@ class FederatedLoop:
             delta) is a ``server``/``privacy`` row every round, the run stopping before ``target_epsilon`` is
             passed; under ``example_privacy`` each client's train row carries its own DP-SGD epsilon so far.
         global_val: the server's held-out split, evaluated every round as client ``global``.
-        server_step: server-side training after each aggregation (see :class:`ServerStep`); it runs with
-            the same evaluation schedule and its state is checkpointed with the round.
         fingerprint: the run's setup by part (model, data, peft, ...): every checkpoint records a hash of each,
             and a resume with a different setup is refused, naming the part.
         report: writes the run's data report (partition.csv/png) once, on a fresh start, after the output
@@ -186,7 +159,6 @@ class FederatedLoop:
         module_factory: ModuleFactory,
         federation: Federation,
         global_val: CausalLMDataModule | None = None,
-        server_step: ServerStep | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         report: Callable[[], None] | None = None,
     ) -> None:
@@ -206,7 +178,6 @@ class FederatedLoop:
         self.progress = federation.progress
         self.eval_every = federation.eval_every
         self.backend = federation.backend
-        self.server_step = server_step
         self.faults = federation.effective_faults()
         self.example_privacy = federation.example_privacy
         self.example_steps: dict[str, int] = {}  # DP-SGD steps each client has taken so far
@@ -271,9 +242,7 @@ class FederatedLoop:
                 check_fresh(self.output_dir, LOOP_OUTPUTS)
             if self.report is not None:
                 self.report()
-            self.global_payload = module.trainable_state_dict()
-            if self.server_step is not None:
-                self.global_payload = self.server_step.initial(self.global_payload)
+            self.global_payload = self.strategy.initial(module.trainable_state_dict())
             self._evaluate(module, 0)
             self._end_round(0)
             start = 1
@@ -338,13 +307,10 @@ class FederatedLoop:
             self._skip(server_round, str(why), stats)
         else:
             self._record_clients(server_round, stats)
-        for row in self.strategy.round_rows(server_round):
+        self.global_payload, rows = self.strategy.after_round(self.global_payload, server_round,
+                                                              client_seed(self.seed, server_round, "server"))
+        for row in rows:
             self._record(server_round, row)
-        if self.server_step is not None:
-            self.global_payload, rows = self.server_step(self.global_payload, server_round,
-                                                         client_seed(self.seed, server_round, "server"))
-            for row in rows:
-                self._record(server_round, row)
         if server_round % self.eval_every == 0 or server_round == self.rounds:
             losses = self._evaluate(module, server_round)
             shown = GLOBAL if GLOBAL in losses else "mean client"
@@ -416,7 +382,7 @@ class FederatedLoop:
             results[GLOBAL] = {**values, "num_examples": len(self.global_val.val_dataset)}
         for party, values in results.items():
             self._record(server_round, {"client": party, "split": "val", **values})
-        for row in self.server_step.evaluate() if self.server_step is not None else ():
+        for row in self.strategy.evaluate():
             self._record(server_round, row)
         return {party: values["loss"] for party, values in results.items()}
 
@@ -443,7 +409,6 @@ class FederatedLoop:
             "fingerprint": self.fingerprint,
             "global_payload": self.global_payload,
             "strategy": self.strategy.state_dict(),
-            "server_step": self.server_step.state_dict() if self.server_step is not None else None,
             "example_steps": self.example_steps,
             "history": json.dumps(self.history),
             "rng": rng_state(),
@@ -471,8 +436,6 @@ class FederatedLoop:
         self.global_payload = state["global_payload"]
         self.run_id = state.get("run_id", self.run_id)
         self.strategy.load_state_dict(state["strategy"])
-        if self.server_step is not None:
-            self.server_step.load_state_dict(state["server_step"])
         self.history = json.loads(state["history"])
         self.example_steps = dict(state["example_steps"])
         set_rng_state(state["rng"])
@@ -486,8 +449,7 @@ class FederatedLoop:
         module.load_trainable_state_dict(self.global_payload, who="the global adapter")
         with atomic_directory(self.output_dir / "adapter") as tmp:
             module.save_adapter(tmp)
-        if self.server_step is not None:
-            self.server_step.save(self.output_dir)
+        self.strategy.save(self.output_dir, self.global_payload, self.history)
 
     def _save_summary(self, module: L.LightningModule) -> None:
         """``summary.json`` (the run's summary: :func:`~fedlit.tracking.run_summary`), also handed to the loggers

@@ -88,7 +88,7 @@ def test_mutual_distillation_loss_is_each_sides_ce_kd_mix_summed():
 def test_only_the_slm_adapter_travels_and_both_adapters_evolve(llm_dir, tiny_model_dir, plays_jsonl, tmp_path,
                                                                monkeypatch):
     loop = build(llm_dir, tiny_model_dir, plays_jsonl, tmp_path / "co")
-    server = loop.server_step
+    server = loop.strategy
     llm_initial = server.llm.trainable_state_dict()
     slm_adapter = loop.module_factory().trainable_state_dict()
     client_type = type(next(iter(loop.clients.values())))
@@ -131,13 +131,13 @@ def test_server_step_changes_the_slm_adapter_clients_receive(llm_dir, tiny_model
 def test_resume_is_bit_identical_including_the_llm_adapter(llm_dir, tiny_model_dir, plays_jsonl, tmp_path):
     whole = build(llm_dir, tiny_model_dir, plays_jsonl, tmp_path / "whole")
     whole_final = whole.fit()
-    whole_llm = whole.server_step.llm.trainable_state_dict()
+    whole_llm = whole.strategy.llm.trainable_state_dict()
     first = build(llm_dir, tiny_model_dir, plays_jsonl, tmp_path / "split", rounds=1)
     first.fit()
     resumed = build(llm_dir, tiny_model_dir, plays_jsonl, tmp_path / "split")
     resumed_final = resumed.fit(resume=True)
     assert all(torch.equal(resumed_final[n], whole_final[n]) for n in whole_final)
-    resumed_llm = resumed.server_step.llm.trainable_state_dict()
+    resumed_llm = resumed.strategy.llm.trainable_state_dict()
     assert all(torch.equal(resumed_llm[n], whole_llm[n]) for n in whole_llm)
 
 

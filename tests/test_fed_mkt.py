@@ -65,10 +65,10 @@ def own_states(output_dir) -> dict[str, dict[str, torch.Tensor]]:
 def test_heterogeneous_run_trains_the_llm_and_every_clients_own_slm(tiny_model_dir, other_tokenizer_model_dir,
                                                                     plays_jsonl, tmp_path):
     loop = build(tiny_model_dir, other_tokenizer_model_dir, plays_jsonl, tmp_path / "run")
-    llm_before = loop.server_step.llm.trainable_state_dict()
+    llm_before = loop.strategy.llm.trainable_state_dict()
     initial = {cid: client.module_factory().initial_adapter for cid, client in loop.clients.items()}
     loop.fit()
-    llm_after = loop.server_step.llm.trainable_state_dict()
+    llm_after = loop.strategy.llm.trainable_state_dict()
     assert any(not torch.equal(llm_before[n], llm_after[n]) for n in llm_before)
     history = rows(tmp_path / "run" / "metrics.csv")
     assert {(r["round"], r["model"]) for r in history if r["client"] == "server"} == {("1", "llm"), ("2", "llm")}
@@ -84,8 +84,8 @@ def test_heterogeneous_run_trains_the_llm_and_every_clients_own_slm(tiny_model_d
         assert set(state) == set(initial[cid]) and any(not torch.equal(state[n], initial[cid][n]) for n in state)
     # the knowledge the run ends with is the final LLM's, recomputed here
     saved = load_file(tmp_path / "run" / "adapter" / "knowledge.safetensors")
-    llm = loop.server_step.llm.eval()
-    again = knowledge_of(llm, loop.server_step.public, 4, 4)
+    llm = loop.strategy.llm.eval()
+    again = knowledge_of(llm, loop.strategy.public, 4, 4)
     assert torch.equal(saved["knowledge.ids"], again.ids) and torch.allclose(saved["knowledge.values"], again.values)
     assert (tmp_path / "run" / "llm_adapter" / "adapter_model.safetensors").is_file()
 
@@ -99,7 +99,7 @@ def test_resume_is_bit_identical_for_the_llm_and_the_clients(tiny_model_dir, oth
     resumed = build(tiny_model_dir, other_tokenizer_model_dir, plays_jsonl, tmp_path / "split")
     resumed_final = resumed.fit(resume=True)
     assert all(torch.equal(resumed_final[n], whole_final[n]) for n in whole_final)
-    whole_llm, resumed_llm = (loop.server_step.llm.trainable_state_dict() for loop in (whole, resumed))
+    whole_llm, resumed_llm = (loop.strategy.llm.trainable_state_dict() for loop in (whole, resumed))
     assert all(torch.equal(resumed_llm[n], whole_llm[n]) for n in whole_llm)
     for (name, state), (other, again) in zip(own_states(tmp_path / "whole").items(),
                                              own_states(tmp_path / "split").items(), strict=True):
@@ -198,6 +198,7 @@ def test_the_server_takes_each_texts_lowest_ce_client_only_where_it_beats_the_ll
     clients = {"a": knowledge(1, [2.0, 0.7, 4.0, 0.9]), "b": knowledge(2, [0.5, 0.9, 6.0, 0.8]),
                "c": knowledge(3, [3.0, 0.8, 4.5, 0.6])}
     server = MutualTransferServer.__new__(MutualTransferServer)
+    server.inner = FedAvg()
     server.learns, server.config, server.public = True, SimpleNamespace(server_steps=1), None
     server.bridges = {c: SimpleNamespace(carry=lambda k: k) for c in clients}  # one tokenizer: the identity
     server.knowledge = knowledge(0, [1.0, 1.0, 5.0, 0.5])
@@ -205,7 +206,7 @@ def test_the_server_takes_each_texts_lowest_ce_client_only_where_it_beats_the_ll
     monkeypatch.setattr(server, "_distil", lambda teacher, seed: taught.append(teacher) or 0.25)
     monkeypatch.setattr(server, "_own_knowledge", lambda: server.knowledge)
     gathered = canonical({f"{c}/{name}": t for c, k in clients.items() for name, t in k.payload().items()})
-    _, rows = server(gathered, 1, 0)
+    _, rows = server.after_round(gathered, 1, 0)
     (teacher,) = taught
     assert teacher.taught.tolist() == [True, True, True, False]
     assert teacher.knowledge.ids[:, 0, 0].tolist() == [2, 1, 1, 3]  # b, a, a; text 3's best (c), not taught
@@ -236,9 +237,9 @@ def test_llm_to_slm_leaves_the_llm_and_homogeneous_fedavg_shares_the_adapter(tin
                                                                             plays_jsonl, tmp_path):
     one_way = build(tiny_model_dir, other_tokenizer_model_dir, plays_jsonl, tmp_path / "one_way", rounds=1,
                     mode="llm_to_slm")
-    before = one_way.server_step.llm.trainable_state_dict()
+    before = one_way.strategy.llm.trainable_state_dict()
     one_way.fit()
-    after = one_way.server_step.llm.trainable_state_dict()
+    after = one_way.strategy.llm.trainable_state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert not [r for r in one_way.history if r["client"] == "server"]
     shared = build(tiny_model_dir, other_tokenizer_model_dir, plays_jsonl, tmp_path / "shared", rounds=1,

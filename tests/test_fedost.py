@@ -106,16 +106,16 @@ def run_fed_ost(model_dir, data_file, tmp_path, **overrides):
 
 def test_clients_hold_no_dropped_block(deep_model_dir, plays_jsonl, tmp_path):
     run = run_fed_ost(deep_model_dir, plays_jsonl, tmp_path)
-    prefix, blocks = decoder_blocks(run.full)
-    dropped = [i for i in range(len(blocks)) if i not in run.plan]
+    prefix, blocks = decoder_blocks(run.strategy.full_model())
+    dropped = [i for i in range(len(blocks)) if i not in run.strategy.plan]
     assert dropped == [2, 3]
     secret = {digest(t) for i in dropped for t in blocks[i].state_dict().values()}
     package = load_file(str(tmp_path / "ost" / "client_package" / "model.safetensors"))
-    client_model = run.loop.module_factory().model
+    client_model = run.module_factory().model
     for held in (package, client_model.state_dict()):
         assert not {digest(t) for t in held.values()} & secret
         indices = {int(n.split(f"{prefix}.")[1].split(".")[0]) for n in held if f"{prefix}." in n}
-        assert indices == set(range(len(run.plan)))  # emulator numbering: 4 blocks
+        assert indices == set(range(len(run.strategy.plan)))  # emulator numbering: 4 blocks
     run.fit()
     assert not {digest(t) for t in client_model.state_dict().values()} & secret
 
@@ -125,18 +125,19 @@ def test_fed_ost_end_to_end_and_plugged_in_export(tiny_model_dir, plays_jsonl, t
     # The 2-block tiny model: adapter = the top block; emulator ratio 1.0 keeps the bottom one, so the
     # emulator is the full model and plug-in must score exactly like the tuned emulator.
     run = run_fed_ost(tiny_model_dir, plays_jsonl, tmp_path, offsite=OffsiteConfig(0, 1, 1.0), peft=peft)
-    report = run.fit()
+    run.fit()
+    report = json.loads((tmp_path / "ost" / "offsite.json").read_text())
     assert report["full_zero_shot"]["loss"] == pytest.approx(report["emulator_zero_shot"]["loss"], abs=1e-5)
     assert report["emulator_tuned"]["loss"] < report["emulator_zero_shot"]["loss"]
     assert report["plug_in"]["loss"] == pytest.approx(report["emulator_tuned"]["loss"], abs=1e-5)
-    assert json.loads((tmp_path / "ost" / "offsite.json").read_text())["plan"] == [0, 1]
+    assert report["plan"] == [0, 1]
     trainable = report["parameters"]["adapter"]
     if peft is None:  # the whole top block travels
-        assert trainable == sum(p.numel() for p in decoder_blocks(run.full)[1][1].parameters())
+        assert trainable == sum(p.numel() for p in decoder_blocks(run.strategy.full_model())[1][1].parameters())
     else:  # LoRA on the top block's q and v only
-        assert all(".layers.1." in n and "lora_" in n for n in run.loop.global_payload)
+        assert all(".layers.1." in n and "lora_" in n for n in run.global_payload)
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "ost" / "plugged_in")
-    assert all(torch.equal(exported.state_dict()[n], t) for n, t in run.full.state_dict().items())
+    assert all(torch.equal(exported.state_dict()[n], t) for n, t in run.strategy.full_model().state_dict().items())
 
 
 def test_fed_ost_refuses_prompt_tuning(tiny_model_dir, plays_jsonl, tmp_path):
@@ -154,8 +155,8 @@ def test_fed_ost_adapters_aggregate_under_masking(tiny_model_dir, plays_jsonl, t
     masked = run_fed_ost(tiny_model_dir, plays_jsonl, tmp_path / "masked", offsite=OffsiteConfig(0, 1, 1.0), rounds=1,
                          secure_aggregation=SecureAggregationConfig())
     plain.fit(), masked.fit()
-    for name, tensor in plain.loop.global_payload.items():
-        assert torch.allclose(masked.loop.global_payload[name], tensor, atol=1e-6), name
+    for name, tensor in plain.global_payload.items():
+        assert torch.allclose(masked.global_payload[name], tensor, atol=1e-6), name
 
 
 def test_distillation_brings_the_emulator_closer_to_the_full_model(deep_model_dir, plays_jsonl, tmp_path):
@@ -167,7 +168,7 @@ def test_distillation_brings_the_emulator_closer_to_the_full_model(deep_model_di
         ids = torch.tensor([[3, 17, 42, 8, 99, 5, 61, 23]])
         with torch.no_grad():
             got = emulator(input_ids=ids, output_hidden_states=True).hidden_states[-2]
-            want = built.full(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+            want = built.strategy.full_model()(input_ids=ids, output_hidden_states=True).hidden_states[-2]
         return float(((got - want) ** 2).mean())
 
     built = run_fed_ost(deep_model_dir, plays_jsonl, tmp_path / "plain")

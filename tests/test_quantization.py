@@ -1,6 +1,7 @@
 """k-bit frozen bases (QLoRA) in every algorithm, on the tiny model through the real from_pretrained path."""
 
 import csv
+import json
 
 import bitsandbytes as bnb
 import pytest
@@ -90,7 +91,7 @@ def test_fed_co_quantizes_the_server_llm_and_the_clients_slm(llm_dir, tiny_model
                         slm=ModelConfig(str(tiny_model_dir), quantization=NF4), rounds=1)
     assert kbit_linears(loop.module_factory().model) == 2 * 7
     loop.fit()
-    assert kbit_linears(loop.server_step.llm.model) == 4 * 7
+    assert kbit_linears(loop.strategy.llm.model) == 4 * 7
     assert (tmp_path / "co" / "llm_adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -98,10 +99,11 @@ def test_fed_co_quantizes_the_server_llm_and_the_clients_slm(llm_dir, tiny_model
 def test_fed_ost_quantizes_the_emulated_blocks_not_the_adapters(tiny_model_dir, plays_jsonl, tmp_path, peft):
     run = run_fed_ost(tiny_model_dir, plays_jsonl, tmp_path, offsite=OffsiteConfig(0, 1, 1.0), peft=peft,
                       model=ModelConfig(str(tiny_model_dir), quantization=NF4))
-    client_model = run.loop.module_factory().model
+    client_model = run.module_factory().model
     _, blocks = decoder_blocks(client_model)
     assert kbit_linears(blocks[0]) == 7 and kbit_linears(blocks[1]) == 0  # emulated block / adapter block
-    assert kbit_linears(run.full) == 0  # the owner's model stays in full precision
-    report = run.fit()
+    assert kbit_linears(run.strategy.full_model()) == 0  # the owner's model stays in full precision
+    run.fit()
+    report = json.loads((tmp_path / "ost" / "offsite.json").read_text())
     assert report["emulator_tuned"]["loss"] < report["emulator_zero_shot"]["loss"]
     assert (tmp_path / "ost" / "plugged_in" / "config.json").is_file()

@@ -39,6 +39,7 @@ from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload
+from fedlit.strategies import Strategy
 from fedlit.validation import server_trainer
 
 
@@ -57,32 +58,30 @@ def distil(llm: CausalLMModule, slm: CausalLMModule, config: DistillationConfig,
 
 
 class CoTuningServer(ServerLLM):
-    """The server's half of FedCoLLM, as the loop's :class:`~fedlit.loop.ServerStep`: it holds the LLM and its
-    adapter; after each aggregation the aggregated SLM adapter and the LLM adapter distil into each other for
-    ``config.steps`` on the public data (``steps: 0`` leaves plain FedAvg), and the SLM adapter that comes
-    out is what clients get next round. Its rows use ``model: llm`` / ``model: slm``.
+    """The server's half of FedCoLLM, as a strategy wrapper: it holds the LLM and its adapter; after each
+    aggregation the aggregated SLM adapter and the LLM adapter distil into each other for ``config.steps`` on the
+    public data (``steps: 0`` leaves plain FedAvg), and the SLM adapter that comes out is what clients get next
+    round. Its rows use ``model: llm`` / ``model: slm``.
     """
 
-    def __init__(self, llm: Callable[[], PeftModule], slm_factory: Callable[[], PeftModule],
+    def __init__(self, inner: Strategy, llm: Callable[[], PeftModule], slm_factory: Callable[[], PeftModule],
                  config: DistillationConfig, loss: DistillationLossConfig, tokenizer: PreTrainedTokenizerBase,
                  held_out: Mapping[str, CausalLMDataModule], trainer_kwargs: dict[str, Any]) -> None:
-        super().__init__(llm, held_out, trainer_kwargs)
+        super().__init__(inner, llm, held_out, trainer_kwargs)
         self.slm_factory, self.config, self.loss, self.tokenizer = slm_factory, config, loss, tokenizer
 
     @functools.cached_property
     def blocks(self) -> Dataset | None:
         return public_blocks(self.config, self.tokenizer) if self.config.steps > 0 else None
 
-    def initial(self, payload: Payload) -> Payload:
-        return payload
-
-    def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+    def after_round(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+        payload, rows = self.inner.after_round(payload, server_round, seed)
         if self.config.steps <= 0:
-            return payload, []
+            return payload, rows
         slm = self.slm_factory()
         slm.load_trainable_state_dict(payload, who="the aggregated SLM adapter")
         losses = distil(self.llm, slm, self.config, self.loss, self.tokenizer, self.trainer_kwargs, seed, self.blocks)
-        rows = [{"client": "server", "split": "train", "model": side, "loss": loss} for side, loss in losses.items()]
+        rows += [{"client": "server", "split": "train", "model": side, "loss": loss} for side, loss in losses.items()]
         return slm.trainable_state_dict(), rows
 
 
@@ -158,9 +157,9 @@ def fed_co_llm(
         return PeftModule(build_peft_model(llm_base(), copy.deepcopy(llm_peft or peft), seed=seed), optimizer,
                           evaluation, tokenizer)
 
-    server_step = CoTuningServer(llm_module, slm_factory, server, loss, tokenizer, held_out, trainer_kwargs)
+    co_tuning = CoTuningServer(federation.strategy, llm_module, slm_factory, server, loss, tokenizer, held_out,
+                               trainer_kwargs)
     return federated_loop(
-        federated, slm_factory, federation,
+        federated, slm_factory, federation.replace(strategy=co_tuning),
         fingerprint={"llm": llm, "slm": slm, "slm_init": slm_init, "data": data, "peft": peft, "llm_peft": llm_peft},
-        server_step=server_step,
     )

@@ -46,7 +46,7 @@ from fedlit.lightning_modules.public_knowledge import (
 from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload, canonical, split
-from fedlit.strategies import KnowledgeGathering
+from fedlit.strategies import KnowledgeGathering, Strategy
 from fedlit.strategies.knowledge import per_client
 from fedlit.validation import server_trainer
 
@@ -54,14 +54,15 @@ Mode = Literal["heterogeneous", "homogeneous", "llm_to_slm"]
 
 
 class MutualTransferServer(ServerLLM):
-    """FedMKT's server step: the LLM's knowledge goes out in round 1 (:meth:`initial`); after each round it distils
-    from the clients' knowledge (``transfer.server_steps``; none in ``llm_to_slm`` mode) and sends its new
-    knowledge, with the FedAvg'd SLM adapter when there is one."""
+    """FedMKT's server side, around :class:`~fedlit.strategies.KnowledgeGathering`: the LLM's knowledge goes out in
+    round 1 (:meth:`initial`); after each round it distils from the clients' knowledge (``transfer.server_steps``;
+    none in ``llm_to_slm`` mode) and sends its new knowledge, with the FedAvg'd SLM adapter when there is one."""
 
-    def __init__(self, llm: Callable[[], PeftModule], public: PublicTexts, bridges: Mapping[str, KnowledgeBridge],
-                 config: KnowledgeTransferConfig, loss: DistillationLossConfig, learns: bool,
-                 held_out: Mapping[str, CausalLMDataModule], trainer_kwargs: dict[str, Any]) -> None:
-        super().__init__(llm, held_out, trainer_kwargs)
+    def __init__(self, inner: Strategy, llm: Callable[[], PeftModule], public: PublicTexts,
+                 bridges: Mapping[str, KnowledgeBridge], config: KnowledgeTransferConfig,
+                 loss: DistillationLossConfig, learns: bool, held_out: Mapping[str, CausalLMDataModule],
+                 trainer_kwargs: dict[str, Any]) -> None:
+        super().__init__(KnowledgeGathering(inner, PREFIX), llm, held_out, trainer_kwargs)
         self.public, self.bridges, self.config, self.loss, self.learns = public, dict(bridges), config, loss, learns
         self.knowledge: Knowledge | None = None
 
@@ -70,12 +71,12 @@ class MutualTransferServer(ServerLLM):
         return self.knowledge
 
     def initial(self, payload: Payload) -> Payload:
-        _, rest = split(payload, PREFIX)
+        _, rest = split(self.inner.initial(payload), PREFIX)
         return canonical({**self._own_knowledge().payload(), **rest})
 
-    def __call__(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+    def after_round(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+        payload, rows = self.inner.after_round(payload, server_round, seed)
         clients, rest = per_client(payload)  # each client's knowledge; the rest: the averaged adapter, if any
-        rows: list[dict[str, Any]] = []
         if self.learns and self.config.server_steps > 0 and clients:
             carried = [self.bridges[c].carry(Knowledge.from_payload(clients[c])) for c in sorted(clients)]
             best, taught = dual_min_selection(self.knowledge.ce, torch.stack([k.ce for k in carried]))
@@ -231,15 +232,13 @@ def fed_mkt(
     start = Knowledge.empty(len(texts), transfer.max_length, transfer.top_k).payload()
     if fedavg:
         start.update(small[repr(slm)].initial)
-    server_step = MutualTransferServer(
-        llm_module, llm_public, {cid: bridges[slm_of[cid]] for cid in federated.clients}, transfer, loss,
-        learns=mode != "llm_to_slm", held_out={GLOBAL: held_out} if held_out is not None else {},
+    transfer_server = MutualTransferServer(
+        federation.strategy, llm_module, llm_public, {cid: bridges[slm_of[cid]] for cid in federated.clients},
+        transfer, loss, learns=mode != "llm_to_slm", held_out={GLOBAL: held_out} if held_out is not None else {},
         trainer_kwargs=federation.trainer)
     return federated_loop(
-        federated, functools.partial(KnowledgeRecord, canonical(start)),
-        federation.replace(strategy=KnowledgeGathering(federation.strategy, PREFIX)),
+        federated, functools.partial(KnowledgeRecord, canonical(start)), federation.replace(strategy=transfer_server),
         fingerprint={"llm": llm, "slm": slm, "slms": slms, "mode": mode, "fedavg": fedavg, "transfer": transfer,
                      "loss": loss, "data": data, "peft": peft, "llm_peft": llm_peft},
-        client_factories={cid: small[slm_of[cid]].module for cid in federated.clients},
-        server_step=server_step, personal=True,
+        client_factories={cid: small[slm_of[cid]].module for cid in federated.clients}, personal=True,
     )

@@ -18,6 +18,7 @@ from peft import LoraConfig, PeftConfig
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedlit.algorithms.federated_loop import federated_loop
+from fedlit.client import ModuleFactory
 from fedlit.callbacks.emulator_construction import EmulatorConstruction, read_manifest, write_client_package
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig
@@ -39,6 +40,8 @@ from fedlit.models.offsite import (
 )
 from fedlit.payload import Payload, to_bytes
 from fedlit.privacy.party_secret import PartySecret
+from fedlit.strategies import Strategy
+from fedlit.strategies.wrapper import StrategyWrapper
 from fedlit.validation import server_trainer, validate
 from fedlit.watermark import WatermarkConfig, imprint, load_or_make_key
 
@@ -109,68 +112,59 @@ def imprint_owner_watermark(load: Callable[[], PreTrainedModel], offsite: Offsit
     return full
 
 
-class FedOST:
-    """Offsite-tuning around a :class:`FederatedLoop` whose clients hold only the client package.
+class OffsitePlugIn(StrategyWrapper):
+    """FedOST's server side, as a strategy wrapper: at the end of the run it plugs the aggregated adapters into the
+    owner's full model, evaluates the full model zero-shot and plugged in on the server's held-out split (none in a
+    deployment: the server holds no data), exports the plugged-in model with ``save_pretrained`` to
+    ``output_dir/plugged_in`` and writes every number to ``output_dir/offsite.json``."""
 
-    ``fit`` evaluates the full model zero-shot, runs the federated rounds (emulator + adapters, round 0
-    being the emulator zero-shot), plugs the aggregated adapters into the full model, evaluates it on the
-    same held-out split, exports it with ``save_pretrained`` to ``output_dir/plugged_in`` and writes every
-    number to ``output_dir/offsite.json``.
-    """
-
-    def __init__(self, loop: FederatedLoop, full_model: Callable[[], PreTrainedModel],
+    def __init__(self, inner: Strategy, full_model: Callable[[], PreTrainedModel], emulator: ModuleFactory,
                  tokenizer: PreTrainedTokenizerBase, plan: list[int], offsite: OffsiteConfig, peft: PeftConfig | None,
-                 evaluation: EvaluationConfig, global_val: CausalLMDataModule | None) -> None:
-        self.loop, self.full_model, self.tokenizer = loop, full_model, tokenizer
+                 evaluation: EvaluationConfig, global_val: CausalLMDataModule | None,
+                 trainer_kwargs: dict[str, Any]) -> None:
+        super().__init__(inner)
+        self.full_model, self.emulator, self.tokenizer = full_model, emulator, tokenizer
         self.plan, self.offsite, self.peft = plan, offsite, peft
-        self.evaluation, self.global_val = evaluation, global_val
-
-    @property
-    def full(self) -> PreTrainedModel:
-        """The owner's full model (loaded on first use: only the server ever does)."""
-        return self.full_model()
+        self.evaluation, self.global_val, self.trainer_kwargs = evaluation, global_val, trainer_kwargs
 
     def _validate_full(self) -> dict[str, float] | None:
-        """The full model on the server's held-out split (``None`` in a deployment: the server holds no data)."""
         if self.global_val is None:
             return None
-        module = CausalLMModule(self.full, evaluation=self.evaluation, tokenizer=self.tokenizer)
-        return validate(module, {GLOBAL: self.global_val}, self.loop.trainer_kwargs)[GLOBAL]
+        module = CausalLMModule(self.full_model(), evaluation=self.evaluation, tokenizer=self.tokenizer)
+        return validate(module, {GLOBAL: self.global_val}, self.trainer_kwargs)[GLOBAL]
 
     def plugged_in(self, payload: Payload) -> PreTrainedModel:
         """The full model with its adapter blocks replaced by the tuned ones (LoRA merged into a copy)."""
-        module = self.loop.module_factory()
+        module = self.emulator()
         module.load_trainable_state_dict(payload, who="the global adapter")
         tuned = copy.deepcopy(module.model).merge_and_unload() if self.peft is not None else module.model
-        plug_in(self.full, adapter_state(tuned, self.plan, self.offsite), self.plan)
-        return self.full
+        full = self.full_model()
+        plug_in(full, adapter_state(tuned, self.plan, self.offsite), self.plan)
+        return full
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        output_dir = self.loop.output_dir
+    def save(self, output_dir: Path, payload: Payload, history: list[dict[str, Any]]) -> None:
+        self.inner.save(output_dir, payload, history)
         full_zero_shot = self._validate_full()
-        payload = self.loop.fit(resume=resume)
+        full_parameters = sum(p.numel() for p in self.full_model().parameters())
         plugged = self.plugged_in(payload)
-        plug_in_metrics = self._validate_full()
         with atomic_directory(output_dir / "plugged_in") as tmp:
             plugged.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-        rows = self.loop.history
-        global_rows = [r for r in rows if r["client"] == GLOBAL and r["split"] == "val"]
+        global_rows = [r for r in history if r["client"] == GLOBAL and r["split"] == "val"]
         report = {
             "plan": self.plan,
             "parameters": {
-                "full_model": sum(p.numel() for p in self.full.parameters()),
-                "emulator": sum(p.numel() for p in self.loop.module_factory().model.parameters()),
+                "full_model": full_parameters,
+                "emulator": sum(p.numel() for p in self.emulator().model.parameters()),
                 "adapter": sum(t.numel() for t in payload.values()),
             },
             "bytes_per_client_per_round": len(to_bytes(payload)),
             "full_zero_shot": full_zero_shot,
             "emulator_zero_shot": global_rows[0] if global_rows else None,
             "emulator_tuned": global_rows[-1] if global_rows else None,
-            "plug_in": plug_in_metrics,
+            "plug_in": self._validate_full(),
         }
         atomic_write_bytes(output_dir / "offsite.json", json.dumps(report, indent=2, default=float).encode())
-        return report
 
 
 def fed_ost(
@@ -183,8 +177,8 @@ def fed_ost(
     evaluation: EvaluationConfig = EvaluationConfig(),  # noqa: B008
     owner_watermark: WatermarkConfig | None = None,
     federation: Federation | None = None,
-) -> FedOST:
-    """Compose a FedOST run.
+) -> FederatedLoop:
+    """Compose a FedOST run: a FederatedLoop over the emulator whose strategy ends with :class:`OffsitePlugIn`.
 
     Args:
         model: the owner's full model (default: the offline SmolLM2-135M-Instruct, 30 blocks); its
@@ -219,10 +213,11 @@ def fed_ost(
     federated = federation.backend.federated_data(data, tokenizer)
     emulator = client_emulator(package, model, plan, offsite)  # the clients' only model
     client_model = trainable_adapters(emulator, plan, offsite, peft, seed)
-    module = PeftModule if peft is not None else CausalLMModule
-    loop = federated_loop(
-        federated, functools.partial(module, client_model, optimizer, evaluation, tokenizer),
-        federation,
+    emulator_module = functools.partial(PeftModule if peft is not None else CausalLMModule, client_model, optimizer,
+                                        evaluation, tokenizer)
+    plug_in_step = OffsitePlugIn(federation.strategy, full_model, emulator_module, tokenizer, plan, offsite, peft,
+                                 evaluation, federated.global_val, federation.trainer)
+    return federated_loop(
+        federated, emulator_module, federation.replace(strategy=plug_in_step),
         fingerprint={"model": model, "data": data, "offsite": offsite, "distillation": distillation, "peft": peft},
     )
-    return FedOST(loop, full_model, tokenizer, plan, offsite, peft, evaluation, federated.global_val)

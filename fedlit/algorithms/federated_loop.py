@@ -13,7 +13,7 @@ from fedlit.client import Client, ModuleFactory
 from fedlit.data.federated import FederatedData
 from fedlit.data.report import write_partition_report
 from fedlit.federation import Federation
-from fedlit.loop import FederatedLoop, ServerStep
+from fedlit.loop import FederatedLoop
 
 
 def federated_loop(
@@ -23,14 +23,13 @@ def federated_loop(
     *,
     fingerprint: Mapping[str, Any],
     client_factories: Mapping[str, ModuleFactory] | None = None,
-    server_step: ServerStep | None = None,
     personal: bool = False,
 ) -> FederatedLoop:
     """A FederatedLoop over ``federated``'s clients that writes the partition report when it starts afresh;
     ``client_factories`` give clients their own module (``module_factory`` still builds the one that
     evaluates); ``personal`` clients keep their own state between fits and are evaluated on their own module;
-    ``server_step`` runs after each aggregation; ``fingerprint`` names the setup a resume must
-    match (model, data, peft, ...)."""
+    ``fingerprint`` names the setup a resume must match (model, data, peft, ...). An algorithm's server side is a
+    strategy wrapper in ``federation.strategy``."""
     report = functools.partial(write_partition_report, federated, Path(federation.output_dir),
                                console=None if federation.progress else Console(quiet=True))
     return FederatedLoop(
@@ -38,7 +37,6 @@ def federated_loop(
         module_factory=module_factory,
         federation=federation,
         global_val=federated.global_val,
-        server_step=server_step,
         fingerprint=fingerprint,
         report=report,
     )

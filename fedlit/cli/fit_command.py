@@ -18,7 +18,7 @@ from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_ksee
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.federation import FEDERATION_KEYS, Federation
-from fedlit.loop import default_loggers
+from fedlit.loop import FederatedLoop, default_loggers
 from fedlit.run_dir import check_fresh, lock_output_dir
 
 
@@ -76,8 +76,9 @@ def fit_parser(command: str = "fit") -> ArgumentParser:
     return parser
 
 
-def compose(command: str, config: Namespace, parser: ArgumentParser | None = None, **federation_changes: Any) -> Any:
-    """The run a parsed config describes (a FederatedLoop, or FedOST's wrapper): its algorithm's own keys, plus a
+def compose(command: str, config: Namespace, parser: ArgumentParser | None = None,
+            **federation_changes: Any) -> FederatedLoop:
+    """The run a parsed config describes: its algorithm's own keys, plus a
     :class:`~fedlit.federation.Federation` from the top-level shared keys and ``trainer:``, with
     ``federation_changes`` (live objects a config cannot hold, such as a Flower backend) applied."""
     parser = parser or fit_parser(command)
@@ -128,7 +129,7 @@ def run_fit(command: str, config: Namespace, parser: ArgumentParser, **federatio
     run = compose(command, config, parser, **federation_changes)
     run.fit(resume=config.resume)
     print(f"done: metrics in {output_dir / 'metrics.csv'}, adapter in {output_dir / 'adapter'}"
-          + exclusions_note(getattr(run, "loop", run).history))
+          + exclusions_note(run.history))
 
 
 def exclusions_note(history: list[dict[str, Any]]) -> str:

@@ -79,10 +79,9 @@ def _client_app(client_id: str, command: str, config_text: str, package: Path | 
     plain = yaml.safe_load(config_text)
     parser = fit_parser(command)
     config = parser.parse_object(plain)
-    run = compose(command, config, parser, backend=ReceivedPackage(package), strategy=FedAvg(),
+    loop = compose(command, config, parser, backend=ReceivedPackage(package), strategy=FedAvg(),
                   secure_aggregation=None, privacy=None, faults=FaultPolicy(), loggers=[],
                   output_dir=tempfile.gettempdir())  # (the fault policy is the server's: min_clients counts parties)
-    loop = getattr(run, "loop", run)
     if client_id not in loop.clients:
         raise ValueError(f"client-id '{client_id}': this party's data makes clients {sorted(loop.clients)}; set "
                          "data in its party-config so that it makes this one")

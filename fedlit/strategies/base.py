@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,9 +102,25 @@ class Strategy:
         """Why the run must stop before ``server_round`` (a spent privacy budget), else ``None``."""
         return None
 
-    def round_rows(self, server_round: int) -> list[dict[str, Any]]:
-        """Server rows for metrics.csv after ``server_round`` (a wrapper's epsilon, say)."""
+    # Server-side hooks around the rounds (FedCoLLM's mutual distillation, FedMKT's knowledge transfer, FedOST's
+    # plug-in): a strategy wrapper overrides the ones it needs; the loop calls every one of them, always.
+
+    def initial(self, payload: Payload) -> Payload:
+        """The global payload of round 1 from the module's initial one (FedMKT adds the LLM's knowledge)."""
+        return payload
+
+    def after_round(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+        """Server-side work after ``server_round``'s aggregation: the payload clients get next, and server rows for
+        metrics.csv (a wrapper's epsilon, a server model's training loss; a row is ``{"client": ..., "split": ...,
+        "model": ..., <metric columns>}``). ``seed`` seeds the server's own training."""
+        return payload, []
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Held-out rows of the server's own models, when the loop evaluates the global adapter."""
         return []
+
+    def save(self, output_dir: Path, payload: Payload, history: list[dict[str, Any]]) -> None:
+        """Export what the server side made at the end of the run (atomically), after the final adapter."""
 
     def step(self, global_payload: Payload, average: Payload) -> Payload:
         """The new global payload from the previous one and the example-weighted mean of the client adapters."""

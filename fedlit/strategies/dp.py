@@ -77,9 +77,10 @@ class DPFedAvg(StrategyWrapper):
                 f"(target {self.config.target_epsilon:g}, delta {self.config.delta:g}); the global adapter "
                 f"after round {server_round - 1} is the result")
 
-    def round_rows(self, server_round: int) -> list[dict[str, Any]]:
-        return [*self.inner.round_rows(server_round),
-                {"client": "server", "split": "privacy", "epsilon": self.accountant.epsilon(server_round)}]
+    def after_round(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+        payload, rows = self.inner.after_round(payload, server_round, seed)
+        return payload, [{"client": "server", "split": "privacy", "epsilon": self.accountant.epsilon(server_round)},
+                         *rows]
 
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self.inner.state_dict(), "noise_secret": self.secret.hex()}

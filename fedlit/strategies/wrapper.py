@@ -1,11 +1,12 @@
 """A strategy that wraps another: it forwards every part of the strategy interface to the inner strategy, so a
 wrapper overrides only what it changes (client-level DP: the fit plan, noisy aggregation, accounting; FedMKT's
-knowledge gathering: aggregation) and never silently drops what the inner strategy asks for (its fit plan, its
-reason to stop, its metrics rows, its state)."""
+knowledge gathering: aggregation; an algorithm's server side: the server hooks) and never silently drops what the
+inner strategy asks for (its fit plan, its reason to stop, its server work and rows, its state)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +38,17 @@ class StrategyWrapper(Strategy):
     def stop_reason(self, server_round: int) -> str | None:
         return self.inner.stop_reason(server_round)
 
-    def round_rows(self, server_round: int) -> list[dict[str, Any]]:
-        return self.inner.round_rows(server_round)
+    def initial(self, payload: Payload) -> Payload:
+        return self.inner.initial(payload)
+
+    def after_round(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
+        return self.inner.after_round(payload, server_round, seed)
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        return self.inner.evaluate()
+
+    def save(self, output_dir: Path, payload: Payload, history: list[dict[str, Any]]) -> None:
+        self.inner.save(output_dir, payload, history)
 
     def step(self, global_payload: Payload, average: Payload) -> Payload:
         return self.inner.step(global_payload, average)
