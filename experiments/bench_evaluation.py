@@ -1,5 +1,5 @@
 """Evaluation cost: one validation pass of the quickstart's global adapter over held-out text, as the loop runs
-it (``fedlit.loop.validate``: a server Trainer, the quickstart's precision), timed over repeats.
+it (``fedlit.validation.validate``: a server Trainer, the quickstart's precision), timed over repeats.
 
     python experiments/bench_evaluation.py [--examples 64] [--repeats 3] [--precision bf16-mixed] [--json out.json]
     python experiments/bench_evaluation.py --smoke        (the tiny model: the test suite)
@@ -45,7 +45,7 @@ def main() -> None:
             federation=Federation(output_dir=tmp, loggers=[], progress=False, trainer={"accelerator": "cpu"}),
         )
         module = loop.module_factory()
-        parties = {"global": loop.global_val}
+        parties = {"global": loop.evaluation.global_val}
         kwargs = {"accelerator": "cpu", "precision": args.precision}
         validate(module, parties, kwargs)  # warm-up
         seconds, metrics = [], {}

@@ -64,17 +64,17 @@ def by_hand(loop) -> None:
     module = loop.module_factory()
     global_payload = module.trainable_state_dict()
     evaluator = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, "limit_val_batches": None, "accelerator": "cpu"})
-    splits = [c.datamodule for c in loop.clients.values()] + [loop.global_val]
+    splits = [c.datamodule for c in loop.clients.values()] + [loop.evaluation.global_val]
 
     def validate() -> None:
         for datamodule in splits:
             evaluator.validate(module, dataloaders=datamodule.val_dataloader(), verbose=False)
 
     validate()
-    for server_round in range(1, loop.rounds + 1):
+    for server_round in range(1, loop.federation.rounds + 1):
         payloads, weights = [], []
         for client_id, client in loop.clients.items():
-            L.seed_everything(client_seed(loop.seed, server_round, client_id), workers=True, verbose=False)
+            L.seed_everything(client_seed(loop.federation.seed, server_round, client_id), workers=True, verbose=False)
             client_module = loop.module_factory()
             client_module.load_trainable_state_dict(global_payload)
             trainer = L.Trainer(**{**CLIENT_TRAINER_DEFAULTS, **loop.trainer_kwargs})
@@ -124,7 +124,7 @@ class CallClock:
 
     def __init__(self) -> None:
         from fedlit.backends.base import ClientHost
-        from fedlit.loop import FederatedLoop
+        from fedlit.server.loop import FederatedLoop
 
         self.calls: list[tuple[str, float]] = []
         self.rounds: list[tuple[float, float]] = []  # (wall, seconds in client calls)

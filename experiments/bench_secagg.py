@@ -114,7 +114,7 @@ def fedlit_over_flower_records(n: int, params: int, neighbours: int, bits: int) 
     rng = np.random.default_rng(0)
     updates = {c: rng.normal(scale=0.01, size=params) for c in ids}
     fit_request = _record_bytes(request_content("fit", FitIns(to_bytes({"w": torch.zeros(params)}), 0,
-                                                              masked=True))[0])  # the global adapter, float32
+                                                              mods={"masking": {}}))[0])  # the global adapter, float32
     began = time.process_time()
     secure = SecureRound(config, 1, ids, params, transport=transport)
     for client_id in secure.exchange_keys():

@@ -29,7 +29,7 @@ from smoke import parse_experiment_args
 from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.data import GLOBAL
 from fedlit.data.token_alignment import vocabulary, vocabulary_map
-from fedlit.loop import FederatedLoop
+from fedlit.server.loop import FederatedLoop
 
 METRICS = ("choice_accuracy", "loss")
 

@@ -166,7 +166,7 @@ def run_setting(setting: Setting, models: Path, work: Path, utilisation: Utilisa
                 tokenizer: Path | None = None) -> dict[str, Any]:
     from peft import LoraConfig
 
-    import fedlit.loop as loop_module
+    import fedlit.server.loop as loop_module
     from fedlit.algorithms import fed_homo_llm
     from fedlit.backends import LocalBackend, RayBackend
     from fedlit.data import DataConfig

@@ -53,7 +53,7 @@ def main() -> None:
     for sigma in args.noise:
         dp = ClientDPConfig(noise_multiplier=sigma, clip_norm=clip, delta=args.delta)
         loop = run(f"dp-{sigma:g}", base, initial, args.output_dir, privacy=dp)
-        epsilon = loop.accountant.epsilon(loop.rounds)
+        epsilon = loop.accountant.epsilon(loop.federation.rounds)
         rows[f"DP, sigma {sigma:g}"] = {"noise_multiplier": sigma, "epsilon": epsilon,
                                         **global_scores(loop, metrics=METRICS)}
 

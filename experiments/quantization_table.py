@@ -60,7 +60,8 @@ def child(output: Path, fit_args: list[str]) -> None:
     seconds = time.perf_counter() - began
     steps = config.trainer.max_steps
     train = [r for r in loop.history if r["split"] == "train"]
-    (final,) = [r for r in loop.history if (r["client"], r["split"], r["round"]) == (GLOBAL, "val", loop.rounds)]
+    rounds = loop.federation.rounds
+    (final,) = [r for r in loop.history if (r["client"], r["split"], r["round"]) == (GLOBAL, "val", rounds)]
     base = loop.module_factory().model.get_base_model()
     result = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "base_mib": base.get_memory_footprint() / 2**20,
@@ -73,7 +74,7 @@ def child(output: Path, fit_args: list[str]) -> None:
         model = PeftModel.from_pretrained(full, loop.output_dir / "adapter")
         trained = loop.module_factory()
         module = CausalLMModule(model, evaluation=trained.evaluation, tokenizer=trained.tokenizer)
-        scores = validate(module, {GLOBAL: loop.global_val}, loop.trainer_kwargs)[GLOBAL]
+        scores = validate(module, {GLOBAL: loop.evaluation.global_val}, loop.trainer_kwargs)[GLOBAL]
         result.update(full_base_loss=scores["loss"], full_base_choice_accuracy=scores.get("choice_accuracy"))
     output.write_text(json.dumps(result))
 

@@ -30,7 +30,7 @@ from smoke import parse_experiment_args
 from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.client import Client
 from fedlit.data import GLOBAL, CausalLMDataModule
-from fedlit.loop import FederatedLoop
+from fedlit.server.loop import FederatedLoop
 from fedlit.strategies import FedAdam, FedAvg
 
 METRICS = ("choice_accuracy", "exact_match")
@@ -40,7 +40,7 @@ def global_scores(loop: FederatedLoop, server_round: int | None = None,
                   metrics: tuple[str, ...] = METRICS, model: str | None = None) -> dict[str, float]:
     """``metrics`` of the global adapter (or of the server's own ``model``) after ``server_round`` (default:
     the last) on the server's held-out split (those the run measured)."""
-    server_round = loop.rounds if server_round is None else server_round
+    server_round = loop.federation.rounds if server_round is None else server_round
     (row,) = [r for r in loop.history if (r["client"], r["split"], r["round"], r.get("model"))
               == (GLOBAL, "val", server_round, model)]
     return {metric: float(row[metric]) for metric in metrics if metric in row}

@@ -39,15 +39,15 @@ from rich.table import Table
 from shakespeare_task import run
 from smoke import parse_experiment_args
 
-from fedlit.checkpoint import newest_valid_checkpoint
 from fedlit.cli import compose, fit_parser, quiet_libraries
 from fedlit.client import Client
 from fedlit.data import GLOBAL, DataConfig
-from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_trained_model
 from fedlit.payload import Payload
 from fedlit.privacy import ClientDPConfig
 from fedlit.secure import SecureAggregationConfig
+from fedlit.server.checkpoint import newest_valid_checkpoint
+from fedlit.server.loop import FederatedLoop
 from fedlit.strategies import FedAvg
 from fedlit.validation import validate
 from fedlit.watermark import WatermarkKey, verify

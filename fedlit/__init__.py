@@ -11,7 +11,7 @@ apply_inherited_policy()
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
-_EXPORTS = {"Client": "fedlit.client", "FederatedLoop": "fedlit.loop", "Federation": "fedlit.federation",
+_EXPORTS = {"Client": "fedlit.client", "FederatedLoop": "fedlit.server.loop", "Federation": "fedlit.federation",
             "Update": "fedlit.payload"}
 __all__ = [*_EXPORTS, "__version__"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -19,11 +19,11 @@ from fedlit.faults import FaultPolicy
 from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.privacy.client_dp import CLIP_TOLERANCE
 from fedlit.secure import SecureAggregationConfig
-from fedlit.secure.workflow import SecureAggregationWorkflow
+from fedlit.secure.masked_workflow import SecureAggregationWorkflow
+from fedlit.server.round_workflow import PlainWorkflow, Workflow
 from fedlit.strategies import DPFedAvg, FedAvg, Strategy
 from fedlit.watermark import WatermarkConfig
 from fedlit.watermark.key import check_signature_fits
-from fedlit.workflow import PlainWorkflow, Workflow
 
 
 @dataclass
@@ -97,6 +97,12 @@ class Federation:
         if self.privacy is None:
             return self.strategy
         return DPFedAvg(self.strategy, self.privacy, num_clients, self.faults.min_clients, self.insecure_seed)
+
+    def client_mod_settings(self) -> dict[str, dict[str, Any]]:
+        """The client mods every fit runs with, by name, and their settings as plain data (the strategy adds its own:
+        :meth:`~fedlit.strategies.Strategy.fit_plan`)."""
+        asked = {"dp_sgd": self.example_privacy, "compression": self.compression}
+        return {mod: dataclasses.asdict(config) for mod, config in asked.items() if config is not None}
 
     def weight_bound(self, train_sizes: list[int]) -> int:
         """The largest weight a client's update carries: its example count, or 1 under client-level DP."""

@@ -93,7 +93,7 @@ def plays_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def drop_last_round(output_dir: Path) -> int:
     """Delete a finished run's newest round checkpoint, so that ``fit(resume=True)`` runs that round again (as after
     a crash in it); return that round."""
-    from fedlit.checkpoint import list_checkpoints
+    from fedlit.server.checkpoint import list_checkpoints
 
     last, path = list_checkpoints(Path(output_dir) / "checkpoints")[-1]
     path.unlink()

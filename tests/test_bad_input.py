@@ -20,7 +20,14 @@ import torch
 import yaml
 from conftest import write_cli_config
 
-from fedlit.checkpoint import (
+from fedlit.cli import main
+from fedlit.data import DataConfig
+from fedlit.federation import Federation
+from fedlit.files import atomic_directory
+from fedlit.lightning_modules import OptimizerConfig
+from fedlit.models import ModelConfig
+from fedlit.secure import SecureAggregationConfig
+from fedlit.server.checkpoint import (
     MAGIC,
     CheckpointError,
     UnsafeCheckpoint,
@@ -28,14 +35,7 @@ from fedlit.checkpoint import (
     load_checkpoint,
     newest_valid_checkpoint,
 )
-from fedlit.cli import main
-from fedlit.data import DataConfig
-from fedlit.federation import Federation
-from fedlit.files import atomic_directory
-from fedlit.lightning_modules import OptimizerConfig
-from fedlit.models import ModelConfig
-from fedlit.run_dir import OutputDirError, check_fresh
-from fedlit.secure import SecureAggregationConfig
+from fedlit.server.run_dir import OutputDirError, check_fresh
 from fedlit.strategies import DPFedAvg, FedAvg
 
 
@@ -91,7 +91,8 @@ def test_1_crafted_checkpoint_is_refused_and_runs_nothing(make_loop, tmp_path):
 # 2. One run per output_dir: a second process fails at once naming the holder; a changed setup cannot resume.
 def test_2_a_second_run_into_a_locked_output_dir_fails_naming_the_holder(config_file, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fedlit.run_dir import lock_output_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; "
+                               "from fedlit.server.run_dir import lock_output_dir; "
                                f"lock_output_dir({str(run_dir)!r}); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -174,7 +175,7 @@ def test_5_a_damaged_newest_checkpoint_falls_back_to_the_round_before(make_loop,
     newest.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="round-0002.ckpt (is damaged|is empty)"):
         load_checkpoint(newest)
-    with caplog.at_level(logging.WARNING, logger="fedlit.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="fedlit.server.checkpoint"):
         resumed = make_loop(rounds=3).fit(resume=True)
     assert "round-0002.ckpt" in caplog.text and "falling back to the round before" in caplog.text
     assert all(torch.equal(whole[n], resumed[n]) for n in whole)

@@ -1,11 +1,13 @@
 """Quantized updates on the wire: codes, bounds, unbiasedness, FedAvg, error feedback, secure aggregation, DP."""
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
+from fedlit.client.round_store import client_state_dir
 from fedlit.compression import CompressionConfig
 from fedlit.compression.bits import pack_bits, unpack_bits
 from fedlit.compression.quantize import dequantize, error_bound, from_wire, quantize, quantize_to_grid, to_wire
@@ -13,7 +15,6 @@ from fedlit.compression.residual import ResidualStore
 from fedlit.lightning_modules import OptimizerConfig
 from fedlit.payload import flatten, to_bytes
 from fedlit.privacy import ClientDPConfig
-from fedlit.round_store import client_state_dir
 from fedlit.secure import SecureAggregationConfig
 from fedlit.secure.simulation import SecureRound
 from fedlit.seeds import client_seed
@@ -251,5 +252,6 @@ def test_a_fit_request_with_compression_crosses_the_flower_wire_as_plain_data():
     from fedlit.flower.envelope import KINDS
     from fedlit.wire import pack, unpack
 
-    ins = FitIns(b"adapter", seed=3, server_round=2, run_id="abc", compression=CompressionConfig(bits=4))
+    ins = FitIns(b"adapter", seed=3, server_round=2, run_id="abc",
+                 mods={"compression": dataclasses.asdict(CompressionConfig(bits=4))})
     assert unpack(pack(ins), KINDS, "fedlit request") == ins

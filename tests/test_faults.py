@@ -17,9 +17,9 @@ import torch
 from fedlit.client import Client
 from fedlit.data import DataConfig
 from fedlit.faults import FaultPolicy
-from fedlit.loop import NothingTrained
 from fedlit.payload import Update, from_bytes, to_bytes
 from fedlit.secure import SecureAggregationConfig
+from fedlit.server.interrupts import NothingTrained
 from fedlit.strategies import FedAvg, FedAvgNormBound, FedMedian, FedTrimmedMean
 
 
@@ -81,7 +81,7 @@ def test_a_faulty_client_is_excluded_with_its_reason_and_never_reaches_the_aggre
     bad = loop.clients["client-002"]
     loop.clients["client-002"] = FaultyClient(bad.client_id, bad.datamodule)
     FaultyClient.fault = fault
-    with caplog.at_level(logging.WARNING, logger="fedlit.loop"):
+    with caplog.at_level(logging.WARNING, logger="fedlit.server.loop"):
         final = loop.fit()
     (row,) = [r for r in loop.history if r["client"] == "client-002" and r["split"] == "train"]
     assert FAULTS[fault] in row["excluded"] and "loss" not in row
@@ -130,7 +130,7 @@ def test_too_few_good_updates_skip_the_round_and_keep_the_global_adapter(loops, 
         loop.clients[cid] = FaultyClient(cid, loop.clients[cid].datamodule)
     FaultyClient.fault = "raise"
     initial = loop.module_factory().trainable_state_dict()
-    with caplog.at_level(logging.WARNING, logger="fedlit.loop"), pytest.raises(NothingTrained) as nothing:
+    with caplog.at_level(logging.WARNING, logger="fedlit.server.loop"), pytest.raises(NothingTrained) as nothing:
         loop.fit()  # its only round was skipped: nothing trained, which is an error, with the reason
     assert "3 of 5 sampled clients sent a usable update (min_clients 4)" in str(nothing.value)
     assert all(torch.equal(loop.global_payload[n], initial[n]) for n in initial)

@@ -136,7 +136,7 @@ def test_fedkseed_pro_samples_the_seeds_that_mattered_more_often() -> None:
 
 def test_a_client_whose_coefficients_turn_nan_is_excluded_under_the_fault_policy(tiny_model_dir, plays_jsonl,
                                                                                   tmp_path, monkeypatch):
-    from fedlit.callbacks.adapter_extraction import AdapterExtraction
+    from fedlit.client.mods.adapter_extraction import AdapterExtraction
 
     extract, diverged = AdapterExtraction.on_fit_end, []
 

@@ -19,7 +19,6 @@ from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedlit.backends.messages import ClientFailure  # noqa: E402
-from fedlit.callbacks.emulator_construction import write_client_package  # noqa: E402
 from fedlit.cli import fit_parser  # noqa: E402
 from fedlit.flower import party  # noqa: E402
 from fedlit.flower.backend import FlowerBackend  # noqa: E402
@@ -29,6 +28,7 @@ from fedlit.models import ModelConfig, load_base_model, load_tokenizer  # noqa: 
 from fedlit.secure.config import SecureAggregationConfig  # noqa: E402
 from fedlit.secure.messages import RoundSetup, decode, encode  # noqa: E402
 from fedlit.secure.protocol import SecAggClient  # noqa: E402
+from fedlit.server.emulator_construction import write_client_package  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

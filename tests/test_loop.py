@@ -11,11 +11,12 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
 from fedlit.backends import FitIns
+from fedlit.client import ClientApp
 from fedlit.data import GLOBAL
 from fedlit.payload import to_bytes
-from fedlit.run_dir import OutputDirError
+from fedlit.server.round_workflow import PlainWorkflow
+from fedlit.server.run_dir import OutputDirError
 from fedlit.strategies import FedAdam, FedAvg, weighted_average
-from fedlit.workflow import PlainWorkflow
 
 
 def read_metrics(output_dir):
@@ -79,7 +80,7 @@ def test_saved_adapter_reproduces_reported_eval_loss_with_plain_peft(make_loop, 
     model = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for batch in loop.global_val.val_dataloader():
+        for batch in loop.evaluation.global_val.val_dataloader():
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += model(**batch).loss.item() * n
             count += n
@@ -181,7 +182,8 @@ def test_client_rejects_a_global_adapter_that_does_not_match(make_loop):
     payload[name] = torch.zeros(3, 3)
     client = loop.clients["beta"]
     with pytest.raises(ValueError, match=rf"adapter mismatch for client 'beta': shape mismatch {name}"):
-        client.fit(FitIns(to_bytes(payload), seed=0), loop.module_factory, {"max_steps": 1, "accelerator": "cpu"})
+        client.fit(FitIns(to_bytes(payload), 0), ClientApp(client, loop.module_factory,
+                                                           {"max_steps": 1, "accelerator": "cpu"}))
 
 
 def test_client_trains_adapter_in_train_mode(make_loop):
@@ -196,8 +198,8 @@ def test_client_trains_adapter_in_train_mode(make_loop):
     loop.module_factory().eval()
     client = loop.clients["alpha"]
     payload = loop.module_factory().trainable_state_dict()
-    client.fit(FitIns(to_bytes(payload), seed=0), loop.module_factory,
-               {"max_steps": 2, "accelerator": "cpu", "callbacks": [Spy()]})
+    ClientApp(client, loop.module_factory, {"max_steps": 2, "accelerator": "cpu", "callbacks": [Spy()]}).fit(
+        FitIns(to_bytes(payload), seed=0))
     assert seen == [True, True]
 
 
@@ -214,8 +216,8 @@ def test_a_client_keeps_no_module_or_optimizer_state_between_its_fits(make_loop)
         return module
 
     client = loop.clients["alpha"]
-    client.fit(FitIns(to_bytes(loop.module_factory().trainable_state_dict()), seed=0), factory,
-               {"max_steps": 2, "accelerator": "cpu"})
+    ClientApp(client, factory, {"max_steps": 2, "accelerator": "cpu"}).fit(
+        FitIns(to_bytes(loop.module_factory().trainable_state_dict()), seed=0))
     gc.collect()
     assert len(built) == 1 and built[0]() is None
     assert client.datamodule.trainer is None

@@ -103,10 +103,11 @@ def test_a_strategy_wrapper_forwards_what_it_does_not_change_knowledge_gathering
     gathering = KnowledgeGathering(Asking(clients_per_round=2), prefix="knowledge")
     assert gathering.fit_plan(True) == {"asked": True} and gathering.needs_individual_updates
     assert gathering.stop_reason(2) is None and gathering.stop_reason(3) == "inner stops"
-    assert gathering.after_round({"w": 1}, 1, 0) == ({"w": 2}, [{"client": "server", "split": "inner", "round_seen": 1}])
+    inner_row = {"client": "server", "split": "inner", "round_seen": 1}
+    assert gathering.after_round({"w": 1}, 1, 0) == ({"w": 2}, [inner_row])
     assert gathering.clients_per_round == 2
     private = DPFedAvg(Asking(), ClientDPConfig(noise_multiplier=1.0, clip_norm=0.5, delta=1e-3), num_clients=4)
-    assert private.fit_plan(False) == {"asked": False, "clip_norm": 0.5, "noise_std": 0.0}
+    assert private.fit_plan(False) == {"asked": False, "clipping": {"clip_norm": 0.5, "noise_std": 0.0}}
     assert private.stop_reason(3) == "inner stops"
     payload, rows = private.after_round({"w": 1}, 1, 0)
     assert payload == {"w": 2} and [row["split"] for row in rows] == ["privacy", "inner"]

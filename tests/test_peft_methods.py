@@ -43,7 +43,7 @@ def test_prompt_tuning_loss_covers_real_tokens_only(make_loop):
     score predicting it from the last virtual token, a position other methods do not have)."""
     loop = make_loop(rounds=1, peft=METHODS["prompt_tuning"]())
     module = loop.module_factory().eval()
-    batch = next(iter(loop.global_val.val_dataloader()))
+    batch = next(iter(loop.evaluation.global_val.val_dataloader()))
     from fedlit.lightning_modules import shifted_token_loss
 
     ours, _ = shifted_token_loss(module(batch), batch["labels"])

@@ -90,11 +90,11 @@ def test_target_epsilon_stops_the_run_before_the_round_that_would_pass_it(make_l
     budget = (probe.accountant.epsilon(2) + probe.accountant.epsilon(3)) / 2  # rounds 1-2 fit, round 3 does not
     loop = make_loop(rounds=3, privacy=ClientDPConfig(noise_multiplier=1.0, clip_norm=0.5, delta=1e-3,
                                                       target_epsilon=budget))
-    with caplog.at_level(logging.WARNING, logger="fedlit.loop"):
+    with caplog.at_level(logging.WARNING, logger="fedlit.server.loop"):
         final = loop.fit()
     assert "stopping before round 3" in loop.stopped and "target" in loop.stopped
     assert loop.stopped in caplog.text
-    assert sorted(p.name for p in loop.checkpoint_dir.iterdir())[-1] == "round-0002.ckpt"
+    assert sorted(p.name for p in loop.checkpoints.directory.iterdir())[-1] == "round-0002.ckpt"
     assert max(epsilons(loop)) <= budget
     assert (loop.output_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert all(torch.equal(final[n], loop.global_payload[n]) for n in final)
@@ -112,7 +112,7 @@ def test_dp_sgd_step_equals_hand_clipped_per_example_gradients_plus_noise(tiny_m
     from peft import LoraConfig as Lora
     from torch.utils.data import DataLoader
 
-    from fedlit.callbacks import ExampleLevelDP
+    from fedlit.client.mods import ExampleLevelDP
     from fedlit.data import CausalLMCollator
     from fedlit.lightning_modules import PeftModule, build_peft_model
     from fedlit.models import ModelConfig, load_base_model

@@ -43,7 +43,7 @@ def test_a_kbit_base_with_lora_trains_and_its_adapter_reloads_with_plain_peft(ma
     losses = global_losses(loop.output_dir)
     assert losses[-1] < losses[0]
     config = ModelConfig(str(tiny_model_dir), quantization=quantization)
-    batch = {k: v for k, v in next(iter(loop.global_val.val_dataloader())).items()
+    batch = {k: v for k, v in next(iter(loop.evaluation.global_val.val_dataloader())).items()
              if k in ("input_ids", "attention_mask", "labels")}
     with torch.no_grad():
         quantized = PeftModel.from_pretrained(load_base_model(config), loop.output_dir / "adapter").eval()

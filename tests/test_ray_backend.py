@@ -89,7 +89,7 @@ def test_a_worker_that_dies_mid_fit_excludes_its_client_and_the_run_goes_on(make
     dead = [r for r in train if r["client"] == "beta"]
     assert len(dead) == 2 and all("WorkerDied" in r["excluded"] for r in dead)
     assert all("excluded" not in r for r in train if r["client"] != "beta")
-    assert loop.trained_rounds == [1, 2]
+    assert loop.records.trained_rounds() == [1, 2]
 
 
 def test_secure_aggregation_secrets_never_exist_in_the_driver(make_loop, tmp_path, one_thread):
@@ -147,7 +147,7 @@ def test_the_deadline_holds_on_ray_and_the_stuck_worker_is_replaced(make_loop, t
     assert time.monotonic() - began < 90  # (the hung fit sleeps 60 s; replacing a worker waits for the new one)
     (stuck,) = [r for r in loop.history if r["split"] == "train" and r["client"] == "gamma"]
     assert "ClientTimeout: client 'gamma' did not finish its fit within 8 s" in stuck["excluded"]
-    assert loop.trained_rounds == [1]
+    assert loop.records.trained_rounds() == [1]
 
 
 class HangingApp:

@@ -12,8 +12,8 @@ import torch
 from conftest import drop_last_round
 from peft import LoraConfig
 
-from fedlit.callbacks import WatermarkEmbedding
 from fedlit.cli import main
+from fedlit.client.mods import WatermarkEmbedding
 from fedlit.data import DataConfig
 from fedlit.data.datamodule import IGNORE_INDEX
 from fedlit.federation import Federation

@@ -20,7 +20,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.algorithms.federated_loop import federated_loop
 from fedlit.algorithms.server_llm import ServerLLM
-from fedlit.callbacks.emulator_construction import write_client_package
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig
 from fedlit.data.public import public_blocks, public_dataloader
@@ -36,9 +35,10 @@ from fedlit.lightning_modules import (
     build_peft_model,
 )
 from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer, check_shared_vocabulary
-from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload
+from fedlit.server.emulator_construction import write_client_package
+from fedlit.server.loop import FederatedLoop
 from fedlit.strategies import Strategy
 from fedlit.validation import server_trainer
 

@@ -22,9 +22,9 @@ from fedlit.lightning_modules import (
     build_peft_model,
 )
 from fedlit.lightning_modules.knowledge_distillation import check_same_tokenizer, check_shared_vocabulary
-from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, QuantizationConfig, load_base_model, load_tokenizer
 from fedlit.models.loading import resolve_model_path
+from fedlit.server.loop import FederatedLoop
 
 
 @functools.lru_cache(maxsize=4)

@@ -10,8 +10,8 @@ from fedlit.algorithms.federated_loop import federated_loop
 from fedlit.data.federated import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
-from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.server.loop import FederatedLoop
 
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 

@@ -14,9 +14,9 @@ from fedlit.data.federated import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import EvaluationConfig, build_peft_model
 from fedlit.lightning_modules.zeroth_order import ZerothOrderConfig, ZerothOrderModule
-from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import canonical
+from fedlit.server.loop import FederatedLoop
 
 
 def fed_kseed(

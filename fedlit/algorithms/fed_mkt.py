@@ -43,9 +43,9 @@ from fedlit.lightning_modules.public_knowledge import (
     chosen,
     dual_min_selection,
 )
-from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.payload import Payload, canonical, split
+from fedlit.server.loop import FederatedLoop
 from fedlit.strategies import KnowledgeGathering, Strategy
 from fedlit.strategies.knowledge import per_client
 from fedlit.validation import server_trainer

@@ -19,7 +19,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 from fedlit.algorithms.federated_loop import federated_loop
 from fedlit.client import ModuleFactory
-from fedlit.callbacks.emulator_construction import EmulatorConstruction, read_manifest, write_client_package
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig
 from fedlit.data.public import public_blocks, public_dataloader
@@ -28,7 +27,6 @@ from fedlit.files import atomic_directory, atomic_write_bytes
 from fedlit.lightning_modules import CausalLMModule, EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
 from fedlit.lightning_modules.emulator_distillation import EmulatorDistillation
 from fedlit.lightning_modules.knowledge_distillation import DistillationConfig
-from fedlit.loop import FederatedLoop
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer
 from fedlit.models.offsite import (
     OffsiteConfig,
@@ -40,6 +38,8 @@ from fedlit.models.offsite import (
 )
 from fedlit.payload import Payload, to_bytes
 from fedlit.privacy.party_secret import PartySecret
+from fedlit.server.emulator_construction import EmulatorConstruction, read_manifest, write_client_package
+from fedlit.server.loop import FederatedLoop
 from fedlit.strategies import Strategy
 from fedlit.strategies.wrapper import StrategyWrapper
 from fedlit.validation import server_trainer, validate

@@ -13,7 +13,7 @@ from fedlit.client import Client, ModuleFactory
 from fedlit.data.federated import FederatedData
 from fedlit.data.report import write_partition_report
 from fedlit.federation import Federation
-from fedlit.loop import FederatedLoop
+from fedlit.server.loop import FederatedLoop
 
 
 def federated_loop(

@@ -4,41 +4,30 @@ Python objects in-process, as Ray objects, or as msgpack bytes over Flower (:mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from fedlit.compression.config import CompressionConfig
-    from fedlit.privacy.example_dp import ExampleDPConfig
+from typing import Any
 
 
 @dataclass
 class FitIns:
-    """What the server sends one client for one fit: the global adapter (safetensors bytes) and its plan.
+    """What the server sends one client for one fit: the global adapter (safetensors bytes) and each client mod's
+    settings.
 
     Args:
         global_wire: the global adapter.
         seed: seeds the client's fit (from seed, round and client id, so any backend computes the same); the server
             chose it, so nothing that protects the client is drawn from it (that comes from the client's own secret).
-        clip_norm: client-level DP: clip the update to this L2 norm (``None``: no clipping).
-        noise_std: client-level DP under masking: the client's share of the noise.
-        example_dp: DP-SGD settings for the local training (``None``: plain training).
-        example_dp_steps: DP-SGD steps the client has taken in earlier rounds (its epsilon so far counts them).
-        masked: secure aggregation: send the update masked (the client's protocol state must be set up).
         server_round: the round this fit belongs to.
         run_id: the run's id (stable across resumes): a client keeps its state between rounds under it.
-        compression: send the update quantized (and read the global adapter quantized when ``downlink``).
+        mods: settings by client mod name (plain data: numbers, strings, lists, mappings), set by the server side (a
+            strategy wrapper's ``fit_plan``, the federation, the round workflow); a mod absent here does not run
+            unless the client's own settings ask for it (:mod:`fedlit.client.mods`).
     """
 
     global_wire: bytes
     seed: int
-    clip_norm: float | None = None
-    noise_std: float = 0.0
-    example_dp: ExampleDPConfig | None = None
-    example_dp_steps: int = 0
-    masked: bool = False
     server_round: int = 0
     run_id: str = ""
-    compression: CompressionConfig | None = None
+    mods: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

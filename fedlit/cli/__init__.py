@@ -41,7 +41,7 @@ from fedlit.cli.fit_command import (
 )
 from fedlit.cli.sweep_command import check_sweep_runs, run_sweep_command, sweep_parser
 from fedlit.cli.verify_command import run_verify, verification_line, verify_parser
-from fedlit.loop import RunInterrupted
+from fedlit.server.interrupts import RunInterrupted
 
 __all__ = ["ALGORITHMS", "EXIT_ERROR", "EXIT_NOTHING_TRAINED", "EXIT_NOT_VERIFIED", "ParseError", "build_parser",
            "check_sweep_runs", "compose", "error_line", "exclusions_note", "expand_output_dir", "fit_parser", "main",

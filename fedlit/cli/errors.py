@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 
-from fedlit.loop import NothingTrained, RunInterrupted
-from fedlit.run_dir import OutputDirError
+from fedlit.server.interrupts import NothingTrained, RunInterrupted
+from fedlit.server.run_dir import OutputDirError
 
 # Exit statuses: 0 the run trained what it was asked to; 1 an error, named in one line; 2 a command-line or
 # config error found while parsing; 3 nothing trained (every round skipped); 128 + signal number when

@@ -18,8 +18,9 @@ from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_ksee
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.federation import FEDERATION_KEYS, Federation
-from fedlit.loop import FederatedLoop, default_loggers
-from fedlit.run_dir import check_fresh, lock_output_dir
+from fedlit.server.loop import FederatedLoop
+from fedlit.server.run_dir import check_fresh, lock_output_dir
+from fedlit.server.run_records import default_loggers
 
 
 def quiet_libraries() -> None:

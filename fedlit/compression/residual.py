@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedlit.round_store import RoundStore
+from fedlit.client.round_store import RoundStore
 
 
 class ResidualStore:

@@ -12,30 +12,14 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedlit.backends.messages import ClientFailure, FitIns, FitRes
-from fedlit.compression.config import CompressionConfig
 from fedlit.wire import pack, unpack
 
 RECORD = "fedlit"
 MESSAGE_TYPE = "query"
 
 
-class _Kinds(dict):
-    """The dataclasses a request or reply may hold. ``ExampleDPConfig`` (whose module imports torch) is imported
-    only when a message holds one, so a SuperNode answering a protocol stage stays light."""
-
-    def __missing__(self, kind: str) -> type:
-        if kind != "ExampleDPConfig":
-            raise KeyError(kind)
-        from fedlit.privacy.example_dp import ExampleDPConfig
-
-        self[kind] = ExampleDPConfig
-        return ExampleDPConfig
-
-    def __contains__(self, kind: object) -> bool:
-        return kind == "ExampleDPConfig" or super().__contains__(kind)
-
-
-KINDS = _Kinds({cls.__name__: cls for cls in (FitIns, FitRes, CompressionConfig)})
+# The dataclasses a request or reply may hold; a client mod's settings are plain data inside FitIns.
+KINDS = {cls.__name__: cls for cls in (FitIns, FitRes)}
 
 
 @dataclass

@@ -41,7 +41,7 @@ class RunFailed(RuntimeError):
 def _run(grid: Grid, context: Context) -> None:
     from fedlit.cli.errors import error_line
     from fedlit.cli.fit_command import fit_parser, quiet_libraries, run_fit
-    from fedlit.loop import NothingTrained, RunInterrupted
+    from fedlit.server.interrupts import NothingTrained, RunInterrupted
 
     settings = context.run_config
     command = str(settings["fedlit-command"])

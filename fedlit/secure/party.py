@@ -17,7 +17,8 @@ class SecAggParty:
         self.client_id, self.secure_config = client_id, config
         self.secagg: SecAggClient | None = None
 
-    def _state(self) -> SecAggClient:
+    def masker(self) -> SecAggClient:
+        """This round's protocol state (after the setup message)."""
         if self.secagg is None:
             raise ProtocolError(f"client '{self.client_id}' got a secure-aggregation message before the round setup")
         return self.secagg
@@ -31,13 +32,13 @@ class SecAggParty:
 
     def secagg_share(self, message: bytes) -> bytes:
         """Neighbours' public keys in, encrypted shares of this client's secrets out."""
-        return encode(self._state().share(decode(message)))
+        return encode(self.masker().share(decode(message)))
 
     def secagg_receive_shares(self, message: bytes) -> bytes:
         """The neighbours' encrypted shares for this client, kept for the unmask stage."""
-        self._state().receive_shares(decode(message))
+        self.masker().receive_shares(decode(message))
         return b""
 
     def secagg_unmask(self, message: bytes) -> bytes:
         """Unmask request in, the shares it allows out (once per round)."""
-        return encode(self._state().unmask(decode(message)))
+        return encode(self.masker().unmask(decode(message)))

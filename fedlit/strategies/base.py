@@ -93,9 +93,9 @@ class Strategy:
         updates and the sum of their weights."""
         return self.step(global_payload, shifted(global_payload, summed / total))
 
-    def fit_plan(self, masked: bool) -> dict[str, Any]:
-        """Settings of every client's fit this strategy asks for (:class:`~fedlit.backends.FitIns` fields); a
-        wrapper such as client-level DP asks for clipping. ``masked``: updates travel masked."""
+    def fit_plan(self, masked: bool) -> dict[str, dict[str, Any]]:
+        """Client mod settings for every client's fit this round, by mod name (:class:`~fedlit.backends.FitIns`'s
+        ``mods``); a wrapper such as client-level DP asks for clipping. ``masked``: updates travel masked."""
         return {}
 
     def stop_reason(self, server_round: int) -> str | None:

@@ -48,9 +48,9 @@ class DPFedAvg(StrategyWrapper):
         self.server_round = server_round
         return self.inner.configure_round(server_round, client_ids, seed)
 
-    def fit_plan(self, masked: bool) -> dict[str, Any]:
-        return {**self.inner.fit_plan(masked), "clip_norm": self.config.clip_norm,
-                "noise_std": self.noise_share if masked else 0.0}
+    def fit_plan(self, masked: bool) -> dict[str, dict[str, Any]]:
+        return {**self.inner.fit_plan(masked),
+                "clipping": {"clip_norm": self.config.clip_norm, "noise_std": self.noise_share if masked else 0.0}}
 
     def aggregate(self, global_payload: Payload, updates: Sequence[Update]) -> Payload:
         """Clipped updates in the clear: the server clips each again (a quantized update may come out a little

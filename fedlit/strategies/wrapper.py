@@ -32,7 +32,7 @@ class StrategyWrapper(Strategy):
     def aggregate_masked(self, global_payload: Payload, summed: np.ndarray, total: float) -> Payload:
         return self.inner.aggregate_masked(global_payload, summed, total)
 
-    def fit_plan(self, masked: bool) -> dict[str, Any]:
+    def fit_plan(self, masked: bool) -> dict[str, dict[str, Any]]:
         return self.inner.fit_plan(masked)
 
     def stop_reason(self, server_round: int) -> str | None:

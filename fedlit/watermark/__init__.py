@@ -1,5 +1,5 @@
 """Ownership watermarks (FedIPR) for federated adapters: each client embeds its own secret key while it trains
-(:class:`fedlit.callbacks.WatermarkEmbedding`, a client mod) and anyone holding a key can verify a model later."""
+(:class:`fedlit.client.mods.WatermarkEmbedding`, a client mod) and anyone holding a key can verify a model later."""
 
 from fedlit.watermark.config import SignatureConfig, TriggerConfig, WatermarkConfig
 from fedlit.watermark.key import WatermarkKey, check_key, load_or_make_key, make_key

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import Callback
 
+from fedlit.backends.messages import FitRes
+from fedlit.client.fit_context import ClientMod, FitContext
 from fedlit.compression.config import CompressionConfig
 from fedlit.compression.quantize import dequantize, quantize, quantize_to_grid, to_wire
 from fedlit.compression.residual import ResidualStore
@@ -14,9 +15,9 @@ from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, flatten, unflatten
 
 
-class ErrorFeedback(Callback):
+class ErrorFeedback(ClientMod):
     """Adds the residual of the client's previous fit to its trained adapter when fit ends, so that clipping and
-    compression see ``update + residual``. Runs before :class:`~fedlit.callbacks.UpdateClipping`.
+    compression see ``update + residual``. Runs before update clipping.
 
     Args:
         client_id: named in errors.
@@ -36,15 +37,15 @@ class ErrorFeedback(Callback):
                                             who=f"client '{self.client_id}' (error feedback)")
 
 
-class UpdateCompression(Callback):
+class UpdateCompression(ClientMod):
     """Sets the trained adapter to ``global + Q(trained - global)`` when fit ends, so that every later mod (and
     the server) sees exactly what is sent; keeps the bytes in :attr:`wire` and, with a ``store``, the rounding
     error for the client's next fit.
 
     ``Q`` is blockwise absmax quantization (:func:`fedlit.compression.quantize.quantize`); under secure
     aggregation (``grid_clip`` set) it is the grid every client shares, ``clip / (2^(bits-1) - 1)``, whose
-    integer codes the masked ring sums. Runs after :class:`~fedlit.callbacks.UpdateClipping` and before
-    :class:`~fedlit.callbacks.AdapterExtraction`.
+    integer codes the masked ring sums. Runs after update clipping and before adapter extraction; the reply's bytes
+    are :attr:`wire` (masked ones instead under secure aggregation).
 
     Args:
         client_id: named in errors.
@@ -78,3 +79,32 @@ class UpdateCompression(Callback):
             self.store.save(self.server_round, update - sent)
         pl_module.load_trainable_state_dict(unflatten(start + sent, self.global_payload),
                                             who=f"client '{self.client_id}' (compressed update)")
+
+    def shape_reply(self, reply: FitRes) -> None:
+        if self.wire is not None:
+            reply.wire = self.wire
+
+
+def compression_config(fit: FitContext) -> CompressionConfig | None:
+    """Settings ``compression: {bits, block_size, ...}`` (the federation's ``compression``)."""
+    settings = fit.settings("compression")
+    return CompressionConfig(**settings) if settings is not None else None
+
+
+def error_feedback(fit: FitContext) -> ErrorFeedback | None:
+    """Under compression with ``error_feedback``: the client's residuals under its state directory."""
+    config = compression_config(fit)
+    if config is None or not config.error_feedback:
+        return None
+    return ErrorFeedback(fit.client_id, fit.global_payload, fit.app.residuals(fit.ins.run_id), fit.server_round)
+
+
+def update_compression(fit: FitContext) -> UpdateCompression | None:
+    """Under compression: quantized onto blocks, or onto secure aggregation's shared grid when the fit is masked."""
+    config = compression_config(fit)
+    if config is None:
+        return None
+    feedback = fit.built.get("error_feedback")
+    grid_clip = fit.app.secure_config.clip if fit.settings("masking") is not None else None
+    return UpdateCompression(fit.client_id, fit.global_payload, config, fit.ins.seed,
+                             feedback.store if feedback is not None else None, fit.server_round, grid_clip)

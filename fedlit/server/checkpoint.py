@@ -130,3 +130,39 @@ def config_fingerprint(parts: dict[str, Any]) -> dict[str, str]:
     them, and a resume with different ones is refused, naming the part."""
     return {name: hashlib.sha256(json.dumps(_plain(value), sort_keys=True).encode()).hexdigest()[:16]
             for name, value in parts.items()}
+
+
+class RoundCheckpoints:
+    """A run's round checkpoints in ``directory``, each stamped with the run's setup ``fingerprint`` (see
+    :func:`config_fingerprint`) and the global RNG states, so that a resume continues bit-identically."""
+
+    def __init__(self, directory: Path, fingerprint: dict[str, str]) -> None:
+        self.directory, self.fingerprint = Path(directory), fingerprint
+
+    def save(self, server_round: int, state: dict[str, Any]) -> None:
+        """Round ``server_round``'s ``state`` (plain data and tensors), atomically."""
+        save_checkpoint({**state, "round": server_round, "fingerprint": self.fingerprint, "rng": rng_state()},
+                        checkpoint_path(self.directory, server_round))
+
+    def newest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest valid checkpoint (damaged newer ones skipped with a warning), or ``None`` when there is none;
+        :class:`CheckpointError` when there are some and none can be read."""
+        found = newest_valid_checkpoint(self.directory)
+        if found is None:
+            if list_checkpoints(self.directory):
+                raise CheckpointError(f"resume: no checkpoint in {self.directory} can be read (see the warnings)")
+            log.warning("resume: no checkpoint in %s, starting from round 0", self.directory)
+        return found
+
+    def restore(self, path: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """Refuse a checkpoint written with another setup (naming the parts that differ); else set the global RNG
+        states from it and return ``state``."""
+        changed = sorted(part for part in set(self.fingerprint) | set(state["fingerprint"])
+                         if self.fingerprint.get(part) != state["fingerprint"].get(part))
+        if changed:
+            raise CheckpointError(f"resume: checkpoint {path} was written with a different {', '.join(changed)} "
+                                  "setup than this run's; resume with the same settings, or start a new run in "
+                                  "another output_dir")
+        set_rng_state(state["rng"])
+        log.info("resumed from %s", path)
+        return state

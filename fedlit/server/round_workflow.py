@@ -1,8 +1,9 @@
 """How a round's fits cross the backend and come back as one new global adapter: in the clear (here), or masked
-(:class:`fedlit.secure.workflow.SecureAggregationWorkflow`). The loop runs either the same way."""
+(:class:`fedlit.secure.masked_workflow.SecureAggregationWorkflow`). The loop runs either the same way."""
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -13,9 +14,12 @@ from fedlit.backends.base import Backend
 from fedlit.backends.messages import ClientFailure, FitIns, FitRes
 from fedlit.compression.config import CompressionConfig
 from fedlit.compression.payloads import decode_update, encode_global
-from fedlit.faults import update_problem
+from fedlit.faults import FaultPolicy, update_problem
 from fedlit.payload import Payload, Update, changes_from_bytes, flatten, to_bytes
+from fedlit.server.run_records import METRIC_COLUMNS
 from fedlit.strategies import Strategy
+
+log = logging.getLogger(__name__)
 
 
 class Excluded(ValueError):
@@ -40,6 +44,52 @@ class Workflow(ABC):
         if self.compression is not None and self.compression.downlink:
             return encode_global(global_payload, self.compression)
         return to_bytes(global_payload)
+
+    def train(self, backend: Backend, strategy: Strategy, server_round: int, requests: Mapping[str, FitIns],
+              global_payload: Payload, faults: FaultPolicy, on_reply: Callable[[str], None] | None = None
+              ) -> tuple[Payload, list[dict[str, Any]]]:
+        """One round's fit phase: the new global adapter (the old one when the round is skipped) and the rows: each
+        sampled client's ``train`` row (``excluded`` saying why its update was not used), plus a ``server``/``round``
+        row when the round is skipped."""
+        rows: list[dict[str, Any]] = []
+        bytes_received = len(next(iter(requests.values())).global_wire) if requests else 0
+        try:
+            replies = self.fit(backend, server_round, requests, global_payload, on_reply)
+            updates = []
+            for client_id, reply in replies.items():
+                update, row = self.receive(client_id, reply, global_payload, faults, bytes_received)
+                rows.append({"client": client_id, "split": "train", **row})
+                updates += [update] if update is not None else []
+                if update is None:
+                    log.warning("round %d: client '%s' excluded: %s", server_round, client_id, row["excluded"])
+            if len(updates) < faults.min_clients:
+                raise RoundSkipped(f"{len(updates)} of {len(replies)} sampled clients sent a usable update "
+                                   f"(min_clients {faults.min_clients})")
+            return self.aggregate(strategy, global_payload, updates), rows
+        except RoundSkipped as why:
+            log.warning("round %d skipped, global adapter unchanged: %s", server_round, why)
+            return global_payload, [*rows, {"client": "server", "split": "round", "excluded": f"round skipped: {why}"}]
+
+    def receive(self, client_id: str, reply: FitRes | ClientFailure, global_payload: Payload, faults: FaultPolicy,
+                bytes_received: int) -> tuple[Update | None, dict[str, Any]]:
+        """One client's reply under the fault policy: its update (``None`` when excluded) and its train row's values
+        (a metric the reply carries under a metrics.csv column, such as DP-SGD's ``epsilon``, counts even when the
+        update is refused: it was spent)."""
+        values: dict[str, Any] = {"bytes_received": bytes_received, "bytes_sent": 0, "seconds": reply.seconds}
+        update, problem = None, getattr(reply, "reason", None)
+        if isinstance(reply, FitRes):
+            values["bytes_sent"] = len(reply.wire)
+            values.update({name: value for name, value in reply.metrics.items() if name in METRIC_COLUMNS})
+            try:
+                update = self.accept(client_id, reply, global_payload, faults.max_update_norm)
+            except Excluded as error:
+                problem = str(error)
+            except Exception as error:  # noqa: BLE001 - a malformed reply excludes that client, never the round
+                problem = f"{type(error).__name__}: {error}"
+        if problem is not None:
+            return None, {**values, "excluded": problem}
+        values["loss"] = update.metrics.get("train_loss_epoch", float("nan"))
+        return update, {**values, **self.row(client_id, update, global_payload)}
 
     @abstractmethod
     def fit(self, backend: Backend, server_round: int, requests: Mapping[str, FitIns], global_payload: Payload,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 
+from fedlit.backends.messages import FitRes
+from fedlit.client.fit_context import ClientMod, FitContext
 from fedlit.lightning_modules.causal_lm import CausalLMModule
-from fedlit.payload import Payload, Update
+from fedlit.payload import Payload, Update, changes_to_bytes
 
 
-class AdapterExtraction(Callback):
-    """Loads ``global_payload`` into the client's module when fit starts and builds its :class:`Update` when fit ends.
+class AdapterExtraction(ClientMod):
+    """Loads ``global_payload`` into the client's module when fit starts and builds its :class:`Update` when fit
+    ends; the reply's example count and metrics are the update's, and its bytes the changed tensors unless an
+    earlier mod encoded the update already (compression).
 
     Args:
         client_id: named in errors (an adapter that does not match the global one) and in the update.
@@ -33,3 +36,16 @@ class AdapterExtraction(Callback):
             num_examples=len(trainer.train_dataloader.dataset),
             metrics=metrics,
         )
+
+    def shape_reply(self, reply: FitRes) -> None:
+        if self.update is None:
+            raise RuntimeError(f"client '{self.client_id}': the fit ended before AdapterExtraction saw its end")
+        reply.num_examples = self.update.num_examples
+        reply.metrics.update(self.update.metrics)
+        if not reply.wire:
+            reply.wire = changes_to_bytes(self.update.payload, self.global_payload)
+
+
+def adapter_extraction(fit: FitContext) -> AdapterExtraction:
+    """Every fit has it."""
+    return AdapterExtraction(fit.client_id, fit.global_payload)

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import Callback
 
+from fedlit.client.fit_context import ClientMod, FitContext
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, flatten, unflatten
 from fedlit.privacy.client_dp import clip_to_norm
 
 
-class UpdateClipping(Callback):
+class UpdateClipping(ClientMod):
     """Sets the trained adapter to ``global + clip(trained - global, clip_norm) + N(0, noise_std^2)``.
 
-    Must run before :class:`~fedlit.callbacks.AdapterExtraction` and
-    :class:`~fedlit.callbacks.MaskedAggregation`, which read the adapter when fit ends.
+    Must run before adapter extraction and masking, which read the adapter when fit ends.
 
     Args:
         client_id: named in errors.
@@ -41,3 +40,14 @@ class UpdateClipping(Callback):
             update = update + self.noise.normal(0.0, self.noise_std, size=len(update))
         pl_module.load_trainable_state_dict(unflatten(start + update, self.global_payload),
                                             who=f"client '{self.client_id}' (clipped update)")
+
+
+def update_clipping(fit: FitContext) -> UpdateClipping | None:
+    """Settings ``clipping: {clip_norm, noise_std}`` (client-level DP's strategy wrapper sets them); a noise share
+    is drawn from the client's own secret."""
+    settings = fit.settings("clipping")
+    if settings is None:
+        return None
+    noise_std = settings.get("noise_std", 0.0)
+    noise = fit.secret.numpy("dp-noise-share", fit.server_round) if noise_std > 0 else None
+    return UpdateClipping(fit.client_id, fit.global_payload, settings["clip_norm"], noise_std, noise)

@@ -4,10 +4,10 @@ its end, where the client runs; it never travels."""
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 
+from fedlit.client.fit_context import ClientMod, FitContext
+from fedlit.client.round_store import RoundStore
 from fedlit.payload import canonical
-from fedlit.round_store import RoundStore
 
 
 def restore(module: L.LightningModule, store: RoundStore, before: int | None = None) -> None:
@@ -17,7 +17,7 @@ def restore(module: L.LightningModule, store: RoundStore, before: int | None = N
     module.load_personal_state_dict(canonical(found) if found is not None else None)
 
 
-class PersonalState(Callback):
+class PersonalState(ClientMod):
     """Loads the module's newest own state from before ``server_round`` (its initial state when there is none) and
     stores the state it ends the fit with as round ``server_round``'s. The module provides
     ``personal_state_dict()`` and ``load_personal_state_dict(state or None)``."""
@@ -32,3 +32,9 @@ class PersonalState(Callback):
         state = pl_module.personal_state_dict()
         if state is not None:
             self.store.save(self.server_round, state)
+
+
+def personal_state(fit: FitContext) -> PersonalState | None:
+    """For a ``personal`` client (its own setting, not the server's): its store under its state directory."""
+    store = fit.app.personal_store()
+    return PersonalState(store, fit.server_round) if store is not None else None

@@ -3,15 +3,19 @@ trigger examples mixed into the batches. Nothing about it leaves the client: no 
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 
+from fedlit.client.fit_context import ClientMod, FitContext
 from fedlit.data.datamodule import IGNORE_INDEX, CausalLMCollator
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.privacy.party_secret import PartySecret
-from fedlit.watermark.key import WatermarkKey
+from fedlit.watermark.key import WatermarkKey, load_or_make_key
 from fedlit.watermark.signature import imprint, marked_values, sign_loss
+
+log = logging.getLogger(__name__)
 
 
 def trigger_examples(key: WatermarkKey) -> list[dict[str, list[int]]]:
@@ -20,7 +24,7 @@ def trigger_examples(key: WatermarkKey) -> list[dict[str, list[int]]]:
             for trigger, target in zip(key.triggers, key.targets, strict=True)]
 
 
-class WatermarkEmbedding(Callback):
+class WatermarkEmbedding(ClientMod):
     """Embeds ``key`` into the module's trainable parameters during the fit.
 
     The sign loss's gradient (times ``weight``) is added to the marked parameters' gradients once per optimiser
@@ -83,3 +87,22 @@ def _row(batch: dict[str, torch.Tensor], i: int) -> dict[str, list[int]]:
     """Row ``i`` of a right-padded batch, without its padding."""
     length = int(batch["attention_mask"][i].sum())
     return {"input_ids": batch["input_ids"][i, :length].tolist(), "labels": batch["labels"][i, :length].tolist()}
+
+
+def watermark_embedding(fit: FitContext) -> WatermarkEmbedding | None:
+    """For a client that the party's own ``watermark`` settings choose: its key (drawn from the module and written on
+    first use; the server sends nothing), which examples it swaps for triggers drawn from the client's secret."""
+    config = fit.app.watermark
+    if config is None:
+        return None
+    key_path = fit.app.watermark_key_path()
+    new = not key_path.is_file()
+    module = fit.module
+    key = load_or_make_key(key_path, fit.client_id, module.model, module.trainable_state_dict(), config,
+                           module.tokenizer)
+    if new:
+        log.info("client '%s' drew its watermark key: %s", fit.client_id, key_path)
+    signature, trigger = config.signature, config.trigger
+    pad = module.tokenizer.pad_token_id if module.tokenizer is not None else 0
+    return WatermarkEmbedding(key, signature.weight if signature else 0.0, trigger.rate if trigger else 0.0,
+                              signature is not None and signature.enforce, fit.secret, fit.server_round, pad)

@@ -14,8 +14,8 @@ from fedlit.payload import Payload, Update
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.protocol import RoundAbandoned
 from fedlit.secure.simulation import SecureRound
+from fedlit.server.round_workflow import Excluded, RoundSkipped, Workflow
 from fedlit.strategies import Strategy
-from fedlit.workflow import Excluded, RoundSkipped, Workflow
 
 
 class SecureAggregationWorkflow(Workflow):
@@ -49,7 +49,7 @@ class SecureAggregationWorkflow(Workflow):
         self.global_bytes = {cid: len(ins.global_wire) for cid, ins in requests.items()}
         replies: dict[str, FitRes | ClientFailure] = {
             cid: ClientFailure(f"secure aggregation: {why}") for cid, why in self.round.failures.items()}
-        masked = {cid: dataclasses.replace(requests[cid], masked=True) for cid in ready}
+        masked = {cid: dataclasses.replace(requests[cid], mods={**requests[cid].mods, "masking": {}}) for cid in ready}
         replies.update(backend.call("fit", masked, on_reply))
         return replies
 

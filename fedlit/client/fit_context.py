@@ -1,0 +1,60 @@
+"""What a client mod is built from for one fit, and what every client mod is: a Lightning callback that may also
+shape the client's reply."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.callbacks import Callback
+
+from fedlit.backends.messages import FitIns, FitRes
+from fedlit.data.datamodule import CausalLMDataModule
+from fedlit.lightning_modules.causal_lm import CausalLMModule
+from fedlit.payload import Payload
+from fedlit.privacy.party_secret import PartySecret
+
+if TYPE_CHECKING:
+    from fedlit.client.app import ClientApp
+
+
+class ClientMod(Callback):
+    """A client mod: an ordinary Lightning callback on the client's ``Trainer.fit`` that, after the fit, may change
+    the reply (:meth:`shape_reply`): its bytes, its example count, its metrics."""
+
+    def shape_reply(self, reply: FitRes) -> None:
+        """Change ``reply`` after the fit (nothing by default); mods shape it in chain order."""
+
+
+@dataclass
+class FitContext:
+    """One fit of one client, as its mods see it: the server's instructions (``ins``, whose ``mods`` mapping holds
+    each mod's settings under its name), the module about to train, the global adapter it starts from, the
+    client's data, its app (its own state: secret, residuals, secure-aggregation state, keys) and the mods built
+    before this one (by name)."""
+
+    ins: FitIns
+    module: CausalLMModule
+    global_payload: Payload
+    datamodule: CausalLMDataModule
+    app: ClientApp
+    built: dict[str, ClientMod]
+
+    @property
+    def client_id(self) -> str:
+        return self.app.client_id
+
+    @property
+    def server_round(self) -> int:
+        return self.ins.server_round
+
+    def settings(self, mod: str) -> dict[str, Any] | None:
+        """The settings the server side sent for ``mod`` this fit (``None``: not asked for)."""
+        return self.ins.mods.get(mod)
+
+    @functools.cached_property
+    def secret(self) -> PartySecret:
+        """The client's own secret for this run (drawn from OS entropy on first use): every protection's
+        randomness comes from it, never from ``ins.seed``, which the server chose."""
+        return self.app.secret(self.ins.run_id)
