@@ -93,7 +93,7 @@ def fedlit_over_flower_records(n: int, params: int, neighbours: int, bits: int) 
     """fedlit's SecAgg+ round, each request and reply wrapped as the Flower backend sends it."""
     from fedlit.backends.messages import FitIns, FitRes
     from fedlit.flower.envelope import request_content
-    from fedlit.secure.party import SecAggParty
+    from fedlit.secure.client_endpoint import SecAggParty
 
     config = SecureAggregationConfig(bits=bits, scale=2.0**24 if bits > 32 else 2.0**12, clip=1.0,
                                      neighbours=neighbours)

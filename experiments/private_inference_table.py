@@ -39,11 +39,11 @@ from fedlit.cli import fit_parser, quiet_libraries, run_fit
 from fedlit.data.datamodule import IGNORE_INDEX, CausalLMCollator
 from fedlit.data.federated import build_federated_data
 from fedlit.inference import GenerationServer, InferenceConfig, Query
+from fedlit.inference.perturbation import CandidateTable, candidate_table
 from fedlit.lightning_modules.causal_lm import shifted_token_loss
 from fedlit.lightning_modules.choices import choice_log_likelihoods, choice_token_ids
 from fedlit.lightning_modules.generation import generate_texts
 from fedlit.models import ModelConfig, load_base_model, load_tokenizer, load_trained_model
-from fedlit.privacy.inference import CandidateTable, candidate_table
 
 EPSILONS = (1.0, 3.0, 6.0, 10.0, math.inf)
 TASKS = {"which-play": "configs/task_which_play.yaml", "continuation": "configs/quickstart.yaml"}

@@ -94,7 +94,7 @@ def test_unknown_partitioner_and_label_column_are_named(plays_jsonl, tokenizer):
 def test_partition_report_files(plays_jsonl, tokenizer, tmp_path):
     from PIL import Image
 
-    from fedlit.data.report import write_partition_report
+    from fedlit.data.partition_report import write_partition_report
 
     data = build_federated_data(config(plays_jsonl, partition="iid", num_clients=3), tokenizer)
     write_partition_report(data, tmp_path)

@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from fedlit.backends import LocalBackend
 from fedlit.cli import main
 from fedlit.inference import GenerationServer, InferenceConfig, ModelSpec, Query, private_inference
-from fedlit.inference.client import InferenceApps
-from fedlit.privacy.inference import CandidateTable, candidate_table, usable_tokens
+from fedlit.inference.inference_client import InferenceApps
+from fedlit.inference.perturbation import CandidateTable, candidate_table, usable_tokens
 
 
 @pytest.fixture(scope="module")

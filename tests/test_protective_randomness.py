@@ -107,7 +107,7 @@ def test_an_attacker_who_knows_the_config_cannot_regenerate_the_central_noise(ma
 def test_private_inference_perturbation_is_drawn_from_the_clients_own_secret(tiny_model_dir: Path,
                                                                             tmp_path: Path) -> None:
     from fedlit.inference import InferenceConfig, ModelSpec
-    from fedlit.inference.client import InferenceClientApp
+    from fedlit.inference.inference_client import InferenceClientApp
 
     prompt = "the king is dead and the queen is in the garden with the prince of denmark " * 3
     local = ModelSpec(model=str(tiny_model_dir))

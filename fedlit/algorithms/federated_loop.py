@@ -11,7 +11,7 @@ from rich.console import Console
 
 from fedlit.client import Client, ModuleFactory
 from fedlit.data.federated import FederatedData
-from fedlit.data.report import write_partition_report
+from fedlit.data.partition_report import write_partition_report
 from fedlit.federation import Federation
 from fedlit.server.loop import FederatedLoop
 

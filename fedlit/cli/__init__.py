@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from jsonargparse import ArgumentParser, Namespace
 
+from fedlit.cli.deploy_command import deploy_parser, run_deploy
 from fedlit.cli.errors import (
     EXIT_ERROR,
     EXIT_NOT_VERIFIED,
@@ -75,16 +76,8 @@ def _verify(command: str, settings: Namespace, parser: ArgumentParser) -> int:
     return run_verify(settings)
 
 
-def _deploy_parser() -> ArgumentParser:
-    from fedlit.flower.deploy import deploy_parser
-
-    return deploy_parser()
-
-
 def _deploy(command: str, settings: Namespace, parser: ArgumentParser) -> int:
-    from fedlit.flower.deploy import deploy
-
-    return deploy(settings)
+    return run_deploy(settings)
 
 
 def _infer_parser() -> ArgumentParser:
@@ -114,7 +107,7 @@ def _algorithm_parser(command: str) -> Callable[[], ArgumentParser]:
 # subcommand -> how it is parsed and run: the one table main dispatches through
 COMMANDS: dict[str, Command] = {
     **{name: Command(_algorithm_parser(name), description, _fit) for name, (_, description, _) in ALGORITHMS.items()},
-    "deploy": Command(_deploy_parser, "run a config across parties on a Flower SuperLink", _deploy),
+    "deploy": Command(deploy_parser, "run a config across parties on a Flower SuperLink", _deploy),
     "sweep": Command(sweep_parser, "run a W&B sweep file offline (grid or random search)", _sweep),
     "verify": Command(verify_parser, "verify ownership watermark keys on an adapter or model", _verify),
     "infer": Command(_infer_parser, "ask the server's model privately (InferDPT) or in the clear", _infer),

@@ -10,9 +10,9 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespac
 
 from fedlit.backends.base import Backend
 from fedlit.backends.messages import ClientFailure
-from fedlit.inference.client import InferenceApps, InferenceConfig, ModelSpec
-from fedlit.inference.server import GenerationServer
-from fedlit.inference.workflow import private_inference
+from fedlit.inference.generation_server import GenerationServer
+from fedlit.inference.inference_client import InferenceApps, InferenceConfig, ModelSpec
+from fedlit.inference.private_inference import private_inference
 
 CLIENT = "client"  # the one client `fedlit infer` asks for
 

@@ -16,8 +16,8 @@ from fedlit.client.round_store import RoundStore, client_state_dir
 from fedlit.compression.residual import ResidualStore
 from fedlit.payload import from_bytes
 from fedlit.privacy.party_secret import PartySecret
+from fedlit.secure.client_endpoint import SecAggParty
 from fedlit.secure.config import SecureAggregationConfig
-from fedlit.secure.party import SecAggParty
 from fedlit.validation import validate
 from fedlit.watermark import WatermarkConfig
 

@@ -4,19 +4,45 @@ shape the client's reply."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from lightning.pytorch.callbacks import Callback
 
 from fedlit.backends.messages import FitIns, FitRes
+from fedlit.client.round_store import RoundStore
+from fedlit.compression.residual import ResidualStore
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload
 from fedlit.privacy.party_secret import PartySecret
+from fedlit.secure.config import SecureAggregationConfig
+from fedlit.secure.protocol import SecAggClient
+from fedlit.watermark import WatermarkConfig
 
-if TYPE_CHECKING:
-    from fedlit.client.app import ClientApp
+
+class ClientState(Protocol):
+    """What a client keeps for itself where it runs, as its mods reach it (:class:`~fedlit.client.app.ClientApp`)."""
+
+    client_id: str
+    module_factory: Callable[[], CausalLMModule]
+    trainer_kwargs: dict[str, Any]
+    secure_config: SecureAggregationConfig | None
+    watermark: WatermarkConfig | None
+
+    def secret(self, run_id: str) -> PartySecret: ...
+
+    def state_directory(self, run_id: str) -> Path: ...
+
+    def residuals(self, run_id: str) -> ResidualStore: ...
+
+    def personal_store(self) -> RoundStore | None: ...
+
+    def masker(self) -> SecAggClient: ...
+
+    def watermark_key_path(self) -> Path: ...
 
 
 class ClientMod(Callback):
@@ -38,7 +64,7 @@ class FitContext:
     module: CausalLMModule
     global_payload: Payload
     datamodule: CausalLMDataModule
-    app: ClientApp
+    app: ClientState
     built: dict[str, ClientMod]
 
     @property

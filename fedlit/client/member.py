@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 
 from fedlit.backends.messages import FitIns, FitRes
-from fedlit.client.fit_context import FitContext
+from fedlit.client.fit_context import ClientState, FitContext
 from fedlit.client.mods import build_mods
 from fedlit.compression.config import CompressionConfig
 from fedlit.compression.payloads import decode_global
@@ -19,9 +19,6 @@ from fedlit.devices import build_trainer
 from fedlit.lightning_modules.causal_lm import CausalLMModule
 from fedlit.payload import Payload, from_bytes
 from fedlit.validation import QUIET_TRAINER
-
-if TYPE_CHECKING:
-    from fedlit.client.app import ClientApp
 
 ModuleFactory = Callable[[], CausalLMModule]
 
@@ -51,7 +48,7 @@ class Client:
     module_factory: ModuleFactory | None = None
     personal: bool = False
 
-    def fit(self, ins: FitIns, app: ClientApp) -> FitRes:
+    def fit(self, ins: FitIns, app: ClientState) -> FitRes:
         """Train from the global adapter in ``ins`` with one plain ``Trainer.fit``, the client mods chained in by
         :func:`~fedlit.client.mods.build_mods` (each reads its settings from ``ins.mods`` or the client's own state
         in ``app``); the reply is what the mods shape it into, in chain order."""

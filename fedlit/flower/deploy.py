@@ -1,7 +1,7 @@
 """``fedlit deploy``: start a fedlit run on a running Flower SuperLink and follow it to the end.
 
 It checks the config here (the same parser as ``fedlit fit``), then submits a Flower App whose ``ServerApp`` is
-:mod:`fedlit.flower.server` and whose ``ClientApp`` is :mod:`fedlit.flower.party`, with the config in the run
+:mod:`fedlit.flower.server_app` and whose ``ClientApp`` is :mod:`fedlit.flower.client_app`, with the config in the run
 config, streams the run's log and exits 0 only when the run completed. The Flower CLI's connection settings go
 to a private ``FLWR_HOME``, so the user's own Flower configuration is left alone.
 """
@@ -16,33 +16,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import Namespace
 
 import fedlit
 
 CONNECTION = "fedlit"
-
-
-def deploy_parser() -> ArgumentParser:
-    from fedlit.cli.fit_command import ALGORITHMS
-
-    parser = ArgumentParser(description="Run a fedlit config across parties on a Flower SuperLink.")
-    parser.add_argument("--config", type=str, required=True, help="the run's YAML config (no client data paths)")
-    parser.add_argument("--command", type=Literal[tuple(ALGORITHMS)], default="fit",
-                        help="the algorithm, as the fedlit subcommand names it")
-    parser.add_argument("--superlink", type=str, default="127.0.0.1:9093", help="SuperLink address host:port")
-    parser.add_argument("--parties", type=int, required=True, help="SuperNodes to wait for before the run starts")
-    parser.add_argument("--wait_s", type=float, default=300.0, help="how long to wait for them")
-    parser.add_argument("--reply_timeout_s", type=float, default=600.0,
-                        help="a party that has not answered a request (other than a fit) by then has failed")
-    parser.add_argument("--insecure", type=bool, default=False, help="plain HTTP to the SuperLink (local demos)")
-    parser.add_argument("--root_certificates", type=str | None, default=None,
-                        help="PEM CA certificate that signed the SuperLink's (TLS)")
-    parser.add_argument("--resume", type=bool, default=False, help="continue from the output_dir's checkpoints")
-    parser.add_argument("--debug", type=bool, default=False, help="tracebacks in the run's log")
-    return parser
 
 
 def app_dir(directory: Path) -> Path:
@@ -57,7 +36,7 @@ def app_dir(directory: Path) -> Path:
                     "description": "fedlit on Flower", "dependencies": [f"fedlit[flower]=={fedlit.__version__}"]},
         "tool": {"flwr": {"app": {
             "publisher": "fedlit",
-            "components": {"serverapp": "fedlit.flower.server:app", "clientapp": "fedlit.flower.party:app"},
+            "components": {"serverapp": "fedlit.flower.server_app:app", "clientapp": "fedlit.flower.client_app:app"},
             "config": {"fedlit-command": "fit", "fedlit-config": "", "resume": False, "parties": 1,
                        "wait-s": 300.0, "reply-timeout-s": 600.0, "debug": False},
         }}},
@@ -92,7 +71,8 @@ NOT_DEPLOYED = {"fedmkt": "FedMKT does not run on a Flower deployment yet (each 
 
 
 def deploy(args: Namespace) -> int:
-    """Submit the run ``args`` (parsed by :func:`deploy_parser`) and follow it; the exit status."""
+    """Submit the run ``args`` (parsed by :func:`fedlit.cli.deploy_command.deploy_parser`) and follow it; the exit
+    status."""
     import tomli_w
 
     from fedlit.cli.fit_command import fit_parser

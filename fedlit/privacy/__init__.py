@@ -1,5 +1,6 @@
-"""Differential privacy: client-level DP-FedAvg with an RDP accountant, example-level DP-SGD, and the token
-perturbation of private inference (:mod:`fedlit.privacy.inference`)."""
+"""Differential privacy: client-level DP-FedAvg with an RDP accountant, example-level DP-SGD, and every party's own
+secret its protective randomness comes from (private inference's perturbation: :mod:`fedlit.inference.perturbation`).
+"""
 
 from fedlit.privacy.client_dp import (
     ClientDPConfig,

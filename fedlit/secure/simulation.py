@@ -13,9 +13,9 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 
 from fedlit.backends.messages import ClientFailure
+from fedlit.secure.client_endpoint import SecAggParty
 from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.messages import MaskedInput, decode, encode
-from fedlit.secure.party import SecAggParty
 from fedlit.secure.protocol import ProtocolError, SecAggServer
 
 STAGES = ("advertise", "share", "masked_input", "unmask")

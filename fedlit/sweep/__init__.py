@@ -1,6 +1,6 @@
 """Sweeps in W&B's own file format: expanded and run offline by ``fedlit sweep``, or by ``wandb agent`` online."""
 
-from fedlit.sweep.command import agent_config, expand_command
+from fedlit.sweep.agent_command import agent_config, expand_command
 from fedlit.sweep.runner import SweepRunner, SweepState, run_sweep
 from fedlit.sweep.search import grid_points, random_points, sweep_points
 from fedlit.sweep.spec import Parameter, SweepError, SweepSpec, load_sweep

@@ -21,7 +21,7 @@ from typing import Any
 
 from fedlit.files import atomic_write_bytes
 from fedlit.server.run_dir import lock_output_dir, unlock_output_dir
-from fedlit.sweep.command import expand_command
+from fedlit.sweep.agent_command import expand_command
 from fedlit.sweep.report import write_report
 from fedlit.sweep.search import sweep_points
 from fedlit.sweep.spec import SweepError, SweepSpec

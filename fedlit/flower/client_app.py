@@ -27,8 +27,8 @@ from fedlit.files import cache_dir
 from fedlit.flower.envelope import read_request, reply_content
 from fedlit.flower.package import package_dir, store_package
 from fedlit.hub_code import hub_code_allowed
+from fedlit.secure.client_endpoint import SecAggParty
 from fedlit.secure.config import SecureAggregationConfig
-from fedlit.secure.party import SecAggParty
 from fedlit.secure.protocol import SecAggClient
 
 app = ClientApp()

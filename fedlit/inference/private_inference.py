@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from fedlit.backends.base import Backend, ClientAppFactory
 from fedlit.backends.messages import ClientFailure
-from fedlit.inference.server import GenerationServer
+from fedlit.inference.generation_server import GenerationServer
 
 
 def private_inference(backend: Backend, apps: ClientAppFactory, server: GenerationServer,

@@ -17,9 +17,9 @@ from transformers import PreTrainedTokenizerBase
 
 from fedlit.files import atomic_write_bytes
 from fedlit.inference.messages import Continuations, Query
+from fedlit.inference.perturbation import CandidateTable, candidate_table, check_epsilon
 from fedlit.lightning_modules.generation import generate_texts
 from fedlit.models import ModelConfig, load_tokenizer, load_trained_model
-from fedlit.privacy.inference import CandidateTable, candidate_table, check_epsilon
 from fedlit.privacy.party_secret import PartySecret
 
 log = logging.getLogger(__name__)
