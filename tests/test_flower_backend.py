@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedlit.backends.messages import ClientFailure  # noqa: E402
 from fedlit.cli import fit_parser  # noqa: E402
-from fedlit.flower import party  # noqa: E402
+from fedlit.flower import client_app  # noqa: E402
 from fedlit.flower.backend import FlowerBackend  # noqa: E402
 from fedlit.flower.envelope import RECORD, read_reply, read_request, reply_content, request_content  # noqa: E402
 from fedlit.flower.package import package_digest, package_files, store_package  # noqa: E402
@@ -145,7 +145,7 @@ def ask(context: Context, method: str, payload, client_id: str = "alpha") -> obj
     content, nonce = request_content(method, payload)
     message = Message(content, dst_node_id=1, message_type="query", group_id=method)
     message.metadata.__dict__["_message_id"] = "m"
-    return read_reply(party.answer(message, context), client_id, nonce)
+    return read_reply(client_app.answer(message, context), client_id, nonce)
 
 
 def test_the_party_keeps_its_secure_aggregation_state_in_its_own_context():
@@ -196,7 +196,7 @@ def test_fedhetero_each_party_names_its_own_teacher_and_the_server_none(tiny_mod
 
     text = alpha_party_config("fedhetero", tmp_path, teachers={"alpha": {"name_or_path": str(tiny_model_dir)}},
                               mentee={"name_or_path": str(tiny_model_dir), "keep_blocks": None})
-    client = party._client_app("alpha", "fedhetero", text).client
+    client = client_app._client_app("alpha", "fedhetero", text).client
     assert isinstance(client.module_factory, DistillingClient)
     assert client.module_factory.teacher.name_or_path == str(tiny_model_dir)
     assert yaml.safe_load(text)["teachers"]["alpha"]["name_or_path"] == str(tiny_model_dir)
@@ -214,7 +214,7 @@ def package_party(client_id: str, cache):
         if request.method == "describe":
             return describing(client_id)(message)
         offers.append(request.payload)
-        return party.answer(message, context)
+        return client_app.answer(message, context)
 
     return handler, context, offers
 
@@ -259,10 +259,10 @@ def test_a_fedost_party_trains_on_the_received_package_and_never_loads_the_full_
     package = received(tmp_path / "package", tmp_path / "cache")
     text = alpha_party_config("fedost", tmp_path, offsite={"front": 1, "back": 0, "emulator_ratio": 1.0},
                               model={"name_or_path": str(tmp_path / "the-owners-model-is-not-here")})
-    app = party._client_app("alpha", "fedost", text, package)
+    app = client_app._client_app("alpha", "fedost", text, package)
     assert base_parameters(app.module_factory().model) == base_parameters(load_base_model(ModelConfig(str(package))))
     with pytest.raises(ValueError, match="none has arrived"):
-        party._client_app("alpha", "fedost", text, None)
+        client_app._client_app("alpha", "fedost", text, None)
 
 
 def test_a_fedco_party_trains_the_received_slm_and_never_loads_the_llm(tiny_model_dir, tmp_path):
@@ -271,7 +271,7 @@ def test_a_fedco_party_trains_the_received_slm_and_never_loads_the_llm(tiny_mode
     package = received(tmp_path / "package", tmp_path / "cache")
     text = alpha_party_config("fedco", tmp_path, llm={"name_or_path": str(tmp_path / "the-servers-llm-is-not-here")},
                               slm={"name_or_path": str(tmp_path / "nor-its-slm"), "keep_blocks": None})
-    app = party._client_app("alpha", "fedco", text, package)  # the received SLM under a fresh LoRA adapter
+    app = client_app._client_app("alpha", "fedco", text, package)  # the received SLM under a fresh LoRA adapter
     assert base_parameters(app.module_factory().model) == base_parameters(load_base_model(ModelConfig(str(package))))
 
 
@@ -312,7 +312,7 @@ def test_every_peft_method_runs_through_the_party_apps_as_in_a_local_run(method,
         party_file.write_text(yaml.safe_dump({"data": own_data}))
         context = Context(run_id=1, node_id=node, node_config={"client-id": play, "party-config": str(party_file)},
                           state=RecordDict(), run_config={"fedlit-command": "fit", "fedlit-config": text})
-        handlers[node] = lambda message, context=context: party.answer(message, context)
+        handlers[node] = lambda message, context=context: client_app.answer(message, context)
     flower = compose("fit", server, parser, backend=FlowerBackend(Grid(handlers), parties=3, wait_s=1)).fit()
     local = compose("fit", parser.parse_object({
         **common, "output_dir": str(tmp_path / "local"),
