@@ -5,9 +5,10 @@
    (driver, Ray's own processes and workers, sampled every 0.2 s), peak PSS summed the same way (memory counted
    once: Ray's workers map one shared copy of the frozen base) and bytes moved (metrics.csv).
    Target: Ray <= 0.85x Local's wall time for these fit-dominated rounds; tree PSS <= 1.3x Local's.
-2. Where the frozen base dominates memory (a random-initialised 1.7B Llama shape in bf16 with SmolLM2's tokenizer,
-   4 clients x 1 step of one 32-token example, 1 round): LocalBackend vs RayBackend (2 workers), peak PSS of the
-   process tree. Target: Ray <= 1.3x Local's (the workers and the driver map one copy of the base).
+2. Where the frozen base dominates memory (a random-initialised 1.7B Llama shape in bf16 with SmolLM2's tokenizer;
+   ``--shape llama-3b`` or ``llama-8b`` for a bigger one; 4 clients x 1 step of one 32-token example, 1 round):
+   LocalBackend vs RayBackend (2 workers), peak PSS of the process tree. Target: Ray <= 1.3x Local's (the workers
+   and the driver map one copy of the base).
 3. The LEAF federation (configs/leaf_shakespeare.yaml: one client per speaking role, 10 sampled per round,
    evaluation of 10 sampled clients) at 100 and at all ~660 clients: the server's own seconds per round (wall
    time of a round without evaluation minus its clients' fit time) and the driver's peak RSS.
@@ -15,7 +16,7 @@
 
 Every configuration runs in a fresh process (``fedlit fit``), so memory figures do not mix.
 
-    python experiments/bench_backends.py [--rounds 2] [--leaf-rounds 4] [--json out.json]
+    python experiments/bench_backends.py [--rounds 2] [--leaf-rounds 4] [--shape llama-3b] [--json out.json]
     python experiments/bench_backends.py --smoke       (the tiny shape, 1 round of each part but LEAF: the test suite)
 """
 
@@ -104,7 +105,7 @@ def shared_base(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, 
     sys.path.insert(0, str(Path(__file__).parent))
     from random_models import random_model
 
-    shape = "tiny" if args.smoke else "llama-1.7b"
+    shape = "tiny" if args.smoke else args.shape
     model_dir = random_model(shape, workdir / shape)
     results = {}
     for name, extra in (("LocalBackend", []), ("RayBackend, 2 x 1 CPU", ["--backend", RAY])):
@@ -161,12 +162,14 @@ def main() -> None:
     parser.add_argument("--skip-backends", action="store_true")
     parser.add_argument("--skip-leaf", action="store_true")
     parser.add_argument("--skip-shared-base", action="store_true")
+    parser.add_argument("--shape", default="llama-1.7b", choices=["llama-1.7b", "llama-3b", "llama-8b"],
+                        help="part 2's model shape (random weights, bf16)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--smoke", action="store_true", help="part 2 on the tiny shape only (the test suite)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         skip_backends, skip_leaf = args.skip_backends or args.smoke, args.skip_leaf or args.smoke
-        report = {"backends": {} if skip_backends else backends(args, Path(tmp)),
+        report = {"shape": args.shape, "backends": {} if skip_backends else backends(args, Path(tmp)),
                   "shared_base": {} if args.skip_shared_base else shared_base(args, Path(tmp)),
                   "leaf": {} if skip_leaf else leaf(args, Path(tmp))}
     if args.json:
@@ -186,7 +189,7 @@ def main() -> None:
                           f"{r['bytes_moved']:,}", f"{r['final_global_loss']:.4f}")
         console.print(table)
     if report["shared_base"]:
-        table = Table(title="a base that dominates memory (random-initialised 1.7B Llama shape, bf16), 4 x 1 step")
+        table = Table(title=f"a base that dominates memory (random-initialised {args.shape} shape, bf16), 4 x 1 step")
         for column in ("backend", "wall s", "tree RSS GiB", "tree PSS GiB", "vs Local", "driver RSS GiB"):
             table.add_column(column)
         local = report["shared_base"]["LocalBackend"]

@@ -75,7 +75,7 @@ def main() -> None:
         slm["server step without KD (kd_weight 0)"] = global_scores(control, metrics=METRICS)
         llm["after, server step without KD (kd_weight 0)"] = global_scores(control, metrics=METRICS, model="llm")
 
-    held_out = len(base.global_val.val_dataset)
+    held_out = len(base.evaluation.global_val.val_dataset)
     for title, results in ((f"client SLM on {held_out} held-out examples", slm),
                            (f"server LLM on {held_out} held-out examples", llm)):
         table = Table(title=title)

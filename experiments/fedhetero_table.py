@@ -44,7 +44,7 @@ def main() -> None:
     local = {cid: global_scores(run(f"local-{cid}", base, initial, args.output_dir, clients=[client]), metrics=METRICS)
              for cid, client in base.clients.items()}
     results["local-only (mean over clients)"] = {m: float(np.mean([s[m] for s in local.values()])) for m in METRICS}
-    table = Table(title=f"FedHeteroLLM mentee on {len(base.global_val.val_dataset)} held-out examples")
+    table = Table(title=f"FedHeteroLLM mentee on {len(base.evaluation.global_val.val_dataset)} held-out examples")
     for column in ("setting", *METRICS):
         table.add_column(column)
     for name, scores in results.items():

@@ -87,7 +87,7 @@ def main() -> None:
         seconds[name] = round(time.perf_counter() - began)
         print(f"{name}: {seconds[name]} s", flush=True)
     fedmkt = loops["FedMKT"]
-    last = fedmkt.rounds
+    last = fedmkt.federation.rounds
     clients = {cid: client.module_factory().model.base_model.model.name_or_path
                for cid, client in fedmkt.clients.items()}
     slm = {cid: {"zero-shot": scores(fedmkt, cid, 0), **{name: scores(loop, cid, last) for name, loop in loops.items()}}

@@ -47,7 +47,8 @@ def main() -> None:
                                  "--distillation.steps", str(steps), "--loggers", "[]",
                                  "--output_dir", str(args.output_dir / f"ratio-{ratio:g}-distill-{steps}"), *options])
         began = time.perf_counter()
-        reports[name] = compose("fedost", config, cli).fit()
+        compose("fedost", config, cli).fit()
+        reports[name] = json.loads(Path(config.output_dir, "offsite.json").read_text())
         reports[name]["seconds"] = time.perf_counter() - began
         print(f"{name}: " + ", ".join(f"{s} {reports[name][s]['choice_accuracy']:.3f}" for s in STAGES), flush=True)
 

@@ -57,9 +57,10 @@ def main() -> None:
         rows[f"DP, sigma {sigma:g}"] = {"noise_multiplier": sigma, "epsilon": epsilon,
                                         **global_scores(loop, metrics=METRICS)}
 
-    table = Table(title=f"Client-level DP on {len(base.global_val.val_dataset)} held-out examples: clip norm "
+    held_out = len(base.evaluation.global_val.val_dataset)
+    table = Table(title=f"Client-level DP on {held_out} held-out examples: clip norm "
                         f"{clip:.3g} (median update norm {np.median(norms):.3g}), delta {args.delta:g}, "
-                        f"{base.rounds} rounds, every client every round")
+                        f"{base.federation.rounds} rounds, every client every round")
     for column in ("setting", "epsilon", *METRICS):
         table.add_column(column)
     for name, scores in rows.items():

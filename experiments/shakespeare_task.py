@@ -53,7 +53,7 @@ def run(name: str, base: FederatedLoop, initial, output_dir: Path, clients: list
     federation = base.federation.replace(**{"strategy": FedAvg(), "output_dir": str(output_dir / name),
                                             "progress": False, **changes})
     loop = FederatedLoop(clients or list(base.clients.values()), base.module_factory, federation,
-                         global_val=base.global_val)
+                         global_val=base.evaluation.global_val)
     base.module_factory().load_trainable_state_dict(initial)
     began = time.perf_counter()
     loop.fit()
@@ -88,16 +88,17 @@ def main() -> None:
              for cid, client in base.clients.items()}
     results["local-only (mean over clients)"] = {
         metric: float(np.mean([scores[metric] for scores in local.values()])) for metric in METRICS}
+    held_out = base.evaluation.global_val
     union = CausalLMDataModule(
         concatenate_datasets([c.datamodule.train_dataset for c in base.clients.values()]),
-        base.global_val.val_dataset, base.global_val.collate.pad_token_id, base.global_val.batch_size,
+        held_out.val_dataset, held_out.collate.pad_token_id, held_out.batch_size,
     )
     central = run("centralised", base, initial, args.output_dir, clients=[Client("union", union)],
                   trainer={**base.federation.trainer, "max_steps": steps * len(base.clients)})
     results[f"centralised (union of data, {steps * len(base.clients)} steps per round)"] = global_scores(central)
 
-    table = Table(title=f"Which play? {len(base.global_val.val_dataset)} held-out lines "
-                        f"({base.rounds} rounds x {steps} steps per client)")
+    table = Table(title=f"Which play? {len(base.evaluation.global_val.val_dataset)} held-out lines "
+                        f"({base.federation.rounds} rounds x {steps} steps per client)")
     for column in ("setting", *METRICS):
         table.add_column(column)
     for name, scores in results.items():

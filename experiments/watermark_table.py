@@ -70,7 +70,7 @@ def keys_in(directory: Path) -> list[WatermarkKey]:
 def held_out_loss(base: FederatedLoop, payload: Payload) -> float:
     module = base.module_factory()
     module.load_trainable_state_dict(payload)
-    return float(validate(module, {GLOBAL: base.global_val}, base.trainer_kwargs)[GLOBAL]["loss"])
+    return float(validate(module, {GLOBAL: base.evaluation.global_val}, base.trainer_kwargs)[GLOBAL]["loss"])
 
 
 def scores(base: FederatedLoop, payload: Payload, keys: list[WatermarkKey], loss: float | None = None) -> dict:

@@ -76,7 +76,7 @@ def test_the_accelerator_reaches_every_trainer_of_a_command_server_side_steps_to
                                                "exclude": {"play": ["alpha"]}})]
     main([*args, "--trainer.accelerator", "cpu"])
     server_side = {"fedost": "fed_ost.client_package", "fedco": "fed_co_llm.distil", "fedmkt": "fed_mkt._distil"}
-    for step in ("client.fit", "client.evaluate", "validation.validate", server_side[command]):
+    for step in ("member.fit", "app.evaluate", "validation.validate", server_side[command]):
         assert any(step in callers for callers, _ in built), (step, built)
     assert {accelerator for _, accelerator in built} == {"cpu"}, built
 
