@@ -43,6 +43,7 @@ class LocalDeployment:
                     "FLWR_HOME": str(root / "flwr-home"),
                     "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
         self.processes: dict[str, subprocess.Popen] = {}
+        self.model_host: str | None = None
 
     def _start(self, name: str, *command: str) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 - the process owns it
@@ -71,9 +72,27 @@ class LocalDeployment:
         subprocess.run([str(BIN / "flwr"), "supernode", "register", str(self.certs / f"{client_id}.pub"), "local"],
                        env=self.env, check=True, capture_output=True)
 
+    def start_ray_head(self) -> str:
+        """A Ray instance for the parties' model hosts (on a real deployment each party starts its own on its
+        machine; here they share one, each host an actor named after its party); its address."""
+        port = free_port()
+        self._start("ray-head", "ray", "start", "--head", "--port", str(port), "--num-cpus", "2",
+                    "--include-dashboard=false", "--disable-usage-stats", "--block")
+        self.model_host = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return self.model_host
+            time.sleep(0.5)
+        raise TimeoutError("the Ray head did not start")
+
     def start_supernode(self, client_id: str, key: str | None = None) -> subprocess.Popen:
-        """The party's SuperNode, authenticating with its own key (or ``key``'s)."""
+        """The party's SuperNode, authenticating with its own key (or ``key``'s); with a model host, its own state
+        directory under ``root/state/<client>``."""
         node_config = f'client-id="{client_id}" party-config="{self.parties[client_id]}"'
+        if self.model_host is not None:
+            node_config += f' model-host="{self.model_host}" state-dir="{self.root / "state" / client_id}"'
         return self._start(key or client_id, "flower-supernode", "--superlink", f"127.0.0.1:{self.port}",
                            "--root-certificates", str(self.certs / "ca.crt"),
                            "--auth-supernode-private-key", str(self.certs / (key or client_id)),

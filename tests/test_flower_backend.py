@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedlit.backends.messages import ClientFailure  # noqa: E402
 from fedlit.cli import fit_parser  # noqa: E402
-from fedlit.flower import client_app  # noqa: E402
+from fedlit.flower import client_app, party_client  # noqa: E402
 from fedlit.flower.backend import FlowerBackend  # noqa: E402
 from fedlit.flower.envelope import RECORD, read_reply, read_request, reply_content, request_content  # noqa: E402
 from fedlit.flower.package import package_digest, package_files, store_package  # noqa: E402
@@ -196,7 +196,7 @@ def test_fedhetero_each_party_names_its_own_teacher_and_the_server_none(tiny_mod
 
     text = alpha_party_config("fedhetero", tmp_path, teachers={"alpha": {"name_or_path": str(tiny_model_dir)}},
                               mentee={"name_or_path": str(tiny_model_dir), "keep_blocks": None})
-    client = client_app._client_app("alpha", "fedhetero", text).client
+    client = party_client.party_client("alpha", "fedhetero", text).client
     assert isinstance(client.module_factory, DistillingClient)
     assert client.module_factory.teacher.name_or_path == str(tiny_model_dir)
     assert yaml.safe_load(text)["teachers"]["alpha"]["name_or_path"] == str(tiny_model_dir)
@@ -259,10 +259,10 @@ def test_a_fedost_party_trains_on_the_received_package_and_never_loads_the_full_
     package = received(tmp_path / "package", tmp_path / "cache")
     text = alpha_party_config("fedost", tmp_path, offsite={"front": 1, "back": 0, "emulator_ratio": 1.0},
                               model={"name_or_path": str(tmp_path / "the-owners-model-is-not-here")})
-    app = client_app._client_app("alpha", "fedost", text, package)
+    app = party_client.party_client("alpha", "fedost", text, package)
     assert base_parameters(app.module_factory().model) == base_parameters(load_base_model(ModelConfig(str(package))))
     with pytest.raises(ValueError, match="none has arrived"):
-        client_app._client_app("alpha", "fedost", text, None)
+        party_client.party_client("alpha", "fedost", text, None)
 
 
 def test_a_fedco_party_trains_the_received_slm_and_never_loads_the_llm(tiny_model_dir, tmp_path):
@@ -271,7 +271,7 @@ def test_a_fedco_party_trains_the_received_slm_and_never_loads_the_llm(tiny_mode
     package = received(tmp_path / "package", tmp_path / "cache")
     text = alpha_party_config("fedco", tmp_path, llm={"name_or_path": str(tmp_path / "the-servers-llm-is-not-here")},
                               slm={"name_or_path": str(tmp_path / "nor-its-slm"), "keep_blocks": None})
-    app = client_app._client_app("alpha", "fedco", text, package)  # the received SLM under a fresh LoRA adapter
+    app = party_client.party_client("alpha", "fedco", text, package)  # the received SLM under a fresh LoRA adapter
     assert base_parameters(app.module_factory().model) == base_parameters(load_base_model(ModelConfig(str(package))))
 
 

@@ -8,13 +8,17 @@ Node config (``flower-supernode --node-config``):
         client its records make), its teacher model, its ``trainer`` device, ...
     cache-dir: where it keeps client packages the server sends (default: ``$FEDLIT_CACHE``, ``~/.cache/fedlit``).
     state-dir: where its client keeps state between rounds, by run (its error-feedback residual under
-        compression; default: ``client-state`` under the cache directory).
+        compression; default: ``client-state`` under the cache directory). Each time the party builds its client
+        (loading its base model), a line goes to ``model-loads.log`` there.
+    model-host: the address of the party's own Ray instance (``ray start --head`` on the party's machine): fits,
+        evaluations and ``describe`` then run in a long-lived actor there, which builds the party's client once
+        per run (:mod:`fedlit.flower.model_host`); without it each message's process builds it again.
+    model-host-threads: the host's torch threads (default: one per CPU, as a plain process on most machines).
 """
 
 from __future__ import annotations
 
-import functools
-import tempfile
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +29,10 @@ from flwr.clientapp import ClientApp
 from fedlit.backends.messages import ClientFailure
 from fedlit.files import cache_dir
 from fedlit.flower.envelope import read_request, reply_content
+from fedlit.flower.model_host import hosted_answer
 from fedlit.flower.package import package_dir, store_package
-from fedlit.hub_code import hub_code_allowed
+from fedlit.flower.party_client import answer_with_client, secure_config
 from fedlit.secure.client_endpoint import SecAggParty
-from fedlit.secure.config import SecureAggregationConfig
 from fedlit.secure.protocol import SecAggClient
 
 app = ClientApp()
@@ -64,36 +68,6 @@ def party_config(context: Context) -> tuple[str, str, dict[str, Any]]:
     return str(node["client-id"]), str(context.run_config["fedlit-command"]), config
 
 
-@functools.lru_cache(maxsize=1)
-def _client_app(client_id: str, command: str, config_text: str, package: Path | None = None,
-                state_dir: Path | None = None) -> Any:
-    """The party's fedlit ClientApp, built by the same composition as a local run but over its own data only
-    (and the client ``package`` the server sent, if the algorithm trains on one): it keeps no server state (a
-    plain FedAvg over itself, the default fault policy, nothing written)."""
-    from fedlit.cli.fit_command import compose, fit_parser
-    from fedlit.client import ClientApp as FedlitClientApp
-    from fedlit.faults import FaultPolicy
-    from fedlit.flower.received import ReceivedPackage
-    from fedlit.strategies import FedAvg
-
-    plain = yaml.safe_load(config_text)
-    parser = fit_parser(command)
-    config = parser.parse_object(plain)
-    loop = compose(command, config, parser, backend=ReceivedPackage(package), strategy=FedAvg(),
-                  secure_aggregation=None, privacy=None, faults=FaultPolicy(), loggers=[],
-                  output_dir=tempfile.gettempdir())  # (the fault policy is the server's: min_clients counts parties)
-    if client_id not in loop.clients:
-        raise ValueError(f"client-id '{client_id}': this party's data makes clients {sorted(loop.clients)}; set "
-                         "data in its party-config so that it makes this one")
-    return FedlitClientApp(loop.clients[client_id], loop.module_factory, loop.trainer_kwargs,
-                           _secure_config(plain), state_dir, loop.federation.watermark, loop.federation.insecure_seed)
-
-
-def _secure_config(config: dict[str, Any]) -> SecureAggregationConfig | None:
-    settings = config.get("secure_aggregation")
-    return None if settings is None else SecureAggregationConfig(**settings)
-
-
 def _answer(context: Context, method: str, payload: Any) -> Any:
     if method not in METHODS:
         raise ValueError(f"unknown request method {method!r}")
@@ -101,24 +75,25 @@ def _answer(context: Context, method: str, payload: Any) -> Any:
     cache = Path(str(context.node_config["cache-dir"])) if "cache-dir" in context.node_config else None
     if method == "receive_package":
         return client_id, _receive_package(context, payload, cache)
+    state = context.state.config_records.get(_STATE)
+    secagg = bytes(state["state"]) if state is not None else None
     if method in _NEEDS_CLIENT:
         package = context.state.config_records.get(_PACKAGE)
         state_dir = (Path(str(context.node_config["state-dir"])) if "state-dir" in context.node_config
                      else (cache or cache_dir()) / "client-state")
-        party = _client_app(client_id, command, yaml.safe_dump(config),
-                            None if package is None else package_dir(str(package["digest"]), cache), state_dir)
+        build = (client_id, command, yaml.safe_dump(config),
+                 None if package is None else package_dir(str(package["digest"]), cache), state_dir)
+        host, threads = context.node_config.get("model-host"), context.node_config.get("model-host-threads")
+        reply, secagg = (hosted_answer(str(host), int(threads or os.cpu_count() or 1), build, method, payload, secagg)
+                         if host else answer_with_client(build, method, payload, secagg))
     else:  # a protocol stage needs no model: the party answers it without loading one
-        party = SecAggParty(client_id, _secure_config(config))
-    state = context.state.config_records.get(_STATE)
-    if state is not None and party.secure_config is not None and method != "secagg_setup":
-        party.secagg = SecAggClient.from_bytes(state["state"], party.secure_config)
-    if method == "describe":
-        data = party.client.datamodule
-        return client_id, {"client_id": client_id, "train_size": len(data.train_dataset),
-                           "val_size": len(data.val_dataset), "hub_code": hub_code_allowed()}
-    reply = getattr(party, method)(payload)
-    if party.secagg is not None:
-        context.state.config_records[_STATE] = ConfigRecord({"state": party.secagg.to_bytes()})
+        party = SecAggParty(client_id, secure_config(config))
+        if secagg is not None and party.secure_config is not None and method != "secagg_setup":
+            party.secagg = SecAggClient.from_bytes(secagg, party.secure_config)
+        reply = getattr(party, method)(payload)
+        secagg = party.secagg.to_bytes() if party.secagg is not None else None
+    if secagg is not None:
+        context.state.config_records[_STATE] = ConfigRecord({"state": secagg})
     return client_id, reply
 
 

@@ -1,0 +1,47 @@
+"""A party's base model loads once per run: with ``model-host`` in its node config, fits and evaluations run in a
+long-lived actor on the party's own Ray instance instead of in the process Flower starts for each message. Three
+SuperNodes over TLS with node authentication, secure aggregation, two rounds: bit-identical to LocalBackend, and
+each party's ``model-loads.log`` holds one build."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+pytest.importorskip("flwr")
+pytest.importorskip("ray")
+
+from conftest import PLAYS, play_records  # noqa: E402
+from deployment import LocalDeployment  # noqa: E402
+from test_flower import assert_same_run, fedhomo, run_locally, server_config  # noqa: E402
+
+pytestmark = [pytest.mark.deployment, pytest.mark.deployment_long]
+
+
+@pytest.fixture(scope="module")
+def hosted(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("hosted")
+    records, parties = play_records(), {}
+    for play in PLAYS:
+        data = root / f"{play}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records if r["play"] == play))
+        parties[play] = root / f"{play}-party.yaml"
+        parties[play].write_text(yaml.safe_dump({"data": {"source": str(data), "num_clients": 1,
+                                                          "global_val_examples": 2}}))
+    deployment = LocalDeployment(root, parties)
+    deployment.start_ray_head()
+    yield deployment.start()
+    deployment.stop()
+
+
+def test_each_party_loads_its_model_once_per_run_and_the_run_matches_local_backend(hosted, tiny_model_dir,
+                                                                                     plays_jsonl):
+    settings = fedhomo(tiny_model_dir)  # secure aggregation, 2 rounds: every party fits and evaluates 3 times
+    config = server_config(hosted.root, "hosted", settings)
+    assert hosted.deploy(config).wait(timeout=900) == 0, hosted.log("deploy")[-3000:]
+    assert_same_run(hosted.root / "hosted", run_locally("fit", settings, hosted.root / "local", plays_jsonl))
+    for play in PLAYS:
+        builds = (hosted.root / "state" / play / "model-loads.log").read_text().splitlines()
+        assert len(builds) == 1, builds
