@@ -246,3 +246,19 @@ def test_fedco_across_parties_sends_the_distilled_slm_and_keeps_the_llm(deployme
                         "slm": {"name_or_path": str(tiny_model_dir), "keep_blocks": None},
                         "slm_init": public, "server": public},
                        adapter_files=("adapter/adapter_model.safetensors", "llm_adapter/adapter_model.safetensors"))
+
+
+@pytest.mark.deployment_long
+@pytest.mark.parametrize(("changes", "status", "line"), [
+    ({"faults": {"max_update_norm": 1e-12}}, 3, "fedlit: nothing was trained: "),
+    ({"faults": {"min_clients": 4}}, 1,
+     "fedlit: faults.min_clients is 4 but only 3 clients are sampled per round"),
+], ids=["nothing-trained", "bad-input"])
+def test_deploy_exits_as_fit_would_with_the_servers_one_line_reason(deployment, tiny_model_dir, changes, status,
+                                                                     line):
+    settings = {**fedhomo(tiny_model_dir), "rounds": 1, "secure_aggregation": None, **changes}
+    name = f"exit-{status}"
+    config = server_config(deployment.root, name, settings)
+    (deployment.root / "deploy.log").unlink(missing_ok=True)
+    assert deployment.deploy(config).wait(timeout=600) == status, deployment.log("deploy")[-3000:]
+    assert deployment.log("deploy").strip().splitlines()[-1].startswith(line), deployment.log("deploy")[-3000:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -319,3 +320,23 @@ def test_every_peft_method_runs_through_the_party_apps_as_in_a_local_run(method,
         "data": {**data, "source": str(plays_jsonl), "num_clients": 3, "global_val_examples": 6}}), parser).fit()
     assert flower.keys() == local.keys()
     assert all(torch.equal(flower[name], local[name]) for name in local)
+
+
+def test_a_failed_deployment_reports_fit_s_exit_status_and_line():
+    """The ServerApp's ``[fedlit exit N] line`` becomes ``fedlit deploy``'s status and line, as ``fedlit fit``'s
+    for the same error; anything else a failed run says is status 1 with Flower's words."""
+    import signal
+
+    from fedlit.cli.errors import failure
+    from fedlit.flower.deploy import run_failure
+    from fedlit.flower.server_app import FAILED
+    from fedlit.server.interrupts import NothingTrained, RunInterrupted
+
+    for error, status, line in [(NothingTrained("every round skipped"), 3, "nothing was trained: every round skipped"),
+                                (RunInterrupted(signal.SIGTERM, 2, Path("ckpt")), 143, "interrupted by SIGTERM"),
+                                (ValueError("faults.min_clients is 4"), 1, "faults.min_clients is 4")]:
+        assert failure(error)[0] == status
+        details = f"finished:failed: ServerApp failed with exception: {FAILED} {status}] {failure(error)[1]}"
+        assert run_failure(details)[0] == status and run_failure(details)[1].startswith(line)
+    assert run_failure("finished:failed: the ServerApp died") == (1, "the run failed: finished:failed: the ServerApp "
+                                                                    "died")

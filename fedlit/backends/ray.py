@@ -107,7 +107,8 @@ class RayBackend(Backend):
             local = {} if self.address else {"num_cpus": self.num_workers * self.cpus_per_worker}
             if self.gpus is not None and not self.address:
                 local["num_gpus"] = self.gpus
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+            # "local": a cluster of its own, even where `ray start` left a running one (a party's model host)
+            ray.init(address=self.address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, **local)
         self.ray, self.timeout_s = ray, timeout_s
         self._check_gpus(ray.cluster_resources().get("GPU", 0.0))

@@ -18,7 +18,7 @@ from fedlit.server.run_dir import OutputDirError
 # Exit statuses: 0 the run trained what it was asked to; 1 an error, named in one line; 2 a command-line or
 # config error found while parsing; 3 nothing trained (every round skipped); 128 + signal number when
 # interrupted (130 SIGINT, 143 SIGTERM); ``fedlit verify``: 0 every key verified, 4 some key not.
-EXIT_ERROR, EXIT_NOTHING_TRAINED, EXIT_NOT_VERIFIED = 1, 3, 4
+EXIT_ERROR, EXIT_PARSE, EXIT_NOTHING_TRAINED, EXIT_NOT_VERIFIED = 1, 2, 3, 4
 
 
 def _raised_by_jsonargparse(error: BaseException) -> bool:
@@ -38,19 +38,27 @@ def error_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
 
 
+def failure(error: BaseException, debug: bool = False) -> tuple[int, str]:
+    """The exit status and the one line (without the ``fedlit:`` prefix) for a run that failed with ``error``:
+    ``fedlit fit`` prints and exits with them, and a Flower deployment's ServerApp hands them to ``fedlit deploy``,
+    which does the same."""
+    if isinstance(error, RunInterrupted):
+        return 128 + error.signum, str(error)
+    if isinstance(error, NothingTrained):
+        return EXIT_NOTHING_TRAINED, f"nothing was trained: {error}"
+    if isinstance(error, ParseError):
+        return EXIT_PARSE, str(error)
+    named = isinstance(error, (ValueError, KeyError, OSError, ImportError, OutputDirError))  # bad input, named
+    hint = "" if debug or named else " (--debug shows the traceback)"
+    return EXIT_ERROR, f"{error_line(error)}{hint}"
+
+
 def fail(error: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exception(error)
-    if isinstance(error, RunInterrupted):
-        print(f"fedlit: {error}", file=sys.stderr)
-        sys.exit(128 + error.signum)
-    if isinstance(error, NothingTrained):
-        print(f"fedlit: nothing was trained: {error}", file=sys.stderr)
-        sys.exit(EXIT_NOTHING_TRAINED)
-    named = isinstance(error, (ValueError, KeyError, OSError, ImportError, OutputDirError))  # bad input, named
-    hint = "" if debug or named else " (--debug shows the traceback)"
-    print(f"fedlit: {error_line(error)}{hint}", file=sys.stderr)
-    sys.exit(EXIT_ERROR)
+    status, line = failure(error, debug)
+    print(f"fedlit: {line}", file=sys.stderr)
+    sys.exit(status)
 
 
 def check_config_files(argv: Sequence[str]) -> None:
@@ -68,7 +76,7 @@ def check_config_files(argv: Sequence[str]) -> None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(err, "problem", None) or type(err).__name__
             print(f"fedlit: config file '{value}' is not valid YAML: {problem}{where}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(EXIT_PARSE)
 
 
 # lines of jsonargparse's errors that say nothing about the problem itself
@@ -87,13 +95,13 @@ class ParseError(ValueError):
     """A command line or config jsonargparse refused, as one line."""
 
 
-def parse_quietly(parser: ArgumentParser, argv: list[str]) -> Namespace:
-    """``parser.parse_args``, with a refusal raised as one-line :class:`ParseError` instead of the usage dump;
-    ``--help`` and ``--print_config`` print as usual."""
+def parse_quietly(parser: ArgumentParser, argv: list[str] | None = None, data: dict | None = None) -> Namespace:
+    """``parser.parse_args(argv)`` (or ``parser.parse_object(data)``), with a refusal raised as one-line
+    :class:`ParseError` instead of the usage dump; ``--help`` and ``--print_config`` print as usual."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return parser.parse_args(argv)
+            return parser.parse_object(data) if data is not None else parser.parse_args(argv)
     except SystemExit as done:
         if done.code in (0, None):
             sys.stderr.write(captured.getvalue())
@@ -107,4 +115,4 @@ def parse_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
         return parse_quietly(parser, argv)
     except ParseError as error:
         print(f"fedlit: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_PARSE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,12 +76,13 @@ def deploy(args: Namespace) -> int:
     status."""
     import tomli_w
 
+    from fedlit.cli.errors import parse_quietly
     from fedlit.cli.fit_command import fit_parser
 
     if args.command in NOT_DEPLOYED:
         raise ValueError(f"fedlit deploy --command {args.command}: {NOT_DEPLOYED[args.command]}")
     parser = fit_parser(args.command)
-    config = parser.parse_path(args.config)
+    config = parse_quietly(parser, ["--config", args.config])  # a bad config: one line, exit 2, as fedlit fit
     config.output_dir = str(Path(config.output_dir).resolve())  # the ServerApp may run in another directory
     del config.backend  # the server's backend is Flower's, the parties' their own process
     text = parser.dump(config, skip_none=False, skip_check=True)
@@ -107,7 +109,22 @@ def deploy(args: Namespace) -> int:
         _flwr("log", run_id, CONNECTION, "--stream", env=env, capture=False)
         status = _final_status(run_id, env)
     print(f"Flower run {run_id}: {status}", file=sys.stdout if status == "finished:completed" else sys.stderr)
-    return 0 if status == "finished:completed" else 1
+    if status == "finished:completed":
+        return 0
+    exit_status, line = run_failure(status)
+    print(f"fedlit: {line}", file=sys.stderr)
+    return exit_status
+
+
+def run_failure(status: str) -> tuple[int, str]:
+    """The exit status and line of ``fedlit fit`` for a failed run's final Flower status: the ServerApp's
+    ``[fedlit exit N] line`` (:class:`~fedlit.flower.server_app.RunFailed`), else 1 and Flower's own words."""
+    from fedlit.flower.server_app import FAILED
+
+    found = re.search(re.escape(FAILED) + r" (\d+)\] (.*)", status)
+    if found is None:
+        return 1, f"the run failed: {status}"
+    return int(found[1]), found[2].strip()
 
 
 def _final_status(run_id: str, env: dict[str, str]) -> str:

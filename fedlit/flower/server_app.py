@@ -33,15 +33,19 @@ def main(grid: Grid, context: Context) -> None:
         _run(grid, context)
 
 
+# how a failed run's status details begin: ``[fedlit exit 3] nothing was trained: ...``
+FAILED = "[fedlit exit"
+
+
 class RunFailed(RuntimeError):
-    """The run's error in one line: Flower logs it and records it as the run's status details, which
-    ``fedlit deploy`` prints."""
+    """The run's exit status and error in one line: Flower logs it and records it as the run's status details,
+    from which ``fedlit deploy`` prints the line and exits with the status, as ``fedlit fit`` would."""
 
 
 def _run(grid: Grid, context: Context) -> None:
-    from fedlit.cli.errors import error_line
+    from fedlit.cli.errors import failure, parse_quietly
     from fedlit.cli.fit_command import fit_parser, quiet_libraries, run_fit
-    from fedlit.server.interrupts import NothingTrained, RunInterrupted
+    from fedlit.server.interrupts import RunInterrupted
 
     settings = context.run_config
     command = str(settings["fedlit-command"])
@@ -55,13 +59,13 @@ def _run(grid: Grid, context: Context) -> None:
                             reply_timeout_s=float(settings["reply-timeout-s"]))
     parser = fit_parser(command)
     try:
-        config = parser.parse_object(yaml.safe_load(str(settings["fedlit-config"])))
+        config = parse_quietly(parser, data=yaml.safe_load(str(settings["fedlit-config"])))
         config.resume = bool(settings["resume"])
         with watch() as secrets_seen:
             run_fit(command, config, parser, backend=backend)
-    except (Exception, RunInterrupted) as error:  # noqa: BLE001 - one named line, as fedlit fit
-        what = "nothing was trained: " if isinstance(error, NothingTrained) else ""
-        raise RunFailed(what + error_line(error)) from (error if settings.get("debug", False) else None)
+    except (Exception, RunInterrupted) as error:  # noqa: BLE001 - one named line and status, as fedlit fit
+        status, line = failure(error, debug=True)
+        raise RunFailed(f"{FAILED} {status}] {line}") from (error if settings.get("debug", False) else None)
     record = {"flower_run_id": context.run_id, "parties": backend.nodes,
               "hub_code": {"server": hub_code_allowed(), "parties": backend.hub_code},
               "client_secrets_in_server_process": clients_secrets(secrets_seen)}
