@@ -26,7 +26,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 pytestmark = pytest.mark.deployment
 COMPARED = ["round", "client", "split", "loss", "perplexity", "token_accuracy", "num_examples", "bytes_received",
-            "bytes_sent", "excluded"]
+            "bytes_sent", "epsilon", "excluded"]
 
 
 SHARED_DATA = {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32}  # the parties add their source
@@ -116,17 +116,6 @@ def test_one_deployed_round_matches_local_backend(deployment, tiny_model_dir, pl
 
 
 @pytest.mark.deployment_long
-def test_deployment_with_secure_aggregation_matches_local_backend(deployment, local_reference, tiny_model_dir):
-    config = server_config(deployment.root, "flower", fedhomo(tiny_model_dir))
-    assert "jsonl" not in config.read_text()  # the server's config names no client's data
-    assert deployment.deploy(config).wait(timeout=600) == 0, deployment.log("deploy")[-3000:]
-    assert_same_run(deployment.root / "flower", local_reference)
-    record = json.loads((deployment.root / "flower" / "deployment.json").read_text())
-    assert sorted(record["parties"]) == sorted(PLAYS)
-    assert record["client_secrets_in_server_process"] == 0  # every copy counted as it is made, the whole run
-
-
-@pytest.mark.deployment_long
 def test_dp_noise_shares_are_drawn_by_the_parties_and_never_exist_in_the_server(deployment, tiny_model_dir,
                                                                                 plays_jsonl):
     """Client-level DP with noise shares under masking: each party draws its share from its own secret (pinned
@@ -139,6 +128,24 @@ def test_dp_noise_shares_are_drawn_by_the_parties_and_never_exist_in_the_server(
     assert_same_run(deployment.root / "dp", run_locally("fit", settings, deployment.root / "local-dp", plays_jsonl))
     record = json.loads((deployment.root / "dp" / "deployment.json").read_text())
     assert record["client_secrets_in_server_process"] == 0
+
+
+@pytest.mark.deployment_long
+def test_client_level_dp_and_dp_sgd_across_processes_equal_local_backend_epsilon_rows_included(
+        deployment, tiny_model_dir, plays_jsonl):
+    """Client-level DP in the clear (the server adds the noise) with DP-SGD in every party, two rounds, so that
+    each party's DP-SGD epsilon counts the steps of both (it keeps its count in its own state directory, across the
+    processes Flower starts per message); noise pinned by insecure_seed on both sides. (Client-level DP with noise
+    shares under secure aggregation: the test above.)"""
+    settings = {**fedhomo(tiny_model_dir), "secure_aggregation": None, "insecure_seed": 5,
+                "privacy": {"noise_multiplier": 0.5, "clip_norm": 0.5},
+                "example_privacy": {"noise_multiplier": 0.5, "max_grad_norm": 1.0, "delta": 1e-3}}
+    config = server_config(deployment.root, "dp-both", settings)
+    assert deployment.deploy(config).wait(timeout=900) == 0, deployment.log("deploy")[-3000:]
+    local = run_locally("fit", settings, deployment.root / "local-dp-both", plays_jsonl)
+    assert_same_run(deployment.root / "dp-both", local)
+    with_epsilon = [(r["client"], r["split"]) for r in rows(local) if r["epsilon"]]
+    assert with_epsilon.count(("server", "privacy")) == 2 and len(with_epsilon) == 2 + 2 * len(PLAYS)
 
 
 def test_a_supernode_with_an_unregistered_key_is_refused(deployment):
@@ -262,3 +269,4 @@ def test_deploy_exits_as_fit_would_with_the_servers_one_line_reason(deployment, 
     (deployment.root / "deploy.log").unlink(missing_ok=True)
     assert deployment.deploy(config).wait(timeout=600) == status, deployment.log("deploy")[-3000:]
     assert deployment.log("deploy").strip().splitlines()[-1].startswith(line), deployment.log("deploy")[-3000:]
+

@@ -1,7 +1,8 @@
 """A party's base model loads once per run: with ``model-host`` in its node config, fits and evaluations run in a
 long-lived actor on the party's own Ray instance instead of in the process Flower starts for each message. Three
 SuperNodes over TLS with node authentication, secure aggregation, two rounds: bit-identical to LocalBackend, and
-each party's ``model-loads.log`` holds one build."""
+each party's ``model-loads.log`` holds one build. (The same deployment without a model host: the default suite's
+one round in the clear, and the long suite's runs in tests/test_flower.py.)"""
 
 from __future__ import annotations
 
@@ -45,3 +46,6 @@ def test_each_party_loads_its_model_once_per_run_and_the_run_matches_local_backe
     for play in PLAYS:
         builds = (hosted.root / "state" / play / "model-loads.log").read_text().splitlines()
         assert len(builds) == 1, builds
+    record = json.loads((hosted.root / "hosted" / "deployment.json").read_text())
+    assert sorted(record["parties"]) == sorted(PLAYS)
+    assert record["client_secrets_in_server_process"] == 0  # every copy counted as it is made, the whole run
