@@ -59,10 +59,8 @@ def run_locally(command: str, settings: dict, output_dir: Path, plays_jsonl: Pat
     return output_dir
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory):
-    """Each party's records in its own file, and its party-config naming it; the SuperLink and SuperNodes up."""
-    root = tmp_path_factory.mktemp("deployment")
+def party_files(root: Path) -> dict[str, Path]:
+    """Each party's records in its own file under ``root``, and its party-config naming it (by client id)."""
     records, parties = play_records(), {}
     for play in PLAYS:
         data = root / f"{play}.jsonl"
@@ -71,7 +69,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
         parties[play] = root / f"{play}-party.yaml"
         parties[play].write_text(yaml.safe_dump({"data": {"source": str(data), "num_clients": 1,
                                                           "global_val_examples": 2}}))
-    deployment = LocalDeployment(root, parties).start()
+    return parties
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory):
+    """The parties' files; the SuperLink and SuperNodes up."""
+    root = tmp_path_factory.mktemp("deployment")
+    deployment = LocalDeployment(root, party_files(root)).start()
     yield deployment
     deployment.stop()
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-from conftest import PLAYS, play_records  # noqa: E402
+from conftest import PLAYS  # noqa: E402
 from deployment import LocalDeployment  # noqa: E402
-from test_flower import assert_same_run, fedhomo, run_locally, server_config  # noqa: E402
+from test_flower import assert_same_run, fedhomo, party_files, run_locally, server_config  # noqa: E402
 
 pytestmark = [pytest.mark.deployment, pytest.mark.deployment_long]
 
@@ -24,14 +23,7 @@ pytestmark = [pytest.mark.deployment, pytest.mark.deployment_long]
 @pytest.fixture(scope="module")
 def hosted(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("hosted")
-    records, parties = play_records(), {}
-    for play in PLAYS:
-        data = root / f"{play}.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in records if r["play"] == play))
-        parties[play] = root / f"{play}-party.yaml"
-        parties[play].write_text(yaml.safe_dump({"data": {"source": str(data), "num_clients": 1,
-                                                          "global_val_examples": 2}}))
-    deployment = LocalDeployment(root, parties)
+    deployment = LocalDeployment(root, party_files(root))
     deployment.start_ray_head()
     yield deployment.start()
     deployment.stop()
