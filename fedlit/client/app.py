@@ -42,8 +42,7 @@ class ClientApp(SecAggParty):
         if self.state_dir is None:
             self._secret = self._secret or PartySecret.fresh(holder, self.insecure_seed)
             return self._secret
-        return PartySecret.load_or_create(client_state_dir(self.state_dir, run_id, self.client_id) / "secret", holder,
-                                          self.insecure_seed)
+        return PartySecret.load_or_create(self.state_directory(run_id) / "secret", holder, self.insecure_seed)
 
     def residuals(self, run_id: str) -> ResidualStore:
         """This client's error-feedback residuals for run ``run_id``, under its state directory."""

@@ -33,7 +33,6 @@ from fedlit.flower.model_host import hosted_answer
 from fedlit.flower.package import package_dir, store_package
 from fedlit.flower.party_client import answer_with_client, secure_config
 from fedlit.secure.client_endpoint import SecAggParty
-from fedlit.secure.protocol import SecAggClient
 
 app = ClientApp()
 _STATE = "fedlit-secagg"
@@ -88,10 +87,10 @@ def _answer(context: Context, method: str, payload: Any) -> Any:
                          if host else answer_with_client(build, method, payload, secagg))
     else:  # a protocol stage needs no model: the party answers it without loading one
         party = SecAggParty(client_id, secure_config(config))
-        if secagg is not None and party.secure_config is not None and method != "secagg_setup":
-            party.secagg = SecAggClient.from_bytes(secagg, party.secure_config)
+        if method != "secagg_setup":  # (the setup starts a round's state afresh)
+            party.restore_state(secagg)
         reply = getattr(party, method)(payload)
-        secagg = party.secagg.to_bytes() if party.secagg is not None else None
+        secagg = party.saved_state()
     if secagg is not None:
         context.state.config_records[_STATE] = ConfigRecord({"state": secagg})
     return client_id, reply

@@ -15,7 +15,6 @@ import yaml
 
 from fedlit.hub_code import hub_code_allowed
 from fedlit.secure.config import SecureAggregationConfig
-from fedlit.secure.protocol import SecAggClient
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,15 +55,14 @@ def answer_with_client(build: Build, method: str, payload: Any, secagg: bytes | 
     ``build``), with its secure-aggregation state ``secagg`` (bytes, kept by the caller between messages);
     returns the reply and the state after it."""
     party = party_client(*build)
-    party.secagg = (SecAggClient.from_bytes(secagg, party.secure_config)
-                    if secagg is not None and party.secure_config is not None else None)
+    party.restore_state(secagg)
     if method == "describe":
         data = party.client.datamodule
         reply = {"client_id": party.client_id, "train_size": len(data.train_dataset),
                  "val_size": len(data.val_dataset), "hub_code": hub_code_allowed()}
     else:
         reply = getattr(party, method)(payload)
-    return reply, party.secagg.to_bytes() if party.secagg is not None else None
+    return reply, party.saved_state()
 
 
 def secure_config(config: dict[str, Any]) -> SecureAggregationConfig | None:

@@ -17,6 +17,16 @@ class SecAggParty:
         self.client_id, self.secure_config = client_id, config
         self.secagg: SecAggClient | None = None
 
+    def restore_state(self, state: bytes | None) -> None:
+        """Take back the protocol state kept between messages (:meth:`saved_state`; ``None``: none yet), where a
+        process answers one message and exits (a Flower party)."""
+        self.secagg = (SecAggClient.from_bytes(state, self.secure_config)
+                       if state is not None and self.secure_config is not None else None)
+
+    def saved_state(self) -> bytes | None:
+        """The protocol state to keep until the next message (``None``: none)."""
+        return self.secagg.to_bytes() if self.secagg is not None else None
+
     def masker(self) -> SecAggClient:
         """This round's protocol state (after the setup message)."""
         if self.secagg is None:
