@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 SHAPES: dict[str, tuple[int, int, int, int, int]] = {
     "tiny": (16, 2, 2, 1, 32),  # compute close to zero: what is left is orchestration
     "smollm2-135m": (576, 30, 9, 3, 1536),
+    "llama-1.1b": (1536, 37, 24, 8, 4096),  # 8x SmolLM2-135M's parameters (1.08B with its vocabulary)
     "llama-1.7b": (2048, 24, 32, 32, 8192),
     "llama-3b": (3072, 28, 24, 8, 8192),  # Llama 3.2 3B's blocks (3.1B parameters with SmolLM2's vocabulary)
     "llama-8b": (4096, 32, 32, 8, 14336),

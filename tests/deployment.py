@@ -121,7 +121,11 @@ class LocalDeployment:
         for member in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 member.send_signal(signum)
-        psutil.wait_procs(tree, timeout=30)
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for member in alive:  # (a Ray worker may outlive a stopped head by tens of seconds)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        psutil.wait_procs(alive, timeout=10)
         process.wait(timeout=30)
 
     def log(self, name: str) -> str:

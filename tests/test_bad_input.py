@@ -466,10 +466,6 @@ def test_16_a_sweep_count_below_one_is_refused(tmp_path, capsys):
 def test_16_what_cannot_apply_is_refused_naming_it(tiny_model_dir, tmp_path, capsys):
     from fedlit.models import load_base_model
 
-    config = tmp_path / "c.yaml"
-    config.write_text("rounds: 1\n")
-    assert "FedMKT does not run on a Flower deployment yet" in fails(capsys, "deploy", "--config", str(config),
-                                                                     "--command", "fedmkt", "--parties", "2")
     with pytest.raises(ValueError, match="it has 2 blocks, and a layer drop keeps the first and last and needs at "
                                          "least 3: drop keep_blocks"):
         load_base_model(ModelConfig(str(tiny_model_dir), keep_blocks=2))

@@ -51,6 +51,16 @@ def test_bench_overhead_floor_smoke(tmp_path):
         assert 0 < results[key] < 5, (key, results)
 
 
+@pytest.mark.deployment_long  # (a SuperLink, three SuperNodes and a Ray instance: minutes, as the other deployments)
+def test_bench_deployment_smoke(tmp_path):
+    pytest.importorskip("flwr")
+    pytest.importorskip("ray")
+    (result,) = smoke("bench_deployment.py", tmp_path, "--workdir", str(tmp_path))["results"]
+    hosted, local = result["hosted"], result["local"]
+    assert len(local["round_s"]) == len(hosted["round_s"]) == 2 and all(s > 0 for s in hosted["round_s"])
+    assert len(hosted["fit_message_overhead_s"]) == 2 and all(s > 0 for s in hosted["fit_message_overhead_s"])
+
+
 @pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.long)])
 def test_gpu_bench_smoke(tmp_path, backend):
     pytest.importorskip("ray") if backend == "ray" else None

@@ -154,7 +154,7 @@ def test_the_party_keeps_its_secure_aggregation_state_in_its_own_context():
     setup = RoundSetup(1, names, {c: [o for o in names if o != c] for c in names}, 2, 5, 64, 2.0**24)
     context = party_context("alpha", {"secure_aggregation": {}})
     advert = decode(ask(context, "secagg_setup", encode(setup)))
-    state = SecAggClient.from_bytes(context.state.config_records["fedlit-secagg"]["state"],
+    state = SecAggClient.from_bytes(context.state.config_records["fedlit-party-state"]["state"],
                                     SecureAggregationConfig())
     assert advert == state.advertise()  # the stored state is the one that answered: keys, seed commitment
     assert "not a secure-aggregation message" in ask(context, "secagg_share", b"\xc1").reason  # garbage in

@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +27,7 @@ from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL, DataConfig, FederatedData
 from fedlit.data.public import public_texts
 from fedlit.federation import Federation
+from fedlit.files import atomic_directory
 from fedlit.lightning_modules import DistillationLossConfig, EvaluationConfig, OptimizerConfig, PeftModule
 from fedlit.lightning_modules.knowledge_transfer import (
     KnowledgeRecord,
@@ -43,7 +46,7 @@ from fedlit.lightning_modules.public_knowledge import (
     chosen,
     dual_min_selection,
 )
-from fedlit.models import ModelConfig, load_base_model, load_tokenizer
+from fedlit.models import ModelConfig, load_base_model, load_tokenizer, tokenizer_at
 from fedlit.payload import Payload, canonical, split
 from fedlit.server.loop import FederatedLoop
 from fedlit.strategies import KnowledgeGathering, Strategy
@@ -152,15 +155,35 @@ class SmallModel:
     initial: Payload
 
 
-def client_data(data: DataConfig, federation: Federation, tokenizers: Mapping[str, PreTrainedTokenizerBase],
-                slm_of: Callable[[str], str]) -> tuple[FederatedData, CausalLMDataModule | None]:
-    """Each client's data in its own SLM's tokenisation, and the server's held-out split in the LLM's (``llm``)."""
-    built = {name: federation.backend.federated_data(data, tokenizer) for name, tokenizer in tokenizers.items()}
-    first = next(iter(built.values()))
-    if first.held_by_parties:
-        raise ValueError("fedmkt does not run on a Flower deployment yet: use the local or ray backend")
-    clients = {cid: built[slm_of(cid)].clients[cid] for cid in first.clients}
-    return dataclasses.replace(first, clients=clients, global_val=None), built["llm"].global_val
+PUBLIC_TEXTS = "public_texts.json"
+
+
+def write_transfer_package(directory: Path, llm_tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                           response_starts: list[int]) -> None:
+    """What every client needs of the server: the LLM's tokenizer (to carry the LLM's knowledge into its own
+    tokens) and the public texts, chosen to fit every client's tokenizer (which a party cannot choose alone: it
+    knows only its own)."""
+    with atomic_directory(directory) as tmp:
+        llm_tokenizer.save_pretrained(tmp)
+        Path(tmp, PUBLIC_TEXTS).write_text(json.dumps({"texts": texts, "response_starts": response_starts}))
+
+
+def read_transfer_package(directory: Path) -> tuple[PreTrainedTokenizerBase, list[str], list[int]]:
+    """The LLM's tokenizer, the public texts and where each one's response starts, from the package."""
+    public = json.loads(Path(directory, PUBLIC_TEXTS).read_text())
+    return tokenizer_at(directory), list(public["texts"]), list(public["response_starts"])
+
+
+def client_data(data: DataConfig, federation: Federation, llm_tokenizer: PreTrainedTokenizerBase,
+                slm_of: Callable[[str], ModelConfig]) -> tuple[FederatedData, CausalLMDataModule | None]:
+    """Each client's data in its own SLM's tokenisation, and the server's held-out split in the LLM's (none in a
+    deployment: the server holds no data). Only the SLMs of the clients at hand are read: a party knows its own."""
+    backend = federation.backend
+    in_llm_tokens = backend.federated_data(data, llm_tokenizer)
+    configs = {repr(slm_of(cid)): slm_of(cid) for cid in in_llm_tokens.clients}
+    built = {name: backend.federated_data(data, load_tokenizer(config)) for name, config in configs.items()}
+    clients = {cid: built[repr(slm_of(cid))].clients[cid] for cid in in_llm_tokens.clients}
+    return dataclasses.replace(in_llm_tokens, clients=clients, global_val=None), in_llm_tokens.global_val
 
 
 def fed_mkt(
@@ -194,51 +217,58 @@ def fed_mkt(
     ``data``, ``optimizer``, ``evaluation`` and ``federation`` are as for :func:`fedlit.algorithms.fed_homo_llm`.
     Evaluation scores each client's own SLM on its held-out split and the LLM (rows ``model: llm``) on the
     server's. Secure aggregation, DP and compression work on adapter updates and are refused. Outputs:
-    ``llm_adapter/``, ``adapter/knowledge.safetensors`` (the LLM's last knowledge), each client's own adapter under
-    ``client_state/personal`` (unless ``fedavg``: then ``adapter/`` also holds the averaged one).
+    ``client_package/`` (the LLM's tokenizer and the public texts: all a client gets of the server, sent to the
+    parties of a deployment by digest), ``llm_adapter/``, ``adapter/knowledge.safetensors`` (the LLM's last
+    knowledge), each client's own adapter under ``client_state/personal`` (unless ``fedavg``: then ``adapter/``
+    also holds the averaged one).
     """
     federation = federation or Federation()
     slms = dict(slms or {})
     check_mode(mode, fedavg, slms, slm)
     refuse_unsupported(federation)
     seed, peft = federation.seed, peft or LoraConfig(**DEFAULT_LORA)
-    configs = {"llm": llm, **{repr(c): c for c in [slm, *slms.values()]}}
-    tokenizers = {name: load_tokenizer(config) for name, config in configs.items()}
-    texts, response_starts = fitting_texts(transfer, list(tokenizers.values()))
-    federated, held_out = client_data(data, federation, tokenizers, lambda cid: repr(slms.get(cid, slm)))
+
+    def build(directory: Path) -> None:
+        tokenizers = [load_tokenizer(config) for config in [llm, slm, *slms.values()]]
+        write_transfer_package(directory, tokenizers[0], *fitting_texts(transfer, tokenizers))
+
+    package = federation.backend.client_package(Path(federation.output_dir) / "client_package", build)
+    llm_tokenizer, texts, response_starts = read_transfer_package(package)
+    federated, held_out = client_data(data, federation, llm_tokenizer, lambda cid: slms.get(cid, slm))
     unknown = sorted(set(slms) - set(federated.clients))
-    if unknown:
+    if unknown and federation.backend.sees_every_client:
         raise ValueError(f"slms: no client {unknown} (clients: {sorted(federated.clients)})")
-    llm_public = PublicTexts.encode(texts, tokenizers["llm"], transfer.max_length, response_starts)
+    llm_public = PublicTexts.encode(texts, llm_tokenizer, transfer.max_length, response_starts)
     llm_base = functools.cache(functools.partial(load_base_model, llm))  # the server's: never a party's
+    slm_of = {cid: slms.get(cid, slm) for cid in federated.clients}
     small, bridges = {}, {}
-    for name, config in configs.items():
-        if name == "llm":
+    for config in [*slm_of.values(), *([slm] if fedavg else [])]:  # the SLMs of the clients at hand
+        name = repr(config)
+        if name in small:
             continue
-        tokenizer = tokenizers[name]
+        tokenizer = load_tokenizer(config)
         public = PublicTexts.encode(texts, tokenizer, transfer.max_length, response_starts)
         model = build_peft_model(load_base_model(config), copy.deepcopy(peft), seed=seed)
         initial = canonical({n: p for n, p in model.named_parameters() if p.requires_grad})
-        to_slm = KnowledgeBridge(llm_public, public, tokenizers["llm"], tokenizer)
-        bridges[name] = KnowledgeBridge(public, llm_public, tokenizer, tokenizers["llm"])
+        to_slm = KnowledgeBridge(llm_public, public, llm_tokenizer, tokenizer)
+        bridges[name] = KnowledgeBridge(public, llm_public, tokenizer, llm_tokenizer)
         small[name] = SmallModel(functools.partial(KnowledgeTransferModule, model, public, to_slm, transfer, loss,
                                                    fedavg, initial, optimizer, evaluation, tokenizer), initial)
-    slm_of = {cid: repr(slms.get(cid, slm)) for cid in federated.clients}
 
     def llm_module() -> PeftModule:
         return PeftModule(build_peft_model(llm_base(), copy.deepcopy(llm_peft or peft), seed=seed), optimizer,
-                          evaluation, tokenizers["llm"])
+                          evaluation, llm_tokenizer)
 
     start = Knowledge.empty(len(texts), transfer.max_length, transfer.top_k).payload()
     if fedavg:
         start.update(small[repr(slm)].initial)
     transfer_server = MutualTransferServer(
-        federation.strategy, llm_module, llm_public, {cid: bridges[slm_of[cid]] for cid in federated.clients},
+        federation.strategy, llm_module, llm_public, {cid: bridges[repr(c)] for cid, c in slm_of.items()},
         transfer, loss, learns=mode != "llm_to_slm", held_out={GLOBAL: held_out} if held_out is not None else {},
         trainer_kwargs=federation.trainer)
     return federated_loop(
         federated, functools.partial(KnowledgeRecord, canonical(start)), federation.replace(strategy=transfer_server),
         fingerprint={"llm": llm, "slm": slm, "slms": slms, "mode": mode, "fedavg": fedavg, "transfer": transfer,
                      "loss": loss, "data": data, "peft": peft, "llm_peft": llm_peft},
-        client_factories={cid: small[slm_of[cid]].module for cid in federated.clients}, personal=True,
+        client_factories={cid: small[repr(c)].module for cid, c in slm_of.items()}, personal=True,
     )

@@ -65,6 +65,7 @@ class Backend(ABC):
     """
 
     simulation = True  # every client runs the same code here: an exception in it is a bug (FaultPolicy.client_errors)
+    sees_every_client = True  # federated_data makes every client of the federation (a party makes only its own)
     stop_on_errors = True
 
     @abstractmethod

@@ -1,19 +1,60 @@
-"""``fedlit deploy``: its options; the submission and following of the run are :mod:`fedlit.flower.deploy`'s."""
+"""``fedlit deploy``: its options and what it can run; the submission and following of the run are
+:mod:`fedlit.flower.deploy`'s."""
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
-from fedlit.cli.fit_command import ALGORITHMS
+from fedlit.cli.fit_command import ALGORITHMS, fit_parser, run_fit
+
+if TYPE_CHECKING:
+    from fedlit.flower.backend import FlowerBackend
+
+
+@dataclass(frozen=True)
+class Deployable:
+    """What ``fedlit deploy --command`` runs across parties: how its config is parsed (here, and in the ServerApp)
+    and how the ServerApp runs it on the parties' backend."""
+
+    parser: Callable[[], ArgumentParser]
+    run: Callable[[Namespace, ArgumentParser, FlowerBackend], None]
+
+
+def _infer_parser() -> ArgumentParser:
+    from fedlit.cli.infer_command import infer_parser
+
+    return infer_parser(deployed=True)
+
+
+def _run_infer(config: Namespace, parser: ArgumentParser, backend: FlowerBackend) -> None:
+    from fedlit.cli.infer_command import run_deployed_infer
+
+    run_deployed_infer(config, parser, backend)
+
+
+def _run_algorithm(command: str, config: Namespace, parser: ArgumentParser, backend: FlowerBackend) -> None:
+    run_fit(command, config, parser, backend=backend)
+
+
+# every algorithm, and private inference (the server's model in the ServerApp, each party's prompts with it)
+DEPLOYABLE: dict[str, Deployable] = {
+    **{name: Deployable(functools.partial(fit_parser, name), functools.partial(_run_algorithm, name))
+       for name in ALGORITHMS},
+    "infer": Deployable(_infer_parser, _run_infer),
+}
 
 
 def deploy_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Run a fedlit config across parties on a Flower SuperLink.")
     parser.add_argument("--config", type=str, required=True, help="the run's YAML config (no client data paths)")
-    parser.add_argument("--command", type=Literal[tuple(ALGORITHMS)], default="fit",
-                        help="the algorithm, as the fedlit subcommand names it")
+    parser.add_argument("--command", type=Literal[tuple(DEPLOYABLE)], default="fit",
+                        help="the algorithm, as the fedlit subcommand names it, or infer (private inference: the "
+                             "server's model answers each party's prompts)")
     parser.add_argument("--superlink", type=str, default="127.0.0.1:9093", help="SuperLink address host:port")
     parser.add_argument("--parties", type=int, required=True, help="SuperNodes to wait for before the run starts")
     parser.add_argument("--wait_s", type=float, default=300.0, help="how long to wait for them")
@@ -23,7 +64,8 @@ def deploy_parser() -> ArgumentParser:
     parser.add_argument("--root_certificates", type=str | None, default=None,
                         help="PEM CA certificate that signed the SuperLink's (TLS)")
     parser.add_argument("--resume", type=bool, default=False, help="continue from the output_dir's checkpoints")
-    parser.add_argument("--debug", type=bool, default=False, help="tracebacks in the run's log")
+    parser.add_argument("--debug", type=bool, default=False,
+                        help="tracebacks, and each request's round trip, in the run's log")
     return parser
 
 

@@ -83,6 +83,11 @@ class ClientApp(SecAggParty):
         reply.seconds = round(time.perf_counter() - began, 3)
         return reply
 
+    def describe(self) -> dict[str, int | str]:
+        """What a deployment's server learns of this client before the run: its id and the sizes of its splits."""
+        data = self.client.datamodule
+        return {"client_id": self.client_id, "train_size": len(data.train_dataset), "val_size": len(data.val_dataset)}
+
     def evaluate(self, global_wire: bytes) -> dict[str, float]:
         """The global adapter's metrics on this client's held-out split (and its size, ``num_examples``): the
         evaluating module is the loop's, whatever module this client trains, except for a personal client: its

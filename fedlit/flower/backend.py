@@ -51,6 +51,8 @@ class FlowerBackend(Backend):
         self.sizes: dict[str, tuple[int, int]] = {}  # client id -> (train, held-out) sizes, once discovered
         self.package: tuple[str, dict[str, bytes]] | None = None  # the run's client package: digest, files
         self.fit_timeout_s = reply_timeout_s
+        # each reply as it arrives (client id, method, value): what the server received, for a run's record
+        self.on_receive: Callable[[str, str, Any], None] | None = None
 
     def federated_data(self, config: Any, tokenizer: Any) -> FederatedData:
         """The parties as the server knows them: the client id and split sizes each SuperNode reports. The
@@ -85,6 +87,10 @@ class FlowerBackend(Backend):
         log.info("client package %s... (%d bytes) sent to SuperNode(s) %s; the others held it", digest[:12],
                  sum(map(len, files.values())), sorted(lacking) or "none")
         return {node: reply.reason for node, reply in held.items() if isinstance(reply, ClientFailure)}
+
+    def client_ids(self) -> list[str]:
+        """The parties' client ids, as their SuperNodes name them (asked once)."""
+        return list(self._discover())
 
     def _wait_for_parties(self) -> set[int]:
         deadline = time.monotonic() + self.wait_s
@@ -175,11 +181,13 @@ class FlowerBackend(Backend):
             for message in self.grid.pull_messages(list(sent)):
                 client_id, nonce = sent.pop(message.metadata.reply_to_message_id)
                 replies[client_id] = read_reply(message, None if any_client else client_id, nonce)
+                if self.on_receive is not None:
+                    self.on_receive(client_id, method, replies[client_id])
                 if on_reply is not None:
                     on_reply(client_id)
             if sent:
                 time.sleep(_POLL_S)
-        log.debug("%s: %d replies in %.1f s", method, len(replies), time.monotonic() - began)
+        log.debug("%s: %d replies in %.3f s", method, len(replies), time.monotonic() - began)
         for client_id, _ in sent.values():
             replies[client_id] = ClientFailure(f"no reply within {timeout:g} s (party gone?)",
                                                round(time.monotonic() - began, 3))

@@ -35,9 +35,9 @@ from fedlit.flower.party_client import answer_with_client, secure_config
 from fedlit.secure.client_endpoint import SecAggParty
 
 app = ClientApp()
-_STATE = "fedlit-secagg"
+_STATE = "fedlit-party-state"  # secure-aggregation keys and shares, or the prompts as sent
 _PACKAGE = "fedlit-package"
-_NEEDS_CLIENT = ("describe", "fit", "evaluate")
+_NEEDS_CLIENT = ("describe", "fit", "evaluate", "query", "extract")
 METHODS = (*_NEEDS_CLIENT, "receive_package", "secagg_setup", "secagg_share", "secagg_receive_shares",
            "secagg_unmask")
 
@@ -74,8 +74,8 @@ def _answer(context: Context, method: str, payload: Any) -> Any:
     cache = Path(str(context.node_config["cache-dir"])) if "cache-dir" in context.node_config else None
     if method == "receive_package":
         return client_id, _receive_package(context, payload, cache)
-    state = context.state.config_records.get(_STATE)
-    secagg = bytes(state["state"]) if state is not None else None
+    kept = context.state.config_records.get(_STATE)
+    state = bytes(kept["state"]) if kept is not None else None
     if method in _NEEDS_CLIENT:
         package = context.state.config_records.get(_PACKAGE)
         state_dir = (Path(str(context.node_config["state-dir"])) if "state-dir" in context.node_config
@@ -83,16 +83,16 @@ def _answer(context: Context, method: str, payload: Any) -> Any:
         build = (client_id, command, yaml.safe_dump(config),
                  None if package is None else package_dir(str(package["digest"]), cache), state_dir)
         host, threads = context.node_config.get("model-host"), context.node_config.get("model-host-threads")
-        reply, secagg = (hosted_answer(str(host), int(threads or os.cpu_count() or 1), build, method, payload, secagg)
-                         if host else answer_with_client(build, method, payload, secagg))
+        reply, state = (hosted_answer(str(host), int(threads or os.cpu_count() or 1), build, method, payload, state)
+                        if host else answer_with_client(build, method, payload, state))
     else:  # a protocol stage needs no model: the party answers it without loading one
         party = SecAggParty(client_id, secure_config(config))
         if method != "secagg_setup":  # (the setup starts a round's state afresh)
-            party.restore_state(secagg)
+            party.restore_state(state)
         reply = getattr(party, method)(payload)
-        secagg = party.saved_state()
-    if secagg is not None:
-        context.state.config_records[_STATE] = ConfigRecord({"state": secagg})
+        state = party.saved_state()
+    if state is not None:
+        context.state.config_records[_STATE] = ConfigRecord({"state": state})
     return client_id, reply
 
 

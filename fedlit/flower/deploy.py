@@ -66,25 +66,19 @@ def _flwr(*args: str, env: dict[str, str], capture: bool = True) -> subprocess.C
                           capture_output=capture)
 
 
-# algorithms a Flower deployment does not run yet, and why (refused here, before anything starts)
-NOT_DEPLOYED = {"fedmkt": "FedMKT does not run on a Flower deployment yet (each party would need the server LLM's "
-                          "tokenizer and the public texts in its client package): use the local or ray backend"}
-
-
 def deploy(args: Namespace) -> int:
     """Submit the run ``args`` (parsed by :func:`fedlit.cli.deploy_command.deploy_parser`) and follow it; the exit
     status."""
     import tomli_w
 
+    from fedlit.cli.deploy_command import DEPLOYABLE
     from fedlit.cli.errors import parse_quietly
-    from fedlit.cli.fit_command import fit_parser
 
-    if args.command in NOT_DEPLOYED:
-        raise ValueError(f"fedlit deploy --command {args.command}: {NOT_DEPLOYED[args.command]}")
-    parser = fit_parser(args.command)
+    parser = DEPLOYABLE[args.command].parser()
     config = parse_quietly(parser, ["--config", args.config])  # a bad config: one line, exit 2, as fedlit fit
     config.output_dir = str(Path(config.output_dir).resolve())  # the ServerApp may run in another directory
-    del config.backend  # the server's backend is Flower's, the parties' their own process
+    if "backend" in config:
+        del config.backend  # the server's backend is Flower's, the parties' their own process
     text = parser.dump(config, skip_none=False, skip_check=True)
     with tempfile.TemporaryDirectory(prefix="fedlit-deploy-") as tmp:
         env = {**os.environ, "FLWR_HOME": str(flower_home(Path(tmp, "home"), args.superlink, args.insecure,

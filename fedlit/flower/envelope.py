@@ -12,14 +12,16 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedlit.backends.messages import ClientFailure, FitIns, FitRes
+from fedlit.inference.messages import Continuations, Query
 from fedlit.wire import pack, unpack
 
 RECORD = "fedlit"
 MESSAGE_TYPE = "query"
 
 
-# The dataclasses a request or reply may hold; a client mod's settings are plain data inside FitIns.
-KINDS = {cls.__name__: cls for cls in (FitIns, FitRes)}
+# The dataclasses a request or reply may hold (a fit's, private inference's); a client mod's settings are plain data
+# inside FitIns.
+KINDS = {cls.__name__: cls for cls in (FitIns, FitRes, Query, Continuations)}
 
 
 @dataclass

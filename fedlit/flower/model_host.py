@@ -30,14 +30,14 @@ class PartyHost:
 
         torch.set_num_threads(threads)
 
-    def answer(self, build: tuple, method: str, payload: Any, secagg: bytes | None) -> tuple[Any, bytes | None]:
+    def answer(self, build: tuple, method: str, payload: Any, state: bytes | None) -> tuple[Any, bytes | None]:
         from fedlit.flower.party_client import answer_with_client
 
-        return answer_with_client(build, method, payload, secagg)
+        return answer_with_client(build, method, payload, state)
 
 
 def hosted_answer(address: str, threads: int, build: tuple, method: str, payload: Any,
-                  secagg: bytes | None) -> tuple[Any, bytes | None]:
+                  state: bytes | None) -> tuple[Any, bytes | None]:
     """``method`` answered by the party's actor on its Ray instance at ``address`` (started on first use, with
     ``threads`` torch threads). The instance is expected to require Ray's token authentication (``ray start``'s
     default): this process presents the party's token (``~/.ray/auth_token``) unless ``RAY_AUTH_MODE`` says
@@ -51,4 +51,4 @@ def hosted_answer(address: str, threads: int, build: tuple, method: str, payload
     host = ray.remote(PartyHost).options(name=f"party-{client_id}", lifetime="detached", get_if_exists=True,
                                          num_cpus=0, max_restarts=-1, max_task_retries=0)
     actor = host.remote(threads)
-    return ray.get(actor.answer.remote(build, method, payload, secagg))
+    return ray.get(actor.answer.remote(build, method, payload, state))

@@ -10,7 +10,10 @@ from fedlit.backends.local import LocalBackend
 
 
 class ReceivedPackage(LocalBackend):
-    """:class:`~fedlit.backends.LocalBackend`, with ``client_package`` answered by the received package."""
+    """:class:`~fedlit.backends.LocalBackend`, with ``client_package`` answered by the received package; the
+    data it reads makes this party's client only."""
+
+    sees_every_client = False
 
     def __init__(self, directory: Path | None) -> None:
         super().__init__()

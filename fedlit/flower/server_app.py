@@ -1,4 +1,5 @@
-"""The server's side: a Flower ``ServerApp`` that runs the fedlit loop with a :class:`FlowerBackend`.
+"""The server's side: a Flower ``ServerApp`` that runs the fedlit loop (or private inference) with a
+:class:`FlowerBackend`.
 
 Its run config (written by ``fedlit deploy``) carries the fedlit command and config (no client's data path: the
 parties hold those) and how many parties to wait for. Errors end the run with one named line, as ``fedlit fit``
@@ -43,8 +44,9 @@ class RunFailed(RuntimeError):
 
 
 def _run(grid: Grid, context: Context) -> None:
+    from fedlit.cli.deploy_command import DEPLOYABLE
     from fedlit.cli.errors import failure, parse_quietly
-    from fedlit.cli.fit_command import fit_parser, quiet_libraries, run_fit
+    from fedlit.cli.fit_command import quiet_libraries
     from fedlit.server.interrupts import RunInterrupted
 
     settings = context.run_config
@@ -53,16 +55,18 @@ def _run(grid: Grid, context: Context) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("fedlit").addHandler(handler)
-    logging.getLogger("fedlit").setLevel(logging.INFO)
+    logging.getLogger("fedlit").setLevel(logging.DEBUG if settings.get("debug", False) else logging.INFO)
     logging.getLogger("fedlit").propagate = False
     backend = FlowerBackend(grid, parties=int(settings["parties"]), wait_s=float(settings["wait-s"]),
                             reply_timeout_s=float(settings["reply-timeout-s"]))
-    parser = fit_parser(command)
+    deployable = DEPLOYABLE[command]
+    parser = deployable.parser()
     try:
         config = parse_quietly(parser, data=yaml.safe_load(str(settings["fedlit-config"])))
-        config.resume = bool(settings["resume"])
+        if "resume" in config:
+            config.resume = bool(settings["resume"])
         with watch() as secrets_seen:
-            run_fit(command, config, parser, backend=backend)
+            deployable.run(config, parser, backend)
     except (Exception, RunInterrupted) as error:  # noqa: BLE001 - one named line and status, as fedlit fit
         status, line = failure(error, debug=True)
         raise RunFailed(f"{FAILED} {status}] {line}") from (error if settings.get("debug", False) else None)

@@ -123,6 +123,19 @@ class InferenceClientApp:
         directory = Path(self.config.table_dir) if self.config.table_dir else None
         return candidate_table(model, tokenizer, self.config.candidates, directory)
 
+    def describe(self) -> dict[str, int | str]:
+        """What a deployment's server learns of this client before it asks: its id and how many prompts it has."""
+        return {"client_id": self.client_id, "train_size": len(self.prompts), "val_size": 0}
+
+    def restore_state(self, state: bytes | None) -> None:
+        """Take back the prompts as sent (:meth:`saved_state`), where a process answers one message and exits (a
+        Flower party): the extraction and the audit record need them."""
+        self.sent = json.loads(state) if state is not None else []
+
+    def saved_state(self) -> bytes:
+        """The prompts as sent (no secret: the server has them), kept by the party until its answers are out."""
+        return json.dumps(self.sent).encode()
+
     def query(self, _: object = None) -> Query:
         """The prompts as they leave: perturbed (the mechanism's draw per usable token) when private."""
         if not self.config.private:

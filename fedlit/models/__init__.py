@@ -8,6 +8,7 @@ from fedlit.models.loading import (
     load_tokenizer,
     load_trained_model,
     resolve_model_path,
+    tokenizer_at,
 )
 from fedlit.models.quantization import QuantizationConfig
 
@@ -22,4 +23,5 @@ __all__ = [
     "model_fingerprint",
     "prepare_default_model",
     "resolve_model_path",
+    "tokenizer_at",
 ]

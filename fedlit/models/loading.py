@@ -69,16 +69,21 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer; a missing pad token falls back to EOS (padding is masked out of the loss)."""
     apply_hub_code_policy(config.hub_code)
-    path = resolve_model_path(config.name_or_path)
+    return tokenizer_at(resolve_model_path(config.name_or_path), config.hub_code, config.name_or_path)
+
+
+def tokenizer_at(path: str | Path, hub_code: bool = False, name: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer saved at ``path`` (a model's directory or a tokenizer's alone, as a client package holds
+    it); ``name``: how errors name it."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.hub_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=hub_code)
     except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ... for a missing tokenizer
         local = Path(path)
-        if local.is_dir() and not any((local / name).is_file() for name in _TOKENIZER_FILES):
+        if local.is_dir() and not any((local / file).is_file() for file in _TOKENIZER_FILES):
             why = f"no tokenizer files there (none of {', '.join(_TOKENIZER_FILES)})"
         else:
             why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise OSError(f"could not load the tokenizer of model '{config.name_or_path}' from {path}: {why}") from err
+        raise OSError(f"could not load the tokenizer of model '{name or path}' from {path}: {why}") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
