@@ -13,12 +13,13 @@ that the ServerApp logs each request's round trip.
   (``seconds`` in metrics.csv, measured inside the party): process start, transport and the host's dispatch.
 
 Jobs: ``quickstart`` (configs/quickstart.yaml's model and settings on three of its plays, all sampled; target:
-hosted round time <= 1.5x LocalBackend's) and ``light`` (1 step of 2 examples per fit: orchestration dominates) on
-the default model and on a random-initialised Llama of 8x its parameters (``llama-1.1b`` of
+hosted round time <= 1.5x LocalBackend's) and ``light`` (1 step of 2 examples per fit: orchestration dominates)
+on the default model and on a random-initialised Llama of 8x its parameters (``llama-1.1b`` of
 experiments/random_models.py with SmolLM2's tokenizer: speed figures only). Target: the 8x model's hosted
-per-round overhead within 20% of the default model's. On this 2-core machine the three parties share the cores
-(their fits run at once, LocalBackend's one after another): the overhead figures say what orchestration costs,
-not what three machines would gain.
+per-round overhead within 20% of the default model's. On this machine the three parties share the cores: their
+fits run at once (LocalBackend's one after another), each party with one torch thread per core it can have to
+itself (``cpu_count // 3``, at least 1); the overhead figures say what orchestration costs, not what three
+machines would gain.
 
     python experiments/bench_deployment.py [--rounds 3] [--json out.json]
     python experiments/bench_deployment.py --smoke     (the tiny shape, 2 rounds, hosted only: the test suite)
@@ -30,6 +31,7 @@ import argparse
 import copy
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -111,7 +113,9 @@ def deployed_run(settings: dict, root: Path, hosted: bool) -> dict:
         parties[play] = root / f"{play}.yaml"
         parties[play].write_text(yaml.safe_dump({"data": {"source": "shakespeare", "client_column": "play",
                                                           "clients": [play], "global_val_examples": 1}}))
-    deployment = LocalDeployment(root, parties)
+    # the parties share this machine's cores: one torch thread each (two threads each on 2 cores oversubscribe them,
+    # and torch's spinning threads then make three concurrent fits 4x slower than the same fits one after another)
+    deployment = LocalDeployment(root, parties, threads=max(1, (os.cpu_count() or 1) // len(PLAYS)))
     try:
         if hosted:
             deployment.start_ray_head()
@@ -138,9 +142,11 @@ def mean(values: list[float]) -> float:
 def compare(name: str, model: str, label: str, rounds: int, workdir: Path, hosted_only: bool) -> dict:
     """LocalBackend, and the deployment with (and, unless ``hosted_only``, without) model hosts, on one job."""
     settings = job(name, model, rounds)
+    print(f"{name} job on {label}: LocalBackend", flush=True)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         result = {"job": name, "model": label, "local": local_run(settings, Path(tmp))}
     for hosted in (True,) if hosted_only else (True, False):
+        print(f"{name} job on {label}: deployed, {'with' if hosted else 'without'} model hosts", flush=True)
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             result["hosted" if hosted else "per_message"] = deployed = deployed_run(settings, Path(tmp), hosted)
         later = list(zip(deployed["round_s"][1:], result["local"]["round_s"][1:], strict=False))

@@ -27,8 +27,10 @@ def free_port() -> int:
 class LocalDeployment:
     """Processes in their own sessions (so a kill takes a process with its children), logs under ``root``."""
 
-    def __init__(self, root: Path, parties: dict[str, Path]) -> None:
-        self.root, self.parties = root, parties  # client id -> its party-config file
+    def __init__(self, root: Path, parties: dict[str, Path], threads: int | None = None) -> None:
+        """``threads``: each party's torch threads (its model host's, and ``OMP_NUM_THREADS`` for its message
+        processes); default, as many as the machine's CPUs, as a party on a machine of its own would use."""
+        self.root, self.parties, self.threads = root, parties, threads  # client id -> its party-config file
         self.port = free_port()
         self.certs = root / "certs"  # TLS and SuperNode authentication, from the demo script
         subprocess.run([str(SCRIPTS / "make_certificates.sh"), str(self.certs), *parties, "rogue"], check=True,
@@ -41,7 +43,8 @@ class LocalDeployment:
         # (transformers' Hub-kernel switch on, as on a fresh machine: each fedlit process must turn it off itself)
         self.env = {**{k: v for k, v in os.environ.items() if k != "FEDLIT_HUB_CODE"}, "USE_HUB_KERNELS": "YES",
                     "FLWR_HOME": str(root / "flwr-home"),
-                    "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
+                    "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+                    **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         self.processes: dict[str, subprocess.Popen] = {}
         self.model_host: str | None = None
 
@@ -93,6 +96,8 @@ class LocalDeployment:
         node_config = f'client-id="{client_id}" party-config="{self.parties[client_id]}"'
         if self.model_host is not None:
             node_config += f' model-host="{self.model_host}" state-dir="{self.root / "state" / client_id}"'
+            if self.threads:
+                node_config += f" model-host-threads={self.threads}"
         return self._start(key or client_id, "flower-supernode", "--superlink", f"127.0.0.1:{self.port}",
                            "--root-certificates", str(self.certs / "ca.crt"),
                            "--auth-supernode-private-key", str(self.certs / (key or client_id)),

@@ -19,6 +19,7 @@ from fedlit.inference.generation_server import GenerationServer
 from fedlit.inference.inference_client import InferenceApps, InferenceConfig, ModelSpec
 from fedlit.inference.inference_workflow import private_inference
 from fedlit.inference.messages import Query
+from fedlit.server.run_dir import lock_output_dir
 
 if TYPE_CHECKING:
     from fedlit.flower.backend import FlowerBackend
@@ -106,6 +107,7 @@ def run_deployed_infer(config: Namespace, parser: ArgumentParser, backend: Flowe
     model, each party extracting its answers locally; ``output_dir/received.jsonl`` records each query exactly as
     the server received it (what the server learns). Fails naming the parties that did not get their answers."""
     output_dir = Path(config.output_dir)
+    lock_output_dir(output_dir)  # one run at a time in it
     if (output_dir / RECEIVED).exists():
         raise FileExistsError(f"output_dir {output_dir} holds an earlier run's {RECEIVED}: choose another output_dir")
     settings = inference_settings(config)

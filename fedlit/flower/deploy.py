@@ -71,7 +71,7 @@ def deploy(args: Namespace) -> int:
     status."""
     import tomli_w
 
-    from fedlit.cli.deploy_command import DEPLOYABLE
+    from fedlit.cli.deployable import DEPLOYABLE
     from fedlit.cli.errors import parse_quietly
 
     parser = DEPLOYABLE[args.command].parser()

@@ -44,7 +44,7 @@ class RunFailed(RuntimeError):
 
 
 def _run(grid: Grid, context: Context) -> None:
-    from fedlit.cli.deploy_command import DEPLOYABLE
+    from fedlit.cli.deployable import DEPLOYABLE
     from fedlit.cli.errors import failure, parse_quietly
     from fedlit.cli.fit_command import quiet_libraries
     from fedlit.server.interrupts import RunInterrupted
