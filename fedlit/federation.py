@@ -82,6 +82,10 @@ class Federation:
     run_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        for key, why in self.strategy.refused_settings().items():
+            if getattr(self, key) is not None:
+                raise ValueError(f"strategy {type(self.strategy).__name__} cannot run with {key}: {why}; leave {key} "
+                                 "unset")
         if self.watermark is not None and self.watermark.signature is not None and self.example_privacy is not None:
             raise ValueError("watermark.signature cannot be embedded under example_privacy (DP-SGD replaces the "
                              "gradient the sign loss adds to): use watermark.trigger only, or client-level privacy")

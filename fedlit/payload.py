@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,9 +117,11 @@ def check_compatible(expected: dict[str, torch.Tensor], got: dict[str, torch.Ten
 
 @dataclass
 class Update:
-    """One client's contribution to a round: its trainable tensors, how many examples they saw, its metrics."""
+    """One client's contribution to a round: its trainable tensors, how many examples they saw, its metrics, and
+    what its client mods sent back by name (for the strategy wrapper that asked: SCAFFOLD's variate change)."""
 
     client_id: str
     payload: Payload
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    mods: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -103,12 +103,15 @@ def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, play
                   "--slm_init", json.dumps(public), "--server", json.dumps(public)]
     else:
         extra += ["--model.name_or_path", str(tiny_model_dir)]
+    sampling, strategy = "--strategy.init_args", settings.get("strategy", {})
+    while "strategy" in strategy.get("init_args", {}):  # a wrapper (SCAFFOLD): its inner strategy samples
+        sampling, strategy = f"{sampling}.strategy.init_args", strategy["init_args"]["strategy"]
     return [command, "--config", str(config), *extra,
             "--data.source", str(plays_jsonl), "--data.keep", "null", "--data.clients", "null",
             "--data.num_clients", "3",
             "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
             "--data.global_val_examples", "6", "--rounds", "1", "--trainer.max_steps", "2",
-            "--trainer.precision", "32-true", "--strategy.init_args.clients_per_round", "3",
+            "--trainer.precision", "32-true", f"{sampling}.clients_per_round", "3",
             "--output_dir", str(tmp_path / "run"), "--progress", "false"]
 
 

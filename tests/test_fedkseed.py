@@ -45,7 +45,7 @@ def test_the_estimate_is_the_finite_difference_along_the_seeds_direction(tiny_mo
     loop = build(tiny_model_dir, plays_jsonl, tmp_path / "run")
     module, batch, seed, scale = loop.module_factory(), batch_of(loop), 12345, 1e-3
     module.model.eval()
-    params = dict(module._trainable_parameters())
+    params = dict(module.trainable_parameters())
     z = direction(params, seed)
 
     def loss_at(step: float) -> float:  # out of place, through torch.func: an independent path
@@ -72,7 +72,7 @@ def test_replaying_the_history_rebuilds_the_trained_weights_bit_for_bit(tiny_mod
     L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, limit_val_batches=0).fit(module, datamodule=client.datamodule)
     assert len(module.steps) == 5
-    trained = {n: p.detach().clone() for n, p in module._trainable_parameters().items()}
+    trained = {n: p.detach().clone() for n, p in module.trainable_parameters().items()}
     rebuilt = {n: t.clone() for n, t in module.initial.items()}
     replay(rebuilt, module.seeds, module.steps, module.config.lr)
     assert all(torch.equal(rebuilt[n], trained[n]) for n in trained)
@@ -88,7 +88,7 @@ def test_what_travels_is_one_index_and_coefficient_per_local_step(tiny_model_dir
     for the adapter and for every weight of the model (31x more), however many seeds K there are."""
     adapter = build(tiny_model_dir, plays_jsonl, tmp_path / "a").module_factory()
     full = build(tiny_model_dir, plays_jsonl, tmp_path / "b", trainable="full").module_factory()
-    sizes = [sum(p.numel() for p in m._trainable_parameters().values()) for m in (adapter, full)]
+    sizes = [sum(p.numel() for p in m.trainable_parameters().values()) for m in (adapter, full)]
     assert sizes[1] > 20 * sizes[0]
     sent = {}
     for trainable in ("peft", "full"):

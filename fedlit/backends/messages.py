@@ -33,13 +33,15 @@ class FitIns:
 @dataclass
 class FitRes:
     """One client's answer to :class:`FitIns`: its update as bytes (safetensors, or an encoded masked input),
-    how many examples it trained on (0 when masked: the count travels inside the mask), its metrics and how
-    long its fit took."""
+    how many examples it trained on (0 when masked: the count travels inside the mask), its metrics, how long its
+    fit took, and what its client mods send back to the server side that asked for them (``mods``: plain data by
+    mod name, as in :attr:`FitIns.mods`; SCAFFOLD's control variate change)."""
 
     wire: bytes
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    mods: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -23,21 +24,25 @@ from fedlit.payload import Payload, canonical, check_compatible
 
 @dataclass
 class OptimizerConfig:
-    """AdamW over the trainable parameters, with any ``transformers`` schedule.
+    """AdamW (or plain SGD) over the trainable parameters, with any ``transformers`` schedule.
 
     Args:
         lr: peak learning rate.
-        weight_decay: AdamW weight decay.
+        weight_decay: weight decay (AdamW's decoupled one; for SGD, L2 on the gradient).
         scheduler: a ``transformers.get_scheduler`` name (constant, linear, cosine, ...).
         warmup_steps: linear warm-up steps of the schedule.
+        name: ``adamw``, or ``sgd`` (plain steps, as SCAFFOLD's and FedAvg's analyses assume).
     """
 
     lr: float = 2e-4
     weight_decay: float = 0.0
     scheduler: str = "constant"
     warmup_steps: int = 0
+    name: Literal["adamw", "sgd"] = "adamw"
 
     def __post_init__(self) -> None:
+        if self.name not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer.name must be adamw or sgd, got {self.name!r}")
         if not math.isfinite(self.lr) or self.lr < 0:
             raise ValueError(f"optimizer.lr must be a finite number >= 0, got {self.lr}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0 or self.warmup_steps < 0:
@@ -151,22 +156,24 @@ class CausalLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optimizer_config
-        params = list(self._trainable_parameters().values())
+        params = list(self.trainable_parameters().values())
         if not params:
             raise ValueError("the model has no trainable parameters: nothing to federate")
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.name == "adamw"
+                     else torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
         scheduler = get_scheduler(
             cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
             num_training_steps=self.trainer.estimated_stepping_batches,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _trainable_parameters(self) -> OrderedDict[str, nn.Parameter]:
+    def trainable_parameters(self) -> OrderedDict[str, nn.Parameter]:
+        """The parameters that train (and travel), by the names the payload gives them."""
         return OrderedDict((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
 
     def trainable_state_dict(self) -> Payload:
         """What travels: every trainable parameter of the model, by name."""
-        return canonical(self._trainable_parameters())
+        return canonical(self.trainable_parameters())
 
     def save_adapter(self, directory: str | Path) -> None:
         """Write the trainable tensors to ``directory/adapter_model.safetensors``."""
@@ -174,7 +181,7 @@ class CausalLMModule(L.LightningModule):
 
     def load_trainable_state_dict(self, payload: Payload, who: str = "client") -> None:
         """Overwrite the trainable tensors with ``payload``; any key or shape mismatch raises, naming ``who``."""
-        params = self._trainable_parameters()
+        params = self.trainable_parameters()
         check_compatible(params, payload, who)
         with torch.no_grad():
             for name, param in params.items():

@@ -122,7 +122,7 @@ class ZerothOrderModule(CausalLMModule):
     def projected_gradient(self, batch: dict[str, torch.Tensor], z: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         """``(L(w + s z) - L(w - s z)) / 2s`` along ``z``, and the mean of the two losses (the loss at ``w`` to second
         order); the weights are left exactly as they were."""
-        params = self._trainable_parameters()
+        params = self.trainable_parameters()
         saved = {name: p.detach().clone() for name, p in params.items()}
         move(params, z, self.config.scale)
         plus = float(self.loss(batch))
@@ -134,7 +134,7 @@ class ZerothOrderModule(CausalLMModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         index = int(torch.multinomial(self.seed_probabilities, 1, generator=self.generator))
-        params = self._trainable_parameters()
+        params = self.trainable_parameters()
         z = direction(params, self.seeds[index])  # drawn once for both passes and the step (what replay redraws)
         gradient, loss = self.projected_gradient(batch, z)
         move(params, z, -self.config.lr * gradient)
@@ -144,7 +144,7 @@ class ZerothOrderModule(CausalLMModule):
         self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = list(self._trainable_parameters().values())
+        params = list(self.trainable_parameters().values())
         if not params:
             raise ValueError("the model has no trainable parameters: nothing to federate")
         return torch.optim.SGD(params, lr=0.0)  # Lightning counts steps by optimiser steps; the update is ours
@@ -158,7 +158,7 @@ class ZerothOrderModule(CausalLMModule):
         check_compatible(self.trainable_state_dict(), payload, who)
         self.coefficients = payload[COEFFICIENTS].to(torch.float64).clone()
         self.seed_probabilities = self.config.probabilities(self.coefficients)
-        params = self._trainable_parameters()
+        params = self.trainable_parameters()
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(self.initial[name])

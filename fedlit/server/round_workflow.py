@@ -120,7 +120,7 @@ class PlainWorkflow(Workflow):
     def accept(self, client_id: str, reply: FitRes, global_payload: Payload, max_update_norm: float | None) -> Update:
         payload = (changes_from_bytes(reply.wire, global_payload) if self.compression is None
                    else decode_update(reply.wire, global_payload, self.compression))
-        update = Update(client_id, payload, reply.num_examples, reply.metrics)
+        update = Update(client_id, payload, reply.num_examples, reply.metrics, reply.mods)
         problem = update_problem(global_payload, update.payload, max_update_norm)
         if problem is not None:
             raise Excluded(problem)

@@ -7,6 +7,7 @@ from fedlit.strategies.fedopt import FedAdagrad, FedAdam, FedAdaptive, FedAvgM, 
 from fedlit.strategies.knowledge import KnowledgeGathering
 from fedlit.strategies.median import FedMedian
 from fedlit.strategies.robust import FedAvgNormBound, FedTrimmedMean
+from fedlit.strategies.scaffold import Scaffold
 
 __all__ = [
     "DPFedAvg",
@@ -20,6 +21,7 @@ __all__ = [
     "FedTrimmedMean",
     "FedYogi",
     "KnowledgeGathering",
+    "Scaffold",
     "Strategy",
     "pseudo_gradient",
     "weighted_average",

@@ -126,6 +126,10 @@ class Strategy:
         """The new global payload from the previous one and the example-weighted mean of the client adapters."""
         raise TypeError(f"{type(self).__name__} needs each client's update, not only their mean")
 
+    def refused_settings(self) -> dict[str, str]:
+        """Federation settings (by key) this strategy cannot run with, and why: refused before round 0."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Server-side optimiser state to checkpoint (none for plain FedAvg)."""
         return {}

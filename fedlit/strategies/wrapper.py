@@ -38,6 +38,9 @@ class StrategyWrapper(Strategy):
     def stop_reason(self, server_round: int) -> str | None:
         return self.inner.stop_reason(server_round)
 
+    def refused_settings(self) -> dict[str, str]:
+        return self.inner.refused_settings()
+
     def initial(self, payload: Payload) -> Payload:
         return self.inner.initial(payload)
 

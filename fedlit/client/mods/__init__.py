@@ -4,7 +4,8 @@ instructions' ``mods`` mapping (set by the server side: a strategy wrapper or th
 state, and returns ``None`` when the mod does not apply. Registering a mod is one line here.
 
 The order is the order they act when a fit ends (each reads what the one before it left) and shape the reply: the
-client's own state (kept between its fits, never sent), the watermark (acts while training only), DP-SGD, error
+client's own state (kept between its fits, never sent), the watermark (acts while training only), SCAFFOLD's drift
+correction (corrects every step; at the end, its variate change from the trained weights), DP-SGD, error
 feedback (the last rounding error added back), update clipping and noise (client-level DP), compression (quantized
 on the wire), adapter extraction, masking (secure aggregation).
 """
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from fedlit.client.fit_context import ClientMod, FitContext
 from fedlit.client.mods.adapter_extraction import AdapterExtraction, adapter_extraction
 from fedlit.client.mods.dp_sgd import ExampleLevelDP, dp_sgd
+from fedlit.client.mods.drift_correction import DriftCorrection, drift_correction
 from fedlit.client.mods.masked_aggregation import MaskedAggregation, masked_aggregation
 from fedlit.client.mods.personal_state import PersonalState, personal_state
 from fedlit.client.mods.update_clipping import UpdateClipping, update_clipping
@@ -25,6 +27,7 @@ from fedlit.client.mods.watermark_embedding import WatermarkEmbedding, watermark
 CLIENT_MODS: dict[str, Callable[[FitContext], ClientMod | None]] = {
     "personal": personal_state,
     "watermark": watermark_embedding,
+    "scaffold": drift_correction,
     "dp_sgd": dp_sgd,
     "error_feedback": error_feedback,
     "clipping": update_clipping,
@@ -44,6 +47,6 @@ def build_mods(fit: FitContext) -> dict[str, ClientMod]:
     return fit.built
 
 
-__all__ = ["CLIENT_MODS", "AdapterExtraction", "ClientMod", "ErrorFeedback", "ExampleLevelDP", "FitContext",
-           "MaskedAggregation", "PersonalState", "UpdateClipping", "UpdateCompression", "WatermarkEmbedding",
-           "build_mods"]
+__all__ = ["CLIENT_MODS", "AdapterExtraction", "ClientMod", "DriftCorrection", "ErrorFeedback", "ExampleLevelDP",
+           "FitContext", "MaskedAggregation", "PersonalState", "UpdateClipping", "UpdateCompression",
+           "WatermarkEmbedding", "build_mods"]
