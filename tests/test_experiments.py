@@ -105,6 +105,14 @@ def test_task_tables_smoke(tmp_path, script, rows, monkeypatch):
     assert all(finite(*scores.values()) for scores in results["results"].values())
 
 
+def test_drift_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("drift_table.py", tmp_path, monkeypatch)
+    assert list(results["results"]) == ["zero-shot (round 0)", "FedAvg", "FedProx (mu 0.01)", "SCAFFOLD"]
+    assert all(finite(*scores.values()) for scores in results["results"].values())
+    scaffold, fedavg = results["results"]["SCAFFOLD"], results["results"]["FedAvg"]
+    assert scaffold["bytes_per_fit"] > 1.5 * fedavg["bytes_per_fit"]  # the variates travel beside the adapter
+
+
 def test_fedco_table_smoke(tmp_path, monkeypatch):
     results = table_smoke("fedco_table.py", tmp_path, monkeypatch)
     assert list(results["slm"]) == ["SLM as given to clients (round 0)", "local-only (mean over clients)",

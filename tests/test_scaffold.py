@@ -148,3 +148,16 @@ def test_on_ray_each_variate_stays_in_its_workers_state_and_the_run_equals_local
     finally:
         ray.shutdown()
     assert all(torch.equal(remote[n], local[n]) for n in local)
+
+
+def test_the_variates_count_in_each_rounds_bytes(tiny_model_dir, plays_jsonl, tmp_path):
+    import csv
+
+    sizes = {}
+    for name, strategy in [("fedavg", FedAvg()), ("scaffold", Scaffold(FedAvg()))]:
+        run(tiny_model_dir, plays_jsonl, tmp_path / name, strategy, 1, rounds=1).fit()
+        with open(tmp_path / name / "metrics.csv") as f:
+            sizes[name] = [(int(r["bytes_received"]), int(r["bytes_sent"])) for r in csv.DictReader(f)
+                           if r["split"] == "train"]
+    for (plain_in, plain_out), (in_, out) in zip(sizes["fedavg"], sizes["scaffold"], strict=True):
+        assert in_ > 1.9 * plain_in and out > 1.5 * plain_out  # c down with the adapter, the change up with it

@@ -52,3 +52,9 @@ class ClientFailure:
     reason: str
     seconds: float = 0.0
     raised: bool = False
+
+
+def tensor_bytes(mods: dict[str, dict[str, Any]]) -> int:
+    """The bytes client mods' settings or replies carry as tensors (SCAFFOLD's control variates): counted with the
+    adapter in a round's traffic."""
+    return sum(len(value) for settings in mods.values() for value in settings.values() if isinstance(value, bytes))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from fedlit.backends.base import Backend
-from fedlit.backends.messages import ClientFailure, FitIns, FitRes
+from fedlit.backends.messages import ClientFailure, FitIns, FitRes, tensor_bytes
 from fedlit.compression.config import CompressionConfig
 from fedlit.compression.payloads import decode_update, encode_global
 from fedlit.faults import FaultPolicy, update_problem
@@ -52,7 +52,8 @@ class Workflow(ABC):
         sampled client's ``train`` row (``excluded`` saying why its update was not used), plus a ``server``/``round``
         row when the round is skipped."""
         rows: list[dict[str, Any]] = []
-        bytes_received = len(next(iter(requests.values())).global_wire) if requests else 0
+        first = next(iter(requests.values()), None)
+        bytes_received = len(first.global_wire) + tensor_bytes(first.mods) if first is not None else 0
         try:
             replies = self.fit(backend, server_round, requests, global_payload, on_reply)
             updates = []
@@ -78,7 +79,7 @@ class Workflow(ABC):
         values: dict[str, Any] = {"bytes_received": bytes_received, "bytes_sent": 0, "seconds": reply.seconds}
         update, problem = None, getattr(reply, "reason", None)
         if isinstance(reply, FitRes):
-            values["bytes_sent"] = len(reply.wire)
+            values["bytes_sent"] = len(reply.wire) + tensor_bytes(reply.mods)
             values.update({name: value for name, value in reply.metrics.items() if name in METRIC_COLUMNS})
             try:
                 update = self.accept(client_id, reply, global_payload, faults.max_update_norm)
