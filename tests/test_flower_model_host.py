@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
@@ -203,3 +205,59 @@ def test_fedmkt_across_hosted_parties_gets_the_llms_tokenizer_and_public_texts_b
     package = hosted.root / "mkt" / "client_package"
     assert (package / "public_texts.json").is_file() and not (package / "model.safetensors").exists()
     assert "client package" in hosted.log("deploy")
+
+
+def crash_and_ask_again(address: str, config_text: str, state_dir: str) -> dict:
+    """In a fresh process (as Flower's per-message ClientApp process is, Ray's token authentication on before Ray
+    loads): the party's ClientApp asked to ``describe`` while its host is killed mid-build, then asked again."""
+    import threading
+
+    import ray
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+    from test_flower_backend import ask
+
+    for key, value in {"_run_id": 1, "_node_id": 0, "_task_id": 1}.items():  # (what Flower's process sets)
+        setattr(TaskIdentity, key, value)
+    ray.init(address=address, namespace="crash-test", log_to_driver=False)  # (a namespace of its own)
+    context = Context(run_id=1, node_id=1, state=RecordDict(),
+                      node_config={"client-id": "alpha", "model-host": address, "state-dir": state_dir,
+                                   "model-host-threads": 1},
+                      run_config={"fedlit-command": "fit", "fedlit-config": config_text})
+    replies: list[object] = []
+    first = threading.Thread(target=lambda: replies.append(ask(context, "describe", b"")))
+    first.start()
+    wait_for(lambda: any(a["name"] == "party-alpha" for a in ray.util.list_named_actors(all_namespaces=True)
+                         if a["namespace"] == "crash-test"), 60, "the host never started")
+    time.sleep(1.0)  # (it is building the client: imports, the base model, the data)
+    ray.kill(ray.get_actor("party-alpha"), no_restart=False)
+    first.join(timeout=120)
+    (crashed,) = replies
+    described = ask(context, "describe", b"")  # the restarted host builds the client again
+    ray.shutdown()
+    return {"crashed": vars(crashed) if hasattr(crashed, "reason") else repr(crashed), "described": described}
+
+
+def test_a_crashed_model_host_is_that_partys_failure_and_the_next_message_builds_it_again(
+        hosted, tiny_model_dir, plays_jsonl, tmp_path):
+    """The host killed while it builds the client: that message is answered as the party's failure, named (the
+    server excludes the party for it); Ray restarts the host and the next message is answered, the client built
+    again (its line in ``model-loads.log``, from another process than any build before)."""
+    import subprocess
+    import sys
+
+    config = {"model": {"name_or_path": str(tiny_model_dir)}, "peft": fedhomo(tiny_model_dir)["peft"],
+              "data": {"source": str(plays_jsonl), "clients": ["alpha"], "num_clients": 1,
+                       "global_val_examples": 2, "val_examples_per_client": 2, "batch_size": 2}}
+    script = ("import json, sys; sys.path.insert(0, sys.argv[1]); from test_flower_model_host import "
+              "crash_and_ask_again; print(json.dumps(crash_and_ask_again(*sys.argv[2:]), default=str))")
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), hosted.model_host,
+                           yaml.safe_dump(config), str(tmp_path / "state")], capture_output=True, text=True,
+                          timeout=600, env={**hosted.env, "RAY_AUTH_MODE": "token"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    crashed, described = result["crashed"], result["described"]
+    assert isinstance(crashed, dict) and crashed["raised"] and "actor" in crashed["reason"].lower(), crashed
+    assert described["client_id"] == "alpha" and described["train_size"] > 0, described
+    builds = (tmp_path / "state" / "model-loads.log").read_text().splitlines()
+    assert 1 <= len(builds) <= 2 and len({line.rsplit(" ", 1)[1] for line in builds}) == len(builds), builds
