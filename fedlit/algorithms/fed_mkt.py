@@ -175,13 +175,14 @@ def read_transfer_package(directory: Path) -> tuple[PreTrainedTokenizerBase, lis
 
 
 def client_data(data: DataConfig, federation: Federation, llm_tokenizer: PreTrainedTokenizerBase,
-                slm_of: Callable[[str], ModelConfig]) -> tuple[FederatedData, CausalLMDataModule | None]:
+                slm_of: Callable[[str], ModelConfig], tokenizer_of: Callable[[ModelConfig], PreTrainedTokenizerBase]
+                ) -> tuple[FederatedData, CausalLMDataModule | None]:
     """Each client's data in its own SLM's tokenisation, and the server's held-out split in the LLM's (none in a
     deployment: the server holds no data). Only the SLMs of the clients at hand are read: a party knows its own."""
     backend = federation.backend
     in_llm_tokens = backend.federated_data(data, llm_tokenizer)
     configs = {repr(slm_of(cid)): slm_of(cid) for cid in in_llm_tokens.clients}
-    built = {name: backend.federated_data(data, load_tokenizer(config)) for name, config in configs.items()}
+    built = {name: backend.federated_data(data, tokenizer_of(config)) for name, config in configs.items()}
     clients = {cid: built[repr(slm_of(cid))].clients[cid] for cid in in_llm_tokens.clients}
     return dataclasses.replace(in_llm_tokens, clients=clients, global_val=None), in_llm_tokens.global_val
 
@@ -234,7 +235,15 @@ def fed_mkt(
 
     package = federation.backend.client_package(Path(federation.output_dir) / "client_package", build)
     llm_tokenizer, texts, response_starts = read_transfer_package(package)
-    federated, held_out = client_data(data, federation, llm_tokenizer, lambda cid: slms.get(cid, slm))
+    loaded: dict[str, PreTrainedTokenizerBase] = {}
+
+    def tokenizer_of(config: ModelConfig) -> PreTrainedTokenizerBase:
+        """An SLM's tokenizer, loaded once."""
+        if repr(config) not in loaded:
+            loaded[repr(config)] = load_tokenizer(config)
+        return loaded[repr(config)]
+
+    federated, held_out = client_data(data, federation, llm_tokenizer, lambda cid: slms.get(cid, slm), tokenizer_of)
     unknown = sorted(set(slms) - set(federated.clients))
     if unknown and federation.backend.sees_every_client:
         raise ValueError(f"slms: no client {unknown} (clients: {sorted(federated.clients)})")
@@ -246,7 +255,7 @@ def fed_mkt(
         name = repr(config)
         if name in small:
             continue
-        tokenizer = load_tokenizer(config)
+        tokenizer = tokenizer_of(config)
         public = PublicTexts.encode(texts, tokenizer, transfer.max_length, response_starts)
         model = build_peft_model(load_base_model(config), copy.deepcopy(peft), seed=seed)
         initial = canonical({n: p for n, p in model.named_parameters() if p.requires_grad})
