@@ -289,17 +289,15 @@ PEFT_METHODS = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(PEFT_METHODS))
-def test_every_peft_method_runs_through_the_party_apps_as_in_a_local_run(method, tiny_model_dir, plays_jsonl,
-                                                                        tmp_path):
-    """The whole server <-> party path in one process: the server's loop over a FlowerBackend whose grid hands
-    each message to the real party ClientApp of a party holding only its own records."""
+def across_party_apps(settings: dict, model_dir: Path, plays_jsonl: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """``settings`` run twice, from the same initial adapter: the server's loop over a FlowerBackend whose grid hands
+    each message to the real party ClientApp of a party holding only its own records (its state directory
+    ``tmp_path/state/<client>``), all in one process; and on LocalBackend over every record. Both final adapters."""
     from fedlit.cli import compose
 
     records = play_records()
-    common = {"rounds": 1, "progress": False, "loggers": [], "peft": PEFT_METHODS[method],
-              "model": {"name_or_path": str(tiny_model_dir)}, "optimizer": {"lr": 0.05},
-              "trainer": {"max_steps": 2, "accelerator": "cpu"}}
+    common = {"progress": False, "loggers": [], "model": {"name_or_path": str(model_dir)}, "optimizer": {"lr": 0.05},
+              "trainer": {"max_steps": 2, "accelerator": "cpu"}, **settings}
     data = {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32}
     parser = fit_parser("fit")
     server = parser.parse_object({**common, "output_dir": str(tmp_path / "flower"), "data": data})
@@ -311,15 +309,39 @@ def test_every_peft_method_runs_through_the_party_apps_as_in_a_local_run(method,
         party_file = tmp_path / f"{play}.yaml"
         own_data = {"source": str(own), "num_clients": 1, "global_val_examples": 2}
         party_file.write_text(yaml.safe_dump({"data": own_data}))
-        context = Context(run_id=1, node_id=node, node_config={"client-id": play, "party-config": str(party_file)},
-                          state=RecordDict(), run_config={"fedlit-command": "fit", "fedlit-config": text})
+        context = Context(run_id=1, node_id=node, state=RecordDict(),
+                          node_config={"client-id": play, "party-config": str(party_file),
+                                       "state-dir": str(tmp_path / "state" / play)},
+                          run_config={"fedlit-command": "fit", "fedlit-config": text})
         handlers[node] = lambda message, context=context: client_app.answer(message, context)
     flower = compose("fit", server, parser, backend=FlowerBackend(Grid(handlers), parties=3, wait_s=1)).fit()
     local = compose("fit", parser.parse_object({
         **common, "output_dir": str(tmp_path / "local"),
         "data": {**data, "source": str(plays_jsonl), "num_clients": 3, "global_val_examples": 6}}), parser).fit()
+    return flower, local
+
+
+@pytest.mark.parametrize("method", sorted(PEFT_METHODS))
+def test_every_peft_method_runs_through_the_party_apps_as_in_a_local_run(method, tiny_model_dir, plays_jsonl,
+                                                                        tmp_path):
+    """The whole server <-> party path in one process, one round of each peft method."""
+    flower, local = across_party_apps({"rounds": 1, "peft": PEFT_METHODS[method]}, tiny_model_dir, plays_jsonl,
+                                      tmp_path)
     assert flower.keys() == local.keys()
     assert all(torch.equal(flower[name], local[name]) for name in local)
+
+
+def test_scaffold_through_the_party_apps_keeps_each_variate_with_its_party(tiny_model_dir, plays_jsonl, tmp_path):
+    """SCAFFOLD's variate changes cross as plain data in the reply (FitRes.mods), each party's own variate stays
+    in its state directory, and two rounds equal the local run."""
+    scaffold = {"class_path": "fedlit.strategies.Scaffold",
+                "init_args": {"strategy": {"class_path": "fedlit.strategies.FedAvg"}}}
+    flower, local = across_party_apps({"rounds": 2, "strategy": scaffold},  # (the default adapter: LoRA)
+                                      tiny_model_dir, plays_jsonl, tmp_path)
+    assert all(torch.equal(flower[name], local[name]) for name in local)
+    for play in ("alpha", "beta", "gamma"):
+        kept = sorted(path.name for path in (tmp_path / "state" / play).rglob("scaffold_control-*.safetensors"))
+        assert kept == ["scaffold_control-0001.safetensors", "scaffold_control-0002.safetensors"], (play, kept)
 
 
 def test_a_failed_deployment_reports_fit_s_exit_status_and_line():
