@@ -87,6 +87,10 @@ def test_the_server_moves_its_variate_by_the_sampled_share_of_the_mean_change():
     assert torch.equal(restored.control["w"], strategy.control["w"])
     with pytest.raises(ValueError, match="client 'a' sent no SCAFFOLD control variate change"):
         strategy.aggregate(start, [Update("a", start, 1)])
+    damped = Scaffold(FedAvg(clients_per_round=2), server_lr=0.5)  # the global step: half of FedAvg's move
+    damped.initial(start)
+    damped.configure_round(1, ["a", "b", "c", "d"], seed=0)
+    assert torch.allclose(damped.aggregate(start, updates)["w"], start["w"] + 0.5 * (aggregated["w"] - start["w"]))
 
 
 def run(model_dir: Path, data: Path, output_dir: Path, strategy, steps: int, rounds: int = 2, **federation):

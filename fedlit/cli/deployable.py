@@ -34,7 +34,7 @@ def _infer_parser() -> ArgumentParser:
 def _run_infer(config: Namespace, parser: ArgumentParser, backend: FlowerBackend) -> None:
     from fedlit.cli.infer_command import run_deployed_infer
 
-    run_deployed_infer(config, parser, backend)
+    run_deployed_infer(config, backend)
 
 
 def _run_algorithm(command: str, config: Namespace, parser: ArgumentParser, backend: FlowerBackend) -> None:

@@ -102,7 +102,7 @@ def run_infer(config: Namespace, parser: ArgumentParser) -> int:
 RECEIVED = "received.jsonl"  # a deployed run's record of every query as the server received it
 
 
-def run_deployed_infer(config: Namespace, parser: ArgumentParser, backend: FlowerBackend) -> None:
+def run_deployed_infer(config: Namespace, backend: FlowerBackend) -> None:
     """The server's side of ``fedlit deploy --command infer``: every party's query answered by the server's
     model, each party extracting its answers locally; ``output_dir/received.jsonl`` records each query exactly as
     the server received it (what the server learns). Fails naming the parties that did not get their answers."""

@@ -44,9 +44,10 @@ class DriftCorrection(ClientMod):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         params = pl_module.trainable_parameters()
-        if set(params) != set(self.control) or set(params) != set(self.own):
-            raise ValueError(f"client '{self.client_id}': the SCAFFOLD control variates name other tensors than "
-                             f"its trainable ones ({sorted(set(params) ^ set(self.control))[:3]} ...)")
+        differing = sorted((set(params) ^ set(self.control)) | (set(params) ^ set(self.own)))
+        if differing:
+            raise ValueError(f"client '{self.client_id}': the SCAFFOLD control variates and its trainable tensors "
+                             f"differ in {differing[:3]}{' ...' if len(differing) > 3 else ''}")
         self.start = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in params.items()}
         self.correction = {n: (self.control[n].float() - self.own[n].float()).to(p.device, p.dtype)
                            for n, p in params.items()}
