@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -79,6 +80,10 @@ class LocalDeployment:
         """A Ray instance for the parties' model hosts (on a real deployment each party starts its own on its
         machine; here they share one, each host an actor named after its party); its address."""
         port = free_port()
+        token = self.root / "ray-auth-token"  # (the party's token: ~/.ray/auth_token on a party's machine)
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
         self._start("ray-head", "ray", "start", "--head", "--port", str(port), "--num-cpus", "2",
                     "--include-dashboard=false", "--disable-usage-stats", "--block")
         self.model_host = f"127.0.0.1:{port}"

@@ -30,6 +30,10 @@ class PartyHost:
 
         torch.set_num_threads(threads)
 
+    def ready(self) -> int:
+        """Nothing but that the actor is alive (its process id)."""
+        return os.getpid()
+
     def answer(self, build: tuple, method: str, payload: Any, state: bytes | None) -> tuple[Any, bytes | None]:
         from fedlit.flower.party_client import answer_with_client
 
@@ -51,4 +55,8 @@ def hosted_answer(address: str, threads: int, build: tuple, method: str, payload
     host = ray.remote(PartyHost).options(name=f"party-{client_id}", lifetime="detached", get_if_exists=True,
                                          num_cpus=0, max_restarts=-1, max_task_retries=0)
     actor = host.remote(threads)
+    # (after a crash, Ray restarts the actor: a message sent meanwhile would fail as "unavailable"; waiting on a
+    # call that is safe to repeat lets the next message reach the restarted host, while the message itself is never
+    # repeated: it may have run)
+    ray.get(actor.ready.options(max_task_retries=-1).remote())
     return ray.get(actor.answer.remote(build, method, payload, state))
