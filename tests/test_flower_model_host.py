@@ -231,7 +231,7 @@ def crash_and_ask_again(address: str, config_text: str, state_dir: str) -> dict:
     builds = 0
     for delay in (1.0, 0.5, 2.0, 0.25, 3.0, 0.1):  # (the kill must land mid-build: on a fast machine a fixed delay
         replies: list[object] = []              # can miss it; a build that finished is killed after it instead)
-        first = threading.Thread(target=lambda: replies.append(ask(context, "describe", b"")))
+        first = threading.Thread(target=lambda into=replies: into.append(ask(context, "describe", b"")))
         first.start()
         wait_for(lambda: any(a["name"] == "party-alpha" for a in ray.util.list_named_actors(all_namespaces=True)
                              if a["namespace"] == "crash-test"), 60, "the host never started")
