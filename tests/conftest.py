@@ -31,6 +31,13 @@ def play_records(n_per_play: int = 40) -> list[dict[str, str]]:
     return records
 
 
+def preference_records(n_per_play: int = 40) -> list[dict[str, str]]:
+    """Which play is the line from: the right play chosen, the next play in the list rejected."""
+    plays = list(PLAYS)
+    return [{"play": r["play"], "prompt": f"{r['character']}: {r['text']}\nPlay:", "chosen": f" {r['play']}",
+             "rejected": f" {plays[(plays.index(r['play']) + 1) % len(plays)]}"} for r in play_records(n_per_play)]
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _wandb_runs_in_a_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """W&B runs that tests start (configs/wandb.yaml among the shipped configs) stay out of the checkout."""
@@ -87,6 +94,13 @@ def other_tokenizer_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def plays_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "plays.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in play_records()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def preferences_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("preferences") / "preferences.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in preference_records()))
     return path
 
 

@@ -283,7 +283,7 @@ def test_10_empty_and_null_records_are_dropped_with_a_count(tmp_path, tokenizer,
              for split in (dm.train_dataset, dm.val_dataset) for e in split]
     assert not any("None" in t for t in texts)
     assert sum(len(dm.train_dataset) + len(dm.val_dataset) for dm in data.clients.values()) + 6 == 120 - 3
-    with pytest.raises(ValueError, match=r"3 records of .* have an empty or null character/text"):
+    with pytest.raises(ValueError, match=r"holes.jsonl row 1 has no 'text' \(empty or null\) \(and 2 more records\)"):
         build_federated_data(DataConfig(**{**config.__dict__, "empty_records": "error"}), tokenizer)
 
 

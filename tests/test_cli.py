@@ -78,8 +78,10 @@ def test_missing_data_file_fails_before_training(config_file, tmp_path, capsys):
 CONFIGS = sorted(c for c in (Path(__file__).parent.parent / "configs").glob("*.yaml") if c.stem != "infer")
 
 
-def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, plays_jsonl: Path) -> list[str]:
-    """The command line that runs a shipped config for one short round on the tiny model and the test plays."""
+def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, plays_jsonl: Path,
+                        preferences_jsonl: Path | None = None) -> list[str]:
+    """The command line that runs a shipped config for one short round on the tiny model and the test plays (the
+    test preference pairs for federated DPO)."""
     settings = yaml.safe_load(config.read_text())
     answer_set = settings.get("evaluation", {}).get("choices")
     extra = ["--evaluation.choices", '[" alpha", " beta", " gamma"]'] if answer_set else []
@@ -106,8 +108,9 @@ def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, play
     sampling, strategy = "--strategy.init_args", settings.get("strategy", {})
     while "strategy" in strategy.get("init_args", {}):  # a wrapper (SCAFFOLD): its inner strategy samples
         sampling, strategy = f"{sampling}.strategy.init_args", strategy["init_args"]["strategy"]
+    source = preferences_jsonl if command == "fedpo" else plays_jsonl
     return [command, "--config", str(config), *extra,
-            "--data.source", str(plays_jsonl), "--data.keep", "null", "--data.clients", "null",
+            "--data.source", str(source), "--data.keep", "null", "--data.clients", "null",
             "--data.num_clients", "3",
             "--data.train_examples_per_client", "null", "--data.val_examples_per_client", "4",
             "--data.global_val_examples", "6", "--rounds", "1", "--trainer.max_steps", "2",
@@ -118,11 +121,11 @@ def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, play
 def command_of(settings: dict) -> str:
     return ("fedost" if "offsite" in settings else "fedhetero" if "teachers" in settings
             else "fedmkt" if "transfer" in settings else "fedco" if "slm" in settings
-            else "fedkseed" if "zeroth_order" in settings else "fit")
+            else "fedkseed" if "zeroth_order" in settings else "fedpo" if "dpo" in settings else "fit")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl, monkeypatch):
+def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl, preferences_jsonl, monkeypatch):
     """Each config as shipped, pointed at the tiny model and data, runs one round and writes an adapter, with
     transformers' Hub kernels off and no connection attempted beyond this machine (the Hub offline)."""
     import socket
@@ -141,7 +144,7 @@ def test_every_shipped_config_runs(config, tmp_path, tiny_model_dir, plays_jsonl
         return connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", local_only)
-    main(shipped_config_args(config, tmp_path, tiny_model_dir, plays_jsonl))
+    main(shipped_config_args(config, tmp_path, tiny_model_dir, plays_jsonl, preferences_jsonl))
     assert attempts == [] and not _kernels_enabled()
     exported = "knowledge" if command == "fedmkt" else "adapter_model"  # FedMKT's global state: the LLM's logits
     assert (tmp_path / "run" / "adapter" / f"{exported}.safetensors").is_file()

@@ -289,17 +289,19 @@ PEFT_METHODS = {
 }
 
 
-def across_party_apps(settings: dict, model_dir: Path, plays_jsonl: Path, tmp_path: Path) -> tuple[dict, dict]:
+def across_party_apps(settings: dict, model_dir: Path, source: Path, tmp_path: Path,
+                      command: str = "fit") -> tuple[dict, dict]:
     """``settings`` run twice, from the same initial adapter: the server's loop over a FlowerBackend whose grid hands
-    each message to the real party ClientApp of a party holding only its own records (its state directory
-    ``tmp_path/state/<client>``), all in one process; and on LocalBackend over every record. Both final adapters."""
+    each message to the real party ClientApp of a party holding only its own records of ``source`` (one play each;
+    its state directory ``tmp_path/state/<client>``), all in one process; and on LocalBackend over every record. Both
+    final adapters."""
     from fedlit.cli import compose
 
-    records = play_records()
+    records = [json.loads(line) for line in source.read_text().splitlines()]
     common = {"progress": False, "loggers": [], "model": {"name_or_path": str(model_dir)}, "optimizer": {"lr": 0.05},
               "trainer": {"max_steps": 2, "accelerator": "cpu"}, **settings}
     data = {"val_examples_per_client": 4, "batch_size": 4, "max_length": 32}
-    parser = fit_parser("fit")
+    parser = fit_parser(command)
     server = parser.parse_object({**common, "output_dir": str(tmp_path / "flower"), "data": data})
     text = parser.dump(server, skip_none=False, skip_check=True)
     handlers = {}
@@ -312,13 +314,22 @@ def across_party_apps(settings: dict, model_dir: Path, plays_jsonl: Path, tmp_pa
         context = Context(run_id=1, node_id=node, state=RecordDict(),
                           node_config={"client-id": play, "party-config": str(party_file),
                                        "state-dir": str(tmp_path / "state" / play)},
-                          run_config={"fedlit-command": "fit", "fedlit-config": text})
+                          run_config={"fedlit-command": command, "fedlit-config": text})
         handlers[node] = lambda message, context=context: client_app.answer(message, context)
-    flower = compose("fit", server, parser, backend=FlowerBackend(Grid(handlers), parties=3, wait_s=1)).fit()
-    local = compose("fit", parser.parse_object({
+    flower = compose(command, server, parser, backend=FlowerBackend(Grid(handlers), parties=3, wait_s=1)).fit()
+    local = compose(command, parser.parse_object({
         **common, "output_dir": str(tmp_path / "local"),
-        "data": {**data, "source": str(plays_jsonl), "num_clients": 3, "global_val_examples": 6}}), parser).fit()
+        "data": {**data, "source": str(source), "num_clients": 3, "global_val_examples": 6}}), parser).fit()
     return flower, local
+
+
+def test_federated_dpo_runs_through_the_party_apps_as_in_a_local_run(tiny_model_dir, preferences_jsonl, tmp_path):
+    """Each party's preference pairs stay with it; two rounds equal the local run."""
+    flower, local = across_party_apps({"rounds": 2, "dpo": {"beta": 0.5}}, tiny_model_dir, preferences_jsonl,
+                                      tmp_path, command="fedpo")
+    assert flower.keys() == local.keys()
+    assert all(torch.equal(flower[name], local[name]) for name in local)
+    assert any(local[name].abs().max() > 0 for name in local if "lora_B" in name)  # (it trained)
 
 
 @pytest.mark.parametrize("method", sorted(PEFT_METHODS))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
-from peft import LoraConfig, PeftConfig
+from peft import LoraConfig, PeftConfig, PeftModel
+from transformers import PreTrainedTokenizerBase
 
 from fedlit.algorithms.federated_loop import federated_loop
+from fedlit.client import ModuleFactory
 from fedlit.data.federated import DataConfig
 from fedlit.federation import Federation
 from fedlit.lightning_modules import EvaluationConfig, OptimizerConfig, PeftModule, build_peft_model
@@ -36,12 +40,20 @@ def fed_homo_llm(
             aggregation, faults, privacy, client Trainer options, ... (:class:`~fedlit.federation.Federation`;
             default: its defaults). ``seed`` also seeds the adapter initialisation.
     """
+    return adapter_loop(model, data, peft, lambda base, tokenizer: functools.partial(
+        PeftModule, base, optimizer, evaluation, tokenizer), federation)
+
+
+def adapter_loop(model: ModelConfig, data: DataConfig, peft: PeftConfig | None,
+                 module: Callable[[PeftModel, PreTrainedTokenizerBase], ModuleFactory],
+                 federation: Federation | None, **fingerprint: Any) -> FederatedLoop:
+    """The loop of every algorithm whose clients share one frozen base and federate a peft adapter on it: the
+    client's ``module`` (a factory, from the wrapped base and the tokenizer) is what differs. ``fingerprint``:
+    the algorithm's own settings a resume must match, besides model, data and peft."""
     federation = federation or Federation()
     peft = peft or LoraConfig(**DEFAULT_LORA)
     tokenizer = load_tokenizer(model)
     federated = federation.backend.federated_data(data, tokenizer)
     peft_model = build_peft_model(load_base_model(model), peft, seed=federation.seed)
-    return federated_loop(
-        federated, functools.partial(PeftModule, peft_model, optimizer, evaluation, tokenizer),
-        federation, fingerprint={"model": model, "data": data, "peft": peft},
-    )
+    return federated_loop(federated, module(peft_model, tokenizer), federation,
+                          fingerprint={"model": model, "data": data, "peft": peft, **fingerprint})

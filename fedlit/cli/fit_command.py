@@ -14,7 +14,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.loggers import Logger
 
-from fedlit.algorithms import fed_co_llm, fed_hetero_llm, fed_homo_llm, fed_kseed, fed_mkt, fed_ost
+from fedlit.algorithms import fed_co_llm, fed_dpo, fed_hetero_llm, fed_homo_llm, fed_kseed, fed_mkt, fed_ost
 from fedlit.algorithms.fed_homo_llm import DEFAULT_LORA
 from fedlit.client import CLIENT_TRAINER_DEFAULTS
 from fedlit.federation import FEDERATION_KEYS, Federation
@@ -51,6 +51,8 @@ ALGORITHMS = {
                  {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
     "fedmkt": (fed_mkt, "run FedMKT: a server LLM and client SLMs (any tokenizers) trade top-k logits on public text",
                {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
+    "fedpo": (fed_dpo, "run federated DPO: clients tune the adapter on preference pairs (prompt, chosen, rejected)",
+              {"class_path": "peft.LoraConfig", "init_args": DEFAULT_LORA}),
     "fedost": (fed_ost, "run federated offsite-tuning (FedOST): adapters against an emulator, plugged back in",
                None),
 }

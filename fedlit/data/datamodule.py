@@ -11,6 +11,21 @@ from transformers import PreTrainedTokenizerBase
 IGNORE_INDEX = -100
 
 
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool) -> list[int]:
+    """A prompt's tokens: as a user turn through the tokenizer's chat template (with the assistant's turn opened),
+    or as plain text."""
+    if chat_template:
+        return list(tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+        ))
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+
+
+def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str, max_length: int) -> list[int]:
+    """An answer's tokens, cut to leave room for its EOS, then the EOS."""
+    return [*tokenizer(answer, add_special_tokens=False)["input_ids"][: max_length - 1], tokenizer.eos_token_id]
+
+
 def tokenize(
     pairs: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, chat_template: bool = False
 ) -> Dataset:
@@ -21,19 +36,12 @@ def tokenize(
     start of their prompt first, then the end of their response.
     """
 
-    def prompt_ids(prompt: str) -> list[int]:
-        if chat_template:
-            return list(tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
-            ))
-        return tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-
     def encode(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "labels": []}
         for prompt, response in zip(batch["prompt"], batch["response"], strict=True):
-            answer = tokenizer(response, add_special_tokens=False)["input_ids"][: max_length - 1]
-            answer.append(tokenizer.eos_token_id)
-            context = prompt_ids(prompt)[-(max_length - len(answer)):] if max_length > len(answer) else []
+            answer = answer_ids(tokenizer, response, max_length)
+            context = prompt_ids(tokenizer, prompt, chat_template)[-(max_length - len(answer)):] \
+                if max_length > len(answer) else []
             out["input_ids"].append(context + answer)
             out["labels"].append([IGNORE_INDEX] * len(context) + answer)
         return out

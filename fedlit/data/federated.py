@@ -102,6 +102,23 @@ class DataConfig:
             if repeated:
                 raise ValueError(f"data.clients lists {repeated} more than once")
 
+    def templates(self) -> dict[str, tuple[str, str]]:
+        """Each field of an example -> (config key, template): ``prompt``/``response`` (plain text is an empty
+        prompt)."""
+        if self.prompt_template is None:
+            return {"prompt": ("template", ""), "response": ("template", self.template)}
+        return {"prompt": ("prompt_template", self.prompt_template),
+                "response": ("response_template", self.response_template)}
+
+    def examples(self, fields: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+        """Rendered fields -> token ids and labels (the loss covers the response and its EOS)."""
+        return tokenize(fields, tokenizer, self.max_length, self.chat_template)
+
+    def data_module(self, train: Dataset | None, val: Dataset, pad_token_id: int) -> CausalLMDataModule:
+        """One party's splits as a data module (training examples packed if asked)."""
+        train = pack(train, self.max_length) if self.packing and train is not None else train
+        return CausalLMDataModule(train, val, pad_token_id, self.batch_size)
+
 
 @dataclass
 class PartyData:
@@ -134,19 +151,11 @@ class FederatedData:
         return any(isinstance(data, PartyData) for data in self.clients.values())
 
 
-def _templates(config: DataConfig) -> dict[str, tuple[str, str]]:
-    """``prompt``/``response`` -> (config key, template); plain text is an empty prompt."""
-    if config.prompt_template is None:
-        return {"prompt": ("template", ""), "response": ("template", config.template)}
-    return {"prompt": ("prompt_template", config.prompt_template),
-            "response": ("response_template", config.response_template)}
-
-
 def template_columns(config: DataConfig, columns: list[str]) -> set[str]:
     """The columns the templates read; a positional field (``{}``), a malformed template or a column the data
     lacks is an error naming the key."""
     return set().union(*(check_template(f"data.{key}", template, columns)
-                         for key, template in _templates(config).values()))
+                         for key, template in config.templates().values()))
 
 
 def check_template(key: str, template: str, columns: list[str]) -> set[str]:
@@ -168,7 +177,7 @@ def check_template(key: str, template: str, columns: list[str]) -> set[str]:
 
 def _render(records: Dataset, config: DataConfig) -> Dataset:
     """Records -> ``prompt``/``response`` pairs."""
-    templates = {name: template for name, (_, template) in _templates(config).items()}
+    templates = {name: template for name, (_, template) in config.templates().items()}
     return records.map(lambda r: {k: t.format(**r) for k, t in templates.items()},
                        remove_columns=records.column_names)
 
@@ -185,13 +194,17 @@ def drop_empty_records(records: Dataset, config: DataConfig) -> Dataset:
     empty = [i for i in range(len(records)) if any(_is_empty(column[i]) for column in values)]
     if not empty:
         return records
+    if config.empty_records == "error":
+        first = empty[0]
+        field = next(c for c, column in zip(columns, values, strict=True) if _is_empty(column[first]))
+        more = f" (and {len(empty) - 1} more records)" if len(empty) > 1 else ""
+        raise ValueError(f"data: {config.source} row {first + 1} has no '{field}' (empty or null){more}; fix it, or "
+                         "set data.empty_records: drop")
     owners = client_keys(records, config) if set(_names(config.client_column)) <= set(records.column_names) else None
     counts = collections.Counter(str(owners[i]) if owners is not None else "all" for i in empty)
     detail = ", ".join(f"{client}: {n}" for client, n in sorted(counts.items()))
-    message = f"{len(empty)} records of {config.source} have an empty or null {'/'.join(columns)} ({detail})"
-    if config.empty_records == "error":
-        raise ValueError(f"data: {message}; fix them, or set data.empty_records: drop")
-    log.warning("data: dropped %s", message)
+    log.warning("data: dropped %d records of %s with an empty or null %s (%s)", len(empty), config.source,
+                '/'.join(columns), detail)
     keep = sorted(set(range(len(records))) - set(empty))
     return records.select(keep)
 
@@ -258,14 +271,13 @@ def assign_clients(records: Dataset, config: DataConfig) -> dict[str, np.ndarray
 
 def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase) -> FederatedData:
     """One data module per client plus the server's global held-out split, deterministic in ``seed``."""
-    records = load_records(config.source)
+    records = drop_empty_records(load_records(config.source), config)  # (before `keep`: rows as in the file)
     for column, allowed in (config.keep or {}).items():
         values = set(map(str, allowed))
         records = records.filter(lambda value, allowed: str(value) in allowed, fn_kwargs={"allowed": values},
                                  input_columns=_column_name(records, column, "keep", config.source))
         if len(records) == 0:
             raise ValueError(f"data.keep: no records with {column} in {sorted(values)}")
-    records = drop_empty_records(records, config)
     parts = assign_clients(records, config)
     global_share = math.ceil(config.global_val_examples / len(parts))
     modules, global_parts = {}, []
@@ -278,15 +290,9 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
             n_train = min(n_train, config.train_examples_per_client)
         if n_train <= 0:
             raise ValueError(f"client '{client_id}' has no training records left after the held-out splits")
-        tokens = tokenize(_render(records.select(rows[: n_held + n_train]), config),
-                          tokenizer, config.max_length, config.chat_template)
-        train = tokens.select(range(n_held, n_held + n_train))
-        modules[client_id] = CausalLMDataModule(
-            train=pack(train, config.max_length) if config.packing else train,
-            val=tokens.select(range(n_val)),
-            pad_token_id=tokenizer.pad_token_id,
-            batch_size=config.batch_size,
-        )
+        tokens = config.examples(_render(records.select(rows[: n_held + n_train]), config), tokenizer)
+        modules[client_id] = config.data_module(tokens.select(range(n_held, n_held + n_train)),
+                                                tokens.select(range(n_val)), tokenizer.pad_token_id)
         global_parts.append(tokens.select(range(n_val, n_held)))
     global_val = concatenate_datasets(global_parts).select(range(config.global_val_examples))
     label_name = config.label_column or config.client_column
@@ -296,7 +302,7 @@ def build_federated_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase)
         names, counts = ["records"], np.array([[len(rows)] for rows in parts.values()])
     return FederatedData(
         clients=modules,
-        global_val=CausalLMDataModule(None, global_val, tokenizer.pad_token_id, config.batch_size),
+        global_val=config.data_module(None, global_val, tokenizer.pad_token_id),
         label_names=names,
         label_counts=counts,
     )

@@ -1,4 +1,4 @@
-"""Load records from the built-in Shakespeare corpus or a local file through ``datasets``."""
+"""Load records from the built-in Shakespeare sources or a local file through ``datasets``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from datasets import Dataset, load_dataset, load_from_disk
 
 from fedlit.data.shakespeare import load_shakespeare, prepare_shakespeare, shakespeare_dir
+from fedlit.data.which_play import WHICH_PLAY_SOURCE, which_play_preferences_file
 from fedlit.files import atomic_write_bytes
 
 BUILTIN_SOURCE = "shakespeare"
@@ -24,11 +25,15 @@ def shakespeare_turns_file() -> Path:
     return path
 
 
+BUILTIN_FILES = {BUILTIN_SOURCE: shakespeare_turns_file, WHICH_PLAY_SOURCE: which_play_preferences_file}
+
+
 def load_records(source: str) -> Dataset:
-    """``shakespeare``; a directory (``save_to_disk`` output, else play texts); a json/jsonl/csv/parquet/txt
+    """``shakespeare`` (speaking turns) or ``shakespeare-which-play`` (preference pairs); a directory
+    (``save_to_disk`` output, else play texts); a json/jsonl/csv/parquet/txt
     file; or a ``datasets`` hub name (its ``train`` split), which offline must already be in the cache."""
-    if source == BUILTIN_SOURCE:
-        source = str(shakespeare_turns_file())
+    if source in BUILTIN_FILES:
+        source = str(BUILTIN_FILES[source]())
     path = Path(source).expanduser()
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():

@@ -62,7 +62,8 @@ class RunRecords:
     def write(self) -> None:
         """metrics.csv (atomically) and every logger's files."""
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, restval="")
+        extra = sorted({key for row in self.history for key in row} - set(METRIC_COLUMNS))  # (an algorithm's own)
+        writer = csv.DictWriter(buffer, fieldnames=[*METRIC_COLUMNS, *extra], restval="")
         writer.writeheader()
         writer.writerows(self.history)
         atomic_write_bytes(self.output_dir / "metrics.csv", buffer.getvalue().encode())
