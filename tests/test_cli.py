@@ -109,6 +109,8 @@ def shipped_config_args(config: Path, tmp_path: Path, tiny_model_dir: Path, play
     while "strategy" in strategy.get("init_args", {}):  # a wrapper (SCAFFOLD): its inner strategy samples
         sampling, strategy = f"{sampling}.strategy.init_args", strategy["init_args"]["strategy"]
     source = preferences_jsonl if command == "fedpo" else plays_jsonl
+    if settings.get("strategy", {}).get("class_path", "").endswith("HeteroRank"):  # the test plays' clients
+        extra += ["--strategy.init_args.ranks", '{"alpha": "phone", "beta": 8, "gamma": 32}']
     return [command, "--config", str(config), *extra,
             "--data.source", str(source), "--data.keep", "null", "--data.clients", "null",
             "--data.num_clients", "3",

@@ -113,6 +113,15 @@ def test_drift_table_smoke(tmp_path, monkeypatch):
     assert scaffold["bytes_per_fit"] > 1.5 * fedavg["bytes_per_fit"]  # the variates travel beside the adapter
 
 
+def test_preference_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("preference_table.py", tmp_path, monkeypatch)
+    assert list(results["results"]) == ["base model (round 0)", "federated DPO (FedAvg)",
+                                        "local-only DPO (mean over clients)",
+                                        "SFT on the chosen answers (FedAvg), then nothing"]
+    assert all(finite(*scores.values()) for scores in results["results"].values())
+    assert results["results"]["base model (round 0)"]["reward_accuracy"] == 0.0  # (the adapter at zero: ties)
+
+
 def test_fedco_table_smoke(tmp_path, monkeypatch):
     results = table_smoke("fedco_table.py", tmp_path, monkeypatch)
     assert list(results["slm"]) == ["SLM as given to clients (round 0)", "local-only (mean over clients)",

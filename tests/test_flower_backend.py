@@ -323,6 +323,15 @@ def across_party_apps(settings: dict, model_dir: Path, source: Path, tmp_path: P
     return flower, local
 
 
+def test_clients_of_different_lora_ranks_run_through_the_party_apps_as_in_a_local_run(tiny_model_dir, plays_jsonl,
+                                                                                      tmp_path):
+    """Each party's rank reaches its client mod in the fit instructions; two rounds equal the local run."""
+    strategy = {"class_path": "fedlit.strategies.HeteroRank",
+                "init_args": {"ranks": {"alpha": 2, "beta": 4}, "default_rank": 8}}
+    flower, local = across_party_apps({"rounds": 2, "strategy": strategy}, tiny_model_dir, plays_jsonl, tmp_path)
+    assert all(torch.equal(flower[name], local[name]) for name in local)
+
+
 def test_federated_dpo_runs_through_the_party_apps_as_in_a_local_run(tiny_model_dir, preferences_jsonl, tmp_path):
     """Each party's preference pairs stay with it; two rounds equal the local run."""
     flower, local = across_party_apps({"rounds": 2, "dpo": {"beta": 0.5}}, tiny_model_dir, preferences_jsonl,

@@ -4,6 +4,7 @@ from fedlit.strategies.base import Strategy, weighted_average
 from fedlit.strategies.dp import DPFedAvg
 from fedlit.strategies.fedavg import FedAvg
 from fedlit.strategies.fedopt import FedAdagrad, FedAdam, FedAdaptive, FedAvgM, FedYogi, pseudo_gradient
+from fedlit.strategies.hetero_rank import HeteroRank
 from fedlit.strategies.knowledge import KnowledgeGathering
 from fedlit.strategies.median import FedMedian
 from fedlit.strategies.robust import FedAvgNormBound, FedTrimmedMean
@@ -20,6 +21,7 @@ __all__ = [
     "FedMedian",
     "FedTrimmedMean",
     "FedYogi",
+    "HeteroRank",
     "KnowledgeGathering",
     "Scaffold",
     "Strategy",

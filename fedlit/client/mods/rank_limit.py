@@ -1,0 +1,57 @@
+"""A client of a lower LoRA rank than the global adapter's (the client side of
+:class:`~fedlit.strategies.HeteroRank`): it receives the global factors truncated to its rank (its first r
+components: for FlexLoRA's SVD-ordered factors the best rank-r approximation), trains only those, and its update
+goes back zero-padded to the global rank. Every client keeps the global scaling ``lora_alpha / r_max``, so the same
+factors mean the same weight change at every rank."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from fedlit.client.fit_context import ClientMod, FitContext
+from fedlit.lightning_modules.causal_lm import CausalLMModule
+from fedlit.strategies.lora_factors import lora_pairs
+
+NAME = "lora_rank"
+
+
+class RankLimit(ClientMod):
+    """Zeroes the components from ``rank`` on when training starts, and their gradients before every step (so
+    they stay zero, under AdamW's decay too)."""
+
+    def __init__(self, client_id: str, rank: int) -> None:
+        self.client_id, self.rank = client_id, rank
+
+    def _factors(self, pl_module: CausalLMModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        params = pl_module.trainable_parameters()
+        pairs = lora_pairs(list(params))
+        if not pairs:
+            raise ValueError(f"client '{self.client_id}': a LoRA rank was set but its adapter has no LoRA factors")
+        return [(params[a], params[b]) for a, b in pairs.items()]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
+        with torch.no_grad():
+            for a, b in self._factors(pl_module):
+                if self.rank > a.shape[0]:
+                    raise ValueError(f"client '{self.client_id}': rank {self.rank} exceeds the adapter's {a.shape[0]}")
+                a[self.rank:] = 0
+                b[:, self.rank:] = 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: CausalLMModule, optimizer) -> None:
+        for a, b in self._factors(pl_module):
+            if a.grad is not None:
+                a.grad[self.rank:] = 0
+            if b.grad is not None:
+                b.grad[:, self.rank:] = 0
+
+
+def rank_limit(fit: FitContext) -> RankLimit | None:
+    """When the server side sent the clients' ranks (``mods.lora_rank``)."""
+    settings = fit.settings(NAME)
+    if settings is None:
+        return None
+    rank = settings["ranks"].get(fit.client_id, settings["default"])
+    if rank is None:
+        raise ValueError(f"client '{fit.client_id}': the server sent no LoRA rank for it")
+    return RankLimit(fit.client_id, int(rank))
