@@ -122,6 +122,16 @@ def test_preference_table_smoke(tmp_path, monkeypatch):
     assert results["results"]["base model (round 0)"]["reward_accuracy"] == 0.0  # (the adapter at zero: ties)
 
 
+def test_hetero_rank_table_smoke(tmp_path, monkeypatch):
+    results = table_smoke("hetero_rank_table.py", tmp_path, monkeypatch)
+    rows = results["results"]
+    assert list(rows) == ["ranks [4, 8, 16, 32], FlexLoRA (SVD)", "ranks [4, 8, 16, 32], HetLoRA (zero-padding)",
+                          "every client at rank 8, FedAvg"]
+    assert all(finite(row["loss"], row["perplexity"]) for row in rows.values())
+    mixed, uniform = rows["ranks [4, 8, 16, 32], FlexLoRA (SVD)"], rows["every client at rank 8, FedAvg"]
+    assert mixed["adapter_bytes"] == pytest.approx(uniform["adapter_bytes"] * 15 / 8)  # mean rank 15 vs 8
+
+
 def test_fedco_table_smoke(tmp_path, monkeypatch):
     results = table_smoke("fedco_table.py", tmp_path, monkeypatch)
     assert list(results["slm"]) == ["SLM as given to clients (round 0)", "local-only (mean over clients)",
