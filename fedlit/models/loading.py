@@ -157,19 +157,23 @@ def _layer_dropped(model: PreTrainedModel, config: ModelConfig) -> PreTrainedMod
 
 
 def load_trained_model(adapter: str | None = None, model: str | None = None, base: str | None = None,
-                       dtype: str = "float32", device: str = "auto") -> nn.Module:
-    """A trained model to verify or query, on ``device`` (see :func:`~fedlit.devices.torch_device`): the peft
-    ``adapter`` directory loaded with plain peft on its base (``base``, else the base its ``adapter_config.json``
-    names), or the full model directory ``model`` (e.g. FedOST's plugged-in model, or the default model's name)."""
+                       dtype: str = "float32", device: str = "auto",
+                       quantization: QuantizationConfig | None = None) -> nn.Module:
+    """A trained model to verify, query or benchmark, on ``device`` (see :func:`~fedlit.devices.torch_device`): the
+    peft ``adapter`` directory loaded with plain peft on its base (``base``, else the base its
+    ``adapter_config.json`` names), or the full model directory ``model`` (e.g. FedOST's plugged-in model, or the
+    default model's name); with ``quantization``, the base in k bits (placed by bitsandbytes: the GPU if any)."""
     if (adapter is None) == (model is None):
         raise ValueError("give either an adapter directory or a full model (directory or name), not both")
     target = torch_device(device)  # a device this machine lacks is refused before anything loads
-    return _trained_model(adapter, model, base, dtype).to(target)
+    trained = _trained_model(adapter, model, base, dtype, quantization)
+    return trained if quantization is not None else trained.to(target)
 
 
-def _trained_model(adapter: str | None, model: str | None, base: str | None, dtype: str) -> nn.Module:
+def _trained_model(adapter: str | None, model: str | None, base: str | None, dtype: str,
+                   quantization: QuantizationConfig | None) -> nn.Module:
     if model is not None:
-        return load_base_model(ModelConfig(model, dtype=dtype))
+        return load_base_model(ModelConfig(model, dtype=dtype, quantization=quantization))
     try:
         config = PeftConfig.from_pretrained(adapter)
     except (OSError, ValueError) as error:
@@ -177,4 +181,5 @@ def _trained_model(adapter: str | None, model: str | None, base: str | None, dty
     name = base or config.base_model_name_or_path
     if not name:
         raise ValueError(f"adapter {adapter} does not name its base model: give it with --base")
-    return PeftModel.from_pretrained(load_base_model(ModelConfig(name, dtype=dtype)), adapter)
+    return PeftModel.from_pretrained(load_base_model(ModelConfig(name, dtype=dtype, quantization=quantization)),
+                                     adapter)

@@ -1,0 +1,82 @@
+"""``fedlit evaluate``: a trained adapter (or a full model) scored on lm-evaluation-harness tasks; a markdown table
+printed, the harness's results written as JSON beside it (never over another file)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from jsonargparse import ArgumentParser, Namespace
+
+from fedlit.benchmarks.harness import HarnessConfig
+from fedlit.devices import DEVICE_HELP
+from fedlit.models import QuantizationConfig
+
+
+def evaluate_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Score a trained adapter (loaded with plain peft on its base) or a full model "
+                            "(FedOST's plugged_in, FedCoLLM's LLM, any model directory) on lm-evaluation-harness "
+                            "tasks: harness task names or local task YAML files.")
+    parser.add_argument("--adapter", type=str | None, default=None, help="a peft adapter directory")
+    parser.add_argument("--model", type=str | None, default=None, help="or a full model directory or name")
+    parser.add_argument("--base", type=str | None, default=None,
+                        help="the adapter's base model (default: the one its adapter_config.json names)")
+    parser.add_argument("--dtype", type=str, default="float32", help="dtype of the base weights")
+    parser.add_argument("--quantization", type=QuantizationConfig | None, default=None,
+                        help="load the base in k bits, e.g. '{bits: 4}' (bitsandbytes)")
+    parser.add_class_arguments(HarnessConfig, nested_key=None, fail_untyped=True)
+    parser.add_argument("--device", type=str, default="auto", help=DEVICE_HELP)
+    parser.add_argument("--output", type=str | None, default=None,
+                        help="the results JSON (a new file; default: harness-<time>.json beside the adapter or model; "
+                             "the markdown table goes beside it as .md)")
+    return parser
+
+
+def results_path(config: Namespace) -> Path:
+    """Where the results go: ``--output`` (refused if it exists), else a new timestamped file beside the
+    adapter (or in the current directory for a model name)."""
+    if config.output is not None:
+        path = Path(config.output)
+        if path.exists():
+            raise FileExistsError(f"--output {path} exists: fedlit evaluate never overwrites a file, choose another")
+        return path
+    target = Path(config.adapter or config.model)
+    folder = target.parent if target.exists() else Path.cwd()
+    return folder / f"harness-{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 1000000:06d}.json"
+
+
+def run_evaluate(config: Namespace) -> None:
+    from fedlit.benchmarks.harness import run_harness, scores_table
+    from fedlit.devices import torch_device
+    from fedlit.files import atomic_write_bytes
+    from fedlit.models import load_trained_model, tokenizer_at
+    from fedlit.models.loading import resolve_model_path
+
+    output = results_path(config)
+    harness = HarnessConfig(**{key: config[key] for key in ("tasks", "num_fewshot", "batch_size", "limit",
+                                                             "apply_chat_template", "gen_kwargs")})
+    model = load_trained_model(config.adapter, config.model, config.base, config.dtype, config.device,
+                               config.quantization).eval()
+    tokenizer = tokenizer_at(config.adapter if config.adapter and _has_tokenizer(config.adapter)
+                             else resolve_model_path(config.base or _base_name(config)))
+    device = next(model.parameters()).device if config.quantization is not None else torch_device(config.device)
+    results = run_harness(model, tokenizer, harness, device)
+    table = scores_table(results)
+    print(table)
+    atomic_write_bytes(output, json.dumps(results, indent=1, default=str).encode())
+    atomic_write_bytes(output.with_suffix(".md"), table.encode())
+    print(f"results in {output} (table: {output.with_suffix('.md')})")
+
+
+def _has_tokenizer(directory: str) -> bool:
+    return any((Path(directory) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _base_name(config: Namespace) -> str:
+    """The model whose tokenizer scores: the full model, or the base the adapter names."""
+    if config.model is not None:
+        return config.model
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(config.adapter).base_model_name_or_path
