@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
 from fedlit.backends import Backend, LocalBackend
+from fedlit.benchmarks.harness import HarnessConfig
 from fedlit.compression.config import CompressionConfig
 from fedlit.faults import FaultPolicy
 from fedlit.privacy import ClientDPConfig, ExampleDPConfig
@@ -57,6 +58,8 @@ class Federation:
         compression: quantized updates on the wire (``fedlit.compression.CompressionConfig``); ``None``: float32.
         watermark: each (chosen) client embeds its own ownership watermark while it trains and keeps its key
             (``fedlit.watermark.WatermarkConfig``; verify with ``fedlit verify``).
+        harness: score the global adapter on lm-evaluation-harness tasks after the last round (and every
+            ``harness.every`` rounds), on the server (``fedlit.benchmarks.HarnessConfig``; rows ``split: harness``).
         run_config: the run's whole configuration, given to every logger as its hyperparameters (the ``fedlit``
             command passes its merged config; not a config key itself).
     """
@@ -79,6 +82,7 @@ class Federation:
     backend: Backend = field(default_factory=LocalBackend)
     compression: CompressionConfig | None = None
     watermark: WatermarkConfig | None = None
+    harness: HarnessConfig | None = None
     run_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:

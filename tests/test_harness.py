@@ -82,8 +82,8 @@ def test_evaluate_scores_local_tasks_as_a_hand_computation(tiny_model_dir, adapt
     mc, gen = write_tasks(tmp_path / "tasks", generations)
     output = tmp_path / "scores.json"
 
-    main(["evaluate", "--adapter", str(adapter_dir), "--base", str(tiny_model_dir), "--tasks", json.dumps([str(mc), str(gen)]),
-          "--device", "cpu", "--batch_size", "2", "--output", str(output)])
+    main(["evaluate", "--adapter", str(adapter_dir), "--base", str(tiny_model_dir),
+          "--tasks", json.dumps([str(mc), str(gen)]), "--device", "cpu", "--batch_size", "2", "--output", str(output)])
 
     printed = capsys.readouterr().out
     assert "tiny_choice" in printed and "tiny_gen" in printed and f"results in {output}" in printed
@@ -113,3 +113,25 @@ def test_bad_requests_are_named_and_nothing_is_overwritten(tiny_model_dir, adapt
         assert exit_info.value.code == 1
         assert message in capsys.readouterr().err
     assert taken.read_text() == "{}"
+
+
+def test_a_run_scores_the_global_adapter_on_the_harness_every_n_rounds(tiny_model_dir, plays_jsonl, tmp_path):
+    """``harness:`` in a run: rows ``split: harness`` after rounds 2 and 3 (every 2, and the last), the global
+    adapter's multiple-choice accuracy equal to ``fedlit evaluate`` on the saved adapter."""
+    import csv
+
+    from fedlit.cli import main as fedlit
+
+    mc, _ = write_tasks(tmp_path / "tasks", ["x", "y", "z", "w"])
+    common = ["--model.name_or_path", str(tiny_model_dir), "--data.source", str(plays_jsonl), "--data.num_clients", "3",
+              "--data.val_examples_per_client", "2", "--data.global_val_examples", "4", "--data.max_length", "32",
+              "--trainer.max_steps", "1", "--trainer.precision", "32-true", "--progress", "false"]
+    fedlit(["fit", *common, "--rounds", "3", "--output_dir", str(tmp_path / "run"),
+            "--harness", json.dumps({"tasks": [str(mc)], "every": 2, "batch_size": 2})])
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "harness"]
+    assert [r["round"] for r in rows] == ["2", "3"] and all(r["client"] == "global" for r in rows)
+    fedlit(["evaluate", "--adapter", str(tmp_path / "run" / "adapter"), "--tasks", json.dumps([str(mc)]),
+            "--device", "cpu", "--output", str(tmp_path / "after.json")])
+    after = json.loads((tmp_path / "after.json").read_text())["results"]["tiny_choice"]["acc,none"]
+    assert float(rows[-1]["harness/tiny_choice/acc"]) == pytest.approx(after)

@@ -39,5 +39,5 @@ def fed_dpo(
     if federation is not None and federation.example_privacy is not None:
         raise ValueError("example_privacy (DP-SGD) clips each sequence's gradient, but a DPO example is a pair of "
                          "sequences: use privacy (client-level DP) with fedlit fedpo")
-    return adapter_loop(model, data, peft, lambda base, _: functools.partial(DPOModule, base, optimizer, dpo),
-                        federation, dpo=dpo)
+    return adapter_loop(model, data, peft, lambda base, tokenizer: functools.partial(
+        DPOModule, base, optimizer, dpo, tokenizer), federation, dpo=dpo)

@@ -28,6 +28,8 @@ class HarnessConfig:
         limit: only the first N documents of each task (a fraction if < 1): for a quick look, not for reporting.
         apply_chat_template: wrap each prompt in the tokenizer's chat template (instruction-tuned models).
         gen_kwargs: generation settings for generate-until tasks (e.g. ``{max_gen_toks: 256}``), over the task's.
+        every: in a run (the ``harness:`` key of ``fedlit fit``), also every this many rounds; ``None``: after the
+            last round only.
     """
 
     tasks: list[str] = field(default_factory=list)
@@ -36,12 +38,19 @@ class HarnessConfig:
     limit: float | None = None
     apply_chat_template: bool = False
     gen_kwargs: dict[str, Any] | None = None
+    every: int | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError("harness.tasks is empty: name harness tasks (e.g. mmlu) or local task YAML files")
         if self.batch_size < 1:
             raise ValueError(f"harness.batch_size must be >= 1, got {self.batch_size}")
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"harness.every must be >= 1, got {self.every}")
+
+    def due(self, server_round: int, rounds: int) -> bool:
+        """Whether a run evaluates on the harness after ``server_round`` of ``rounds``."""
+        return server_round > 0 and (server_round == rounds or bool(self.every) and server_round % self.every == 0)
 
 
 def task_names(tasks: list[str]) -> tuple[list[str], list[str]]:
@@ -92,6 +101,12 @@ def harness_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {task: {metric.removesuffix(",none"): float(value) for metric, value in metrics.items()
                    if metric != "alias" and "_stderr" not in metric and isinstance(value, int | float)}
             for task, metrics in results["results"].items()}
+
+
+def harness_row(results: dict[str, Any]) -> dict[str, float]:
+    """The scores as one metrics.csv row's columns: ``harness/<task>/<metric>``."""
+    return {f"harness/{task}/{metric}": value for task, metrics in harness_scores(results).items()
+            for metric, value in metrics.items()}
 
 
 def scores_table(results: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch import nn
 from torchmetrics import MeanMetric
+from transformers import PreTrainedTokenizerBase
 
 from fedlit.data.datamodule import IGNORE_INDEX
 from fedlit.data.preferences import split_pairs
@@ -69,9 +70,9 @@ class DPOModule(PeftModule):
     margin, the policy's log-probabilities of both answers, and its preference accuracy (the chosen answer more
     likely than the rejected one: comparable with any model, the base or an SFT adapter included)."""
 
-    def __init__(self, model: PeftModel, optimizer: OptimizerConfig | None = None,
-                 dpo: DPOConfig | None = None) -> None:
-        super().__init__(model, optimizer)
+    def __init__(self, model: PeftModel, optimizer: OptimizerConfig | None = None, dpo: DPOConfig | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        super().__init__(model, optimizer, tokenizer=tokenizer)
         self.dpo = dpo or DPOConfig()
         self.val_pair_metrics = nn.ModuleDict({name: MeanMetric() for name in PAIR_METRICS})
 

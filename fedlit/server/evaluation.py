@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 
 from fedlit.backends import Backend, ClientFailure
+from fedlit.benchmarks.harness import HarnessConfig
 from fedlit.data.datamodule import CausalLMDataModule
 from fedlit.data.federated import GLOBAL
 from fedlit.payload import Payload, to_bytes
@@ -28,12 +29,16 @@ class RoundEvaluation:
         eval_clients: evaluate a sample of this many clients, drawn from (seed, round) (``None``: every client).
         seed: the run's seed.
         trainer_kwargs: the server Trainer's options for the global split (device, precision).
+        harness: also score the global adapter on lm-evaluation-harness tasks, on the server, when due (a ``harness``
+            row: ``harness/<task>/<metric>`` columns).
+        rounds: the run's rounds (the harness runs after the last).
     """
 
     def __init__(self, client_ids: Sequence[str], global_val: CausalLMDataModule | None, eval_clients: int | None,
-                 seed: int, trainer_kwargs: dict[str, Any]) -> None:
+                 seed: int, trainer_kwargs: dict[str, Any], harness: HarnessConfig | None = None,
+                 rounds: int = 0) -> None:
         self.client_ids, self.global_val, self.eval_clients = list(client_ids), global_val, eval_clients
-        self.seed, self.trainer_kwargs = seed, trainer_kwargs
+        self.seed, self.trainer_kwargs, self.harness, self.rounds = seed, trainer_kwargs, harness, rounds
 
     def sampled(self, server_round: int) -> list[str]:
         ids, sample = self.client_ids, self.eval_clients
@@ -60,7 +65,22 @@ class RoundEvaluation:
             (values,) = validate(module, {GLOBAL: self.global_val}, self.trainer_kwargs).values()
             results[GLOBAL] = {**values, "num_examples": len(self.global_val.val_dataset)}
         rows += [{"client": party, "split": "val", **values} for party, values in results.items()]
+        if self.harness is not None and self.harness.due(server_round, self.rounds):
+            rows.append(self.harness_row(module, payload))
         return rows, {party: values["loss"] for party, values in results.items()}
+
+    def harness_row(self, module: L.LightningModule, payload: Payload) -> dict[str, Any]:
+        """The global adapter's harness scores, on the server's module (its model and tokenizer, its device)."""
+        from fedlit.benchmarks.harness import harness_row, run_harness
+
+        tokenizer = getattr(module, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(f"harness: this algorithm's module ({type(module).__name__}) holds no tokenizer to score "
+                             "with; evaluate its output with fedlit evaluate instead")
+        module.load_trainable_state_dict(payload, who="the global adapter")
+        model = module.model.eval()
+        results = run_harness(model, tokenizer, self.harness, next(model.parameters()).device)
+        return {"client": GLOBAL, "split": "harness", **harness_row(results)}
 
 
 def summary_line(losses: dict[str, float]) -> str:

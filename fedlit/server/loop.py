@@ -77,7 +77,7 @@ class FederatedLoop:
         self.checkpoints = RoundCheckpoints(self.output_dir / "checkpoints",
                                             config_fingerprint({**(fingerprint or {}), **federation.resume_parts()}))
         self.evaluation = RoundEvaluation(list(self.clients), global_val, federation.eval_clients, federation.seed,
-                                          self.trainer_kwargs)
+                                          self.trainer_kwargs, federation.harness, federation.rounds)
         self.stopped: str | None = None
         self.current_round = 0
         self.run_id = secrets.token_hex(8)  # a resume takes the checkpoint's: clients keep state under it
