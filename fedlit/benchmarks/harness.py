@@ -28,6 +28,7 @@ class HarnessConfig:
         limit: only the first N documents of each task (a fraction if < 1): for a quick look, not for reporting.
         apply_chat_template: wrap each prompt in the tokenizer's chat template (instruction-tuned models).
         gen_kwargs: generation settings for generate-until tasks (e.g. ``{max_gen_toks: 256}``), over the task's.
+        confirm_run_unsafe_code: let tasks that execute the model's output run (HumanEval, MBPP): an explicit opt-in.
         every: in a run (the ``harness:`` key of ``fedlit fit``), also every this many rounds; ``None``: after the
             last round only.
     """
@@ -38,6 +39,7 @@ class HarnessConfig:
     limit: float | None = None
     apply_chat_template: bool = False
     gen_kwargs: dict[str, Any] | None = None
+    confirm_run_unsafe_code: bool = False
     every: int | None = None
 
     def __post_init__(self) -> None:
@@ -72,14 +74,10 @@ def task_names(tasks: list[str]) -> tuple[list[str], list[str]]:
     return names, sorted(set(folders))
 
 
-def run_harness(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: HarnessConfig,
-                device: torch.device) -> dict[str, Any]:
-    """lm-evaluation-harness's results for ``model`` (already on ``device``): its ``results`` per task (metric
-    ``name,filter`` -> value, stderr beside), ``versions``, ``n-shot`` and config, as ``simple_evaluate`` returns
-    them, without the per-sample logs."""
+def checked_tasks(config: HarnessConfig) -> tuple[list[str], Any]:
+    """The task names and a harness ``TaskManager`` that knows them (local YAML folders included); a name neither
+    knows is an error naming it (before a run starts, not after its last round)."""
     try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as error:
         raise ImportError(HARNESS_MISSING) from error
@@ -88,11 +86,25 @@ def run_harness(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: Ha
     unknown = [name for name in names if not manager.match_tasks([name])]
     if unknown:
         raise ValueError(f"harness task(s) {unknown}: not a harness task or group, nor a task in the given YAML files")
+    return names, manager
+
+
+def run_harness(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: HarnessConfig,
+                device: torch.device) -> dict[str, Any]:
+    """lm-evaluation-harness's results for ``model`` (already on ``device``): its ``results`` per task (metric
+    ``name,filter`` -> value, stderr beside), ``versions``, ``n-shot`` and config, as ``simple_evaluate`` returns
+    them, without the per-sample logs."""
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+    except ImportError as error:
+        raise ImportError(HARNESS_MISSING) from error
+    names, manager = checked_tasks(config)
     language_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device))
     results = simple_evaluate(model=language_model, tasks=names, num_fewshot=config.num_fewshot,
                               limit=config.limit, task_manager=manager, log_samples=False,
                               apply_chat_template=config.apply_chat_template, gen_kwargs=config.gen_kwargs,
-                              bootstrap_iters=0)
+                              bootstrap_iters=0, confirm_run_unsafe_code=config.confirm_run_unsafe_code)
     return {key: value for key, value in results.items() if key != "samples"}
 
 

@@ -55,7 +55,8 @@ def run_evaluate(config: Namespace) -> None:
 
     output = results_path(config)
     harness = HarnessConfig(**{key: config[key] for key in ("tasks", "num_fewshot", "batch_size", "limit",
-                                                             "apply_chat_template", "gen_kwargs")})
+                                                             "apply_chat_template", "gen_kwargs",
+                                                             "confirm_run_unsafe_code")})
     model = load_trained_model(config.adapter, config.model, config.base, config.dtype, config.device,
                                config.quantization).eval()
     tokenizer = tokenizer_at(config.adapter if config.adapter and _has_tokenizer(config.adapter)

@@ -8,7 +8,7 @@ import math
 import re
 import string
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -57,7 +57,8 @@ class DataConfig:
         max_length: tokens per example, EOS included.
         batch_size: for training and evaluation.
         seed: the shuffle that assigns records to splits.
-        empty_records: records whose template columns are empty or null: ``drop`` them (a count per client is
+        optional_columns: template columns that may be empty or null (rendered as ""), e.g. alpaca's ``input``.
+        empty_records: records whose other template columns are empty or null: ``drop`` them (a count per client is
             printed) or ``error``.
     """
 
@@ -82,6 +83,7 @@ class DataConfig:
     max_length: int = 128
     batch_size: int = 8
     seed: int = 0
+    optional_columns: list[str] = field(default_factory=list)
     empty_records: Literal["drop", "error"] = "drop"
 
     def __post_init__(self) -> None:
@@ -176,10 +178,12 @@ def check_template(key: str, template: str, columns: list[str]) -> set[str]:
 
 
 def _render(records: Dataset, config: DataConfig) -> Dataset:
-    """Records -> ``prompt``/``response`` pairs."""
+    """Records -> the example's fields (``prompt``/``response``, or the config's own); an optional column's null is
+    the empty string."""
     templates = {name: template for name, (_, template) in config.templates().items()}
-    return records.map(lambda r: {k: t.format(**r) for k, t in templates.items()},
-                       remove_columns=records.column_names)
+    optional = set(config.optional_columns)
+    return records.map(lambda r: {k: t.format(**{c: "" if c in optional and v is None else v for c, v in r.items()})
+                                  for k, t in templates.items()}, remove_columns=records.column_names)
 
 
 def _is_empty(value: object) -> bool:
@@ -189,7 +193,7 @@ def _is_empty(value: object) -> bool:
 def drop_empty_records(records: Dataset, config: DataConfig) -> Dataset:
     """Records whose template columns are all filled: the others are dropped with a count per client, or refused
     (``empty_records: error``); a null never becomes the text "None"."""
-    columns = sorted(template_columns(config, records.column_names))
+    columns = sorted(template_columns(config, records.column_names) - set(config.optional_columns))
     values = [records[c] for c in columns]
     empty = [i for i in range(len(records)) if any(_is_empty(column[i]) for column in values)]
     if not empty:

@@ -39,6 +39,10 @@ class RoundEvaluation:
                  rounds: int = 0) -> None:
         self.client_ids, self.global_val, self.eval_clients = list(client_ids), global_val, eval_clients
         self.seed, self.trainer_kwargs, self.harness, self.rounds = seed, trainer_kwargs, harness, rounds
+        if harness is not None:
+            from fedlit.benchmarks.harness import checked_tasks
+
+            checked_tasks(harness)  # (a wrong task name fails now, not after the last round)
 
     def sampled(self, server_round: int) -> list[str]:
         ids, sample = self.client_ids, self.eval_clients

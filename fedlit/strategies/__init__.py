@@ -8,9 +8,11 @@ from fedlit.strategies.hetero_rank import HeteroRank
 from fedlit.strategies.knowledge import KnowledgeGathering
 from fedlit.strategies.median import FedMedian
 from fedlit.strategies.robust import FedAvgNormBound, FedTrimmedMean
+from fedlit.strategies.round_schedule import CosineRoundLR, cosine_learning_rate
 from fedlit.strategies.scaffold import Scaffold
 
 __all__ = [
+    "CosineRoundLR",
     "DPFedAvg",
     "FedAdagrad",
     "FedAdam",
@@ -25,6 +27,7 @@ __all__ = [
     "KnowledgeGathering",
     "Scaffold",
     "Strategy",
+    "cosine_learning_rate",
     "pseudo_gradient",
     "weighted_average",
 ]

@@ -4,11 +4,11 @@ instructions' ``mods`` mapping (set by the server side: a strategy wrapper or th
 state, and returns ``None`` when the mod does not apply. Registering a mod is one line here.
 
 The order is the order they act when a fit ends (each reads what the one before it left) and shape the reply: the
-client's LoRA rank (the global adapter truncated to it before anything else reads it), the client's own state (kept
-between its fits, never sent), the watermark (acts while training only), SCAFFOLD's drift correction (corrects every
-step; at the end, its variate change from the trained weights), DP-SGD, error feedback (the last rounding error
-added back), update clipping and noise (client-level DP), compression (quantized on the wire), adapter extraction,
-masking (secure aggregation).
+client's LoRA rank (the global adapter truncated to it before anything else reads it), the round's learning rate,
+the client's own state (kept between its fits, never sent), the watermark (acts while training only), SCAFFOLD's
+drift correction (corrects every step; at the end, its variate change from the trained weights), DP-SGD, error
+feedback (the last rounding error added back), update clipping and noise (client-level DP), compression (quantized
+on the wire), adapter extraction, masking (secure aggregation).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ from fedlit.client.mods.drift_correction import DriftCorrection, drift_correctio
 from fedlit.client.mods.masked_aggregation import MaskedAggregation, masked_aggregation
 from fedlit.client.mods.personal_state import PersonalState, personal_state
 from fedlit.client.mods.rank_limit import RankLimit, rank_limit
+from fedlit.client.mods.round_learning_rate import RoundLearningRate, round_learning_rate
 from fedlit.client.mods.update_clipping import UpdateClipping, update_clipping
 from fedlit.client.mods.update_compression import ErrorFeedback, UpdateCompression, error_feedback, update_compression
 from fedlit.client.mods.watermark_embedding import WatermarkEmbedding, watermark_embedding
 
 CLIENT_MODS: dict[str, Callable[[FitContext], ClientMod | None]] = {
     "lora_rank": rank_limit,
+    "round_lr": round_learning_rate,
     "personal": personal_state,
     "watermark": watermark_embedding,
     "scaffold": drift_correction,
@@ -51,5 +53,5 @@ def build_mods(fit: FitContext) -> dict[str, ClientMod]:
 
 
 __all__ = ["CLIENT_MODS", "AdapterExtraction", "ClientMod", "DriftCorrection", "ErrorFeedback", "ExampleLevelDP",
-           "FitContext", "MaskedAggregation", "PersonalState", "RankLimit", "UpdateClipping", "UpdateCompression",
-           "WatermarkEmbedding", "build_mods"]
+           "FitContext", "MaskedAggregation", "PersonalState", "RankLimit", "RoundLearningRate", "UpdateClipping",
+           "UpdateCompression", "WatermarkEmbedding", "build_mods"]
