@@ -40,7 +40,8 @@ def alpaca_records(n: int = 48) -> list[dict[str, str | None]]:
              "output": lines[i % 4]} for i in range(n)]
 
 
-@pytest.mark.parametrize("challenge", sorted(CLIENTS))
+@pytest.mark.parametrize("challenge", ["general_nlp", *(pytest.param(c, marks=pytest.mark.long)
+                                                         for c in ("code", "finance", "medical"))])
 def test_a_shrunken_copy_runs_through_the_same_code_path(challenge, tiny_model_dir, tmp_path):
     from test_harness import write_tasks
 
