@@ -104,6 +104,15 @@ def preferences_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """The local run uses as many torch threads as each Ray worker (1): then results agree bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def drop_last_round(output_dir: Path) -> int:
     """Delete a finished run's newest round checkpoint, so that ``fit(resume=True)`` runs that round again (as after
     a crash in it); return that round."""

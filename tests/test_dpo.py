@@ -225,7 +225,7 @@ def test_column_names_are_the_templates_and_long_prompts_lose_their_start(tiny_m
 
 
 @pytest.mark.long
-def test_on_ray_the_run_equals_local(tiny_model_dir, preferences_jsonl, tmp_path):
+def test_on_ray_the_run_equals_local(one_thread, tiny_model_dir, preferences_jsonl, tmp_path):
     ray = pytest.importorskip("ray")
     from fedlit.backends import RayBackend
 

@@ -115,6 +115,7 @@ def test_bad_requests_are_named_and_nothing_is_overwritten(tiny_model_dir, adapt
     assert taken.read_text() == "{}"
 
 
+@pytest.mark.long
 def test_a_run_scores_the_global_adapter_on_the_harness_every_n_rounds(tiny_model_dir, plays_jsonl, tmp_path):
     """``harness:`` in a run: rows ``split: harness`` after rounds 2 and 3 (every 2, and the last), the global
     adapter's multiple-choice accuracy equal to ``fedlit evaluate`` on the saved adapter."""

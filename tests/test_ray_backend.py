@@ -47,15 +47,6 @@ def rows(path):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
-@pytest.fixture
-def one_thread():
-    """The local run uses as many torch threads as each Ray worker (1): then results agree bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # masking (state across rounds) and plain FedAvg in the default suite; error feedback and the
 # rest, whose server step runs in the driver whatever the backend, in `make test-long` (CI's 15 minutes)
 IN_LONG = {"fedadam", "client-dp", "compressed"}

@@ -140,8 +140,8 @@ def test_settings_the_variates_would_defeat_are_refused_by_name(setting, tiny_mo
 
 
 @pytest.mark.long
-def test_on_ray_each_variate_stays_in_its_workers_state_and_the_run_equals_local(tiny_model_dir, plays_jsonl,
-                                                                                  tmp_path):
+def test_on_ray_each_variate_stays_in_its_workers_state_and_the_run_equals_local(one_thread, tiny_model_dir,
+                                                                                  plays_jsonl, tmp_path):
     ray = pytest.importorskip("ray")
     from fedlit.backends import RayBackend
 
