@@ -40,6 +40,16 @@ def test_several_devices_keep_lightning_s_strategy():
     assert not isinstance(trainer.strategy, ResidentSingleDevice)
 
 
+@pytest.mark.parametrize("devices", [2, "2"])  # (a list of GPU ids keeps its first: GPUs only)
+def test_the_servers_own_passes_stay_on_one_device_of_a_multi_device_client(devices):
+    """A client that trains on several devices: the server's evaluation is one pass in this process, on the first
+    (a multi-device Trainer there would launch processes that re-run the command)."""
+    from fedlit.validation import server_trainer
+
+    trainer = server_trainer({"accelerator": "cpu", "devices": devices, "strategy": "ddp", "precision": "32-true"})
+    assert trainer.num_devices == 1 and isinstance(trainer.strategy, ResidentSingleDevice)
+
+
 def test_a_device_this_machine_lacks_is_refused_by_name():
     assert torch_device("cpu") == torch.device("cpu")
     assert torch_device("auto").type == ("cuda" if torch.cuda.is_available() else
