@@ -10,6 +10,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser, Namespace
 
 from fedlit.benchmarks.harness import HarnessConfig
+from fedlit.cli.verify_command import add_trained_model_arguments
 from fedlit.devices import DEVICE_HELP
 from fedlit.models import QuantizationConfig
 
@@ -18,10 +19,7 @@ def evaluate_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Score a trained adapter (loaded with plain peft on its base) or a full model "
                             "(FedOST's plugged_in, FedCoLLM's LLM, any model directory) on lm-evaluation-harness "
                             "tasks: harness task names or local task YAML files.")
-    parser.add_argument("--adapter", type=str | None, default=None, help="a peft adapter directory")
-    parser.add_argument("--model", type=str | None, default=None, help="or a full model directory or name")
-    parser.add_argument("--base", type=str | None, default=None,
-                        help="the adapter's base model (default: the one its adapter_config.json names)")
+    add_trained_model_arguments(parser)
     parser.add_argument("--dtype", type=str, default="float32", help="dtype of the base weights")
     parser.add_argument("--quantization", type=QuantizationConfig | None, default=None,
                         help="load the base in k bits, e.g. '{bits: 4}' (bitsandbytes)")

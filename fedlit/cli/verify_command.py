@@ -11,15 +11,22 @@ from fedlit.devices import DEVICE_HELP
 from fedlit.watermark import Verification
 
 
+def add_trained_model_arguments(parser: ArgumentParser) -> None:
+    """``--adapter`` (loaded with plain peft on its base), or ``--model`` (a full model), and ``--base``: what
+    :func:`~fedlit.models.load_trained_model` loads (``fedlit verify``, ``fedlit evaluate``)."""
+    parser.add_argument("--adapter", type=str | None, default=None, help="a peft adapter directory")
+    parser.add_argument("--model", type=str | None, default=None,
+                        help="or a full model directory or name (FedOST's plugged_in, FedCoLLM's LLM)")
+    parser.add_argument("--base", type=str | None, default=None,
+                        help="the adapter's base model (default: the one its adapter_config.json names)")
+
+
 def verify_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Check ownership watermark keys against an adapter (loaded with plain peft on "
                             "its base model) or a full model: sign-bit detection and trigger accuracy, each with the "
                             "chance that a model without the watermark scores as high. Exit 0 when every key is "
                             "verified, 4 when one is not.")
-    parser.add_argument("--adapter", type=str | None, default=None, help="a peft adapter directory")
-    parser.add_argument("--model", type=str | None, default=None, help="or a full model directory (FedOST plugged_in)")
-    parser.add_argument("--base", type=str | None, default=None,
-                        help="the adapter's base model (default: the one its adapter_config.json names)")
+    add_trained_model_arguments(parser)
     parser.add_argument("--key", type=list[str], required=True, help="key file(s), e.g. --key '[a.json, b.json]'")
     parser.add_argument("--fpr", type=float, default=1e-6, help="false-positive rate of the verdict")
     parser.add_argument("--device", type=str, default="auto", help=DEVICE_HELP)
