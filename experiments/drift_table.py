@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from shakespeare_task import global_scores, run
+from shakespeare_task import global_scores, run, setup_loop
 from smoke import parse_experiment_args
 
 from fedlit.callbacks import FedProx
-from fedlit.cli import compose, fit_parser, quiet_libraries
+from fedlit.cli import quiet_libraries
 from fedlit.strategies import FedAvg, Scaffold
 
 METRICS = ("loss", "choice_accuracy", "exact_match")
@@ -44,10 +44,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args, options = parse_experiment_args(parser, "fit")
     quiet_libraries()
-    cli = fit_parser()
-    config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),
-                             "--progress", "false", "--loggers", "[]", "--data.alpha", str(args.alpha), *options])
-    base = compose("fit", config, cli)
+    base, _, _ = setup_loop("fit", args.config, args.output_dir / "setup", "--data.alpha", str(args.alpha), *options)
     initial = base.module_factory().trainable_state_dict()
     sampled = min(args.clients_per_round, len(base.clients))
     runs = {

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from shakespeare_task import global_scores, run
+from shakespeare_task import global_scores, run, setup_loop
 from smoke import parse_experiment_args
 
-from fedlit.cli import compose, fit_parser, quiet_libraries
+from fedlit.cli import quiet_libraries
 
 METRICS = ("loss", "perplexity", "token_accuracy")
 
@@ -32,10 +32,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args, options = parse_experiment_args(parser, "fedhetero")
     quiet_libraries()
-    cli = fit_parser("fedhetero")
-    config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),
-                             "--progress", "false", "--loggers", "[]", *options])
-    base = compose("fedhetero", config, cli)
+    base, _, _ = setup_loop("fedhetero", args.config, args.output_dir / "setup", *options)
     initial = base.module_factory().trainable_state_dict()
 
     federated = run("federated", base, initial, args.output_dir)

@@ -19,10 +19,10 @@ import numpy as np
 from drift_table import traffic
 from rich.console import Console
 from rich.table import Table
-from shakespeare_task import global_scores, run
+from shakespeare_task import global_scores, run, setup_loop
 from smoke import parse_experiment_args
 
-from fedlit.cli import compose, fit_parser, quiet_libraries
+from fedlit.cli import quiet_libraries
 from fedlit.payload import Payload
 from fedlit.strategies import FedAvg, HeteroRank
 from fedlit.strategies.lora_factors import lora_pairs
@@ -50,9 +50,7 @@ def main() -> None:
     args, options = parse_experiment_args(parser, "fit")
     options = [INNER if option == "--strategy.init_args.clients_per_round" else option for option in options]
     quiet_libraries()
-    cli = fit_parser()
-    common = ["--config", args.config, "--progress", "false", "--loggers", "[]", *options]
-    base = compose("fit", cli.parse_args([*common, "--output_dir", str(args.output_dir / "setup")]), cli)
+    base, _, _ = setup_loop("fit", args.config, args.output_dir / "setup", *options)
     configured: HeteroRank = base.federation.strategy
     sampled = configured.inner.clients_per_round
     ranks = {cid: configured.rank_of(cid) for cid in base.clients}
@@ -67,9 +65,8 @@ def main() -> None:
             **global_scores(loop, metrics=("loss", "perplexity")), "bytes_per_fit": traffic(loop),
             "adapter_bytes": float(np.mean([bytes_at_rank(initial, r) for r in ranks.values()]))}
     uniform = args.uniform_rank
-    flat = compose("fit", cli.parse_args([*common, "--output_dir", str(args.output_dir / "setup-uniform"),
-                                          "--peft.init_args.r", str(uniform),
-                                          "--peft.init_args.lora_alpha", str(2 * uniform)]), cli)
+    flat, _, _ = setup_loop("fit", args.config, args.output_dir / "setup-uniform", *options,
+                            "--peft.init_args.r", str(uniform), "--peft.init_args.lora_alpha", str(2 * uniform))
     flat_initial = flat.module_factory().trainable_state_dict()
     loop = run("uniform", flat, flat_initial, args.output_dir, strategy=FedAvg(clients_per_round=sampled))
     results[f"every client at rank {uniform}, FedAvg"] = {

@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 from rich.console import Console
 from rich.table import Table
-from shakespeare_task import global_scores, run
+from shakespeare_task import global_scores, run, setup_loop
 from smoke import parse_experiment_args
 
 from fedlit.cli import compose, fit_parser, quiet_libraries
@@ -53,10 +53,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args, options = parse_experiment_args(parser, "fit")
     quiet_libraries()
-    cli = fit_parser("fedpo")
-    config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),
-                             "--progress", "false", "--loggers", "[]", *options])
-    base = compose("fedpo", config, cli)
+    base, cli, config = setup_loop("fedpo", args.config, args.output_dir / "setup", *options)
     initial = base.module_factory().trainable_state_dict()
 
     results: dict[str, dict[str, float]] = {}

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from shakespeare_task import global_scores, run
+from shakespeare_task import global_scores, run, setup_loop
 from smoke import parse_experiment_args
 
-from fedlit.cli import compose, fit_parser, quiet_libraries
+from fedlit.cli import quiet_libraries
 from fedlit.privacy import ClientDPConfig
 
 METRICS = ("loss", "perplexity", "token_accuracy")
@@ -37,11 +37,8 @@ def main() -> None:
     quiet_libraries()
     if args.smoke:
         args.noise = [1.0]
-    cli = fit_parser()
     # the DP noise pinned (insecure_seed: a public seed, for a reproducible table; never for a real run)
-    config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),
-                             "--progress", "false", "--loggers", "[]", "--insecure_seed", "0", *options])
-    base = compose("fit", config, cli)
+    base, _, _ = setup_loop("fit", args.config, args.output_dir / "setup", "--insecure_seed", "0", *options)
     initial = base.module_factory().trainable_state_dict()
 
     plain = run("no-dp", base, initial, args.output_dir)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import concatenate_datasets
+from jsonargparse import ArgumentParser, Namespace
 from rich.console import Console
 from rich.table import Table
 from smoke import parse_experiment_args
@@ -44,6 +45,16 @@ def global_scores(loop: FederatedLoop, server_round: int | None = None,
     (row,) = [r for r in loop.history if (r["client"], r["split"], r["round"], r.get("model"))
               == (GLOBAL, "val", server_round, model)]
     return {metric: float(row[metric]) for metric in metrics if metric in row}
+
+
+def setup_loop(command: str, config_file: str, output_dir: Path,
+               *options: str) -> tuple[FederatedLoop, ArgumentParser, Namespace]:
+    """An experiment's base run of ``command``: ``config_file`` with ``options``, quiet, no loggers, its outputs in
+    ``output_dir``; with the parser and the parsed config (to derive other runs from)."""
+    cli = fit_parser(command)
+    config = cli.parse_args(["--config", config_file, "--output_dir", str(output_dir), "--progress", "false",
+                             "--loggers", "[]", *options])
+    return compose(command, config, cli), cli, config
 
 
 def run(name: str, base: FederatedLoop, initial, output_dir: Path, clients: list[Client] | None = None,
@@ -71,10 +82,7 @@ def main() -> None:
     args, fit_options = parse_experiment_args(parser, "fit")
     quiet_libraries()
 
-    cli = fit_parser()
-    config = cli.parse_args(["--config", args.config, "--output_dir", str(args.output_dir / "setup"),
-                             "--progress", "false", "--loggers", "[]", *fit_options])
-    base = compose("fit", config, cli)
+    base, _, _ = setup_loop("fit", args.config, args.output_dir / "setup", *fit_options)
     initial = base.module_factory().trainable_state_dict()
     steps = base.trainer_kwargs["max_steps"]
 
