@@ -74,7 +74,15 @@ def task_names(tasks: list[str]) -> tuple[list[str], list[str]]:
     return names, sorted(set(folders))
 
 
-def checked_tasks(config: HarnessConfig) -> tuple[list[str], Any]:
+@dataclass(frozen=True)
+class CheckedTasks:
+    """Task names a harness ``TaskManager`` knows, with that manager (its index of every task is costly to build)."""
+
+    names: list[str]
+    manager: Any
+
+
+def checked_tasks(config: HarnessConfig) -> CheckedTasks:
     """The task names and a harness ``TaskManager`` that knows them (local YAML folders included); a name neither
     knows is an error naming it (before a run starts, not after its last round)."""
     try:
@@ -86,23 +94,23 @@ def checked_tasks(config: HarnessConfig) -> tuple[list[str], Any]:
     unknown = [name for name in names if not manager.match_tasks([name])]
     if unknown:
         raise ValueError(f"harness task(s) {unknown}: not a harness task or group, nor a task in the given YAML files")
-    return names, manager
+    return CheckedTasks(names, manager)
 
 
 def run_harness(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: HarnessConfig,
-                device: torch.device) -> dict[str, Any]:
+                device: torch.device, tasks: CheckedTasks | None = None) -> dict[str, Any]:
     """lm-evaluation-harness's results for ``model`` (already on ``device``): its ``results`` per task (metric
     ``name,filter`` -> value, stderr beside), ``versions``, ``n-shot`` and config, as ``simple_evaluate`` returns
-    them, without the per-sample logs."""
+    them, without the per-sample logs. ``tasks``: ``config``'s, checked already (else checked here)."""
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
     except ImportError as error:
         raise ImportError(HARNESS_MISSING) from error
-    names, manager = checked_tasks(config)
+    tasks = tasks or checked_tasks(config)
     language_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=config.batch_size, device=str(device))
-    results = simple_evaluate(model=language_model, tasks=names, num_fewshot=config.num_fewshot,
-                              limit=config.limit, task_manager=manager, log_samples=False,
+    results = simple_evaluate(model=language_model, tasks=tasks.names, num_fewshot=config.num_fewshot,
+                              limit=config.limit, task_manager=tasks.manager, log_samples=False,
                               apply_chat_template=config.apply_chat_template, gen_kwargs=config.gen_kwargs,
                               bootstrap_iters=0, confirm_run_unsafe_code=config.confirm_run_unsafe_code)
     return {key: value for key, value in results.items() if key != "samples"}

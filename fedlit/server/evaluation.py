@@ -39,10 +39,11 @@ class RoundEvaluation:
                  rounds: int = 0) -> None:
         self.client_ids, self.global_val, self.eval_clients = list(client_ids), global_val, eval_clients
         self.seed, self.trainer_kwargs, self.harness, self.rounds = seed, trainer_kwargs, harness, rounds
+        self.harness_tasks = None
         if harness is not None:
             from fedlit.benchmarks.harness import checked_tasks
 
-            checked_tasks(harness)  # (a wrong task name fails now, not after the last round)
+            self.harness_tasks = checked_tasks(harness)  # (a wrong task name fails now, not after the last round)
 
     def sampled(self, server_round: int) -> list[str]:
         ids, sample = self.client_ids, self.eval_clients
@@ -83,7 +84,7 @@ class RoundEvaluation:
                              "with; evaluate its output with fedlit evaluate instead")
         module.load_trainable_state_dict(payload, who="the global adapter")
         model = module.model.eval()
-        results = run_harness(model, tokenizer, self.harness, next(model.parameters()).device)
+        results = run_harness(model, tokenizer, self.harness, next(model.parameters()).device, self.harness_tasks)
         return {"client": GLOBAL, "split": "harness", **harness_row(results)}
 
 
