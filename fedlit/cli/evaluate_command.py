@@ -3,6 +3,7 @@ printed, the harness's results written as JSON beside it (never over another fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -46,36 +47,17 @@ def results_path(config: Namespace) -> Path:
 
 def run_evaluate(config: Namespace) -> None:
     from fedlit.benchmarks.harness import run_harness, scores_table
-    from fedlit.devices import torch_device
     from fedlit.files import atomic_write_bytes
-    from fedlit.models import load_trained_model, tokenizer_at
-    from fedlit.models.loading import resolve_model_path
+    from fedlit.models import load_trained_model, trained_model_tokenizer
 
     output = results_path(config)
-    harness = HarnessConfig(**{key: config[key] for key in ("tasks", "num_fewshot", "batch_size", "limit",
-                                                             "apply_chat_template", "gen_kwargs",
-                                                             "confirm_run_unsafe_code")})
+    harness = HarnessConfig(**{field.name: config[field.name] for field in dataclasses.fields(HarnessConfig)})
     model = load_trained_model(config.adapter, config.model, config.base, config.dtype, config.device,
                                config.quantization).eval()
-    tokenizer = tokenizer_at(config.adapter if config.adapter and _has_tokenizer(config.adapter)
-                             else resolve_model_path(config.base or _base_name(config)))
-    device = next(model.parameters()).device if config.quantization is not None else torch_device(config.device)
-    results = run_harness(model, tokenizer, harness, device)
+    tokenizer = trained_model_tokenizer(model, config.model, config.base)
+    results = run_harness(model, tokenizer, harness, next(model.parameters()).device)
     table = scores_table(results)
     print(table)
     atomic_write_bytes(output, json.dumps(results, indent=1, default=str).encode())
     atomic_write_bytes(output.with_suffix(".md"), table.encode())
     print(f"results in {output} (table: {output.with_suffix('.md')})")
-
-
-def _has_tokenizer(directory: str) -> bool:
-    return any((Path(directory) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-
-
-def _base_name(config: Namespace) -> str:
-    """The model whose tokenizer scores: the full model, or the base the adapter names."""
-    if config.model is not None:
-        return config.model
-    from peft import PeftConfig
-
-    return PeftConfig.from_pretrained(config.adapter).base_model_name_or_path

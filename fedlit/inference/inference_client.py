@@ -19,7 +19,7 @@ from fedlit.files import atomic_write_bytes
 from fedlit.inference.messages import Continuations, Query
 from fedlit.inference.perturbation import CandidateTable, candidate_table, check_epsilon
 from fedlit.lightning_modules.generation import generate_texts
-from fedlit.models import ModelConfig, load_tokenizer, load_trained_model
+from fedlit.models import load_trained_model, trained_model_tokenizer
 from fedlit.privacy.party_secret import PartySecret
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ class ModelSpec:
 
     def load(self) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         model = load_trained_model(self.adapter, self.model, self.base, self.dtype, self.device)
-        name = self.model or self.base or model.peft_config["default"].base_model_name_or_path
-        return model, load_tokenizer(ModelConfig(name))
+        return model, trained_model_tokenizer(model, self.model, self.base)
 
 
 @dataclass

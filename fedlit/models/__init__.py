@@ -9,6 +9,7 @@ from fedlit.models.loading import (
     load_trained_model,
     resolve_model_path,
     tokenizer_at,
+    trained_model_tokenizer,
 )
 from fedlit.models.quantization import QuantizationConfig
 
@@ -24,4 +25,5 @@ __all__ = [
     "prepare_default_model",
     "resolve_model_path",
     "tokenizer_at",
+    "trained_model_tokenizer",
 ]

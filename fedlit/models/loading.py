@@ -170,6 +170,14 @@ def load_trained_model(adapter: str | None = None, model: str | None = None, bas
     return trained if quantization is not None else trained.to(target)
 
 
+def trained_model_tokenizer(trained: nn.Module, model: str | None = None,
+                            base: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of what :func:`load_trained_model` loaded: the full ``model``'s, else its base's (``base``, else
+    the one the adapter names)."""
+    name = model or base or trained.peft_config["default"].base_model_name_or_path
+    return load_tokenizer(ModelConfig(name))
+
+
 def _trained_model(adapter: str | None, model: str | None, base: str | None, dtype: str,
                    quantization: QuantizationConfig | None) -> nn.Module:
     if model is not None:
