@@ -11,9 +11,15 @@ from transformers import PreTrainedTokenizerBase
 IGNORE_INDEX = -100
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool) -> list[int]:
-    """A prompt's tokens: as a user turn through the tokenizer's chat template (with the assistant's turn opened),
-    or as plain text."""
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool, room: int) -> list[int]:
+    """A prompt's last ``room`` tokens (none if ``room`` <= 0: the start of a long prompt goes first): as a user turn
+    through the tokenizer's chat template (with the assistant's turn opened), or as plain text."""
+    if room <= 0:
+        return []
+    return _all_prompt_ids(tokenizer, prompt, chat_template)[-room:]
+
+
+def _all_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool) -> list[int]:
     if chat_template:
         return list(tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
@@ -40,8 +46,7 @@ def tokenize(
         out: dict[str, list] = {"input_ids": [], "labels": []}
         for prompt, response in zip(batch["prompt"], batch["response"], strict=True):
             answer = answer_ids(tokenizer, response, max_length)
-            context = prompt_ids(tokenizer, prompt, chat_template)[-(max_length - len(answer)):] \
-                if max_length > len(answer) else []
+            context = prompt_ids(tokenizer, prompt, chat_template, max_length - len(answer))
             out["input_ids"].append(context + answer)
             out["labels"].append([IGNORE_INDEX] * len(context) + answer)
         return out

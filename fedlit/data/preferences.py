@@ -73,8 +73,7 @@ def tokenize_preferences(fields: Dataset, tokenizer: PreTrainedTokenizerBase, ma
         out: dict[str, list] = {f"{answer}_{part}": [] for answer in ANSWERS for part in ("input_ids", "labels")}
         for prompt, *texts in zip(batch["prompt"], *(batch[answer] for answer in ANSWERS), strict=True):
             answers = [answer_ids(tokenizer, text, max_length) for text in texts]
-            room = max_length - max(map(len, answers))
-            context = prompt_ids(tokenizer, prompt, chat_template)[-room:] if room > 0 else []
+            context = prompt_ids(tokenizer, prompt, chat_template, max_length - max(map(len, answers)))
             for answer, ids in zip(ANSWERS, answers, strict=True):
                 out[f"{answer}_input_ids"].append(context + ids)
                 out[f"{answer}_labels"].append([IGNORE_INDEX] * len(context) + ids)
