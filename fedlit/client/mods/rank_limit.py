@@ -22,28 +22,30 @@ class RankLimit(ClientMod):
 
     def __init__(self, client_id: str, rank: int) -> None:
         self.client_id, self.rank = client_id, rank
+        self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def _factors(self, pl_module: CausalLMModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def on_train_start(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         params = pl_module.trainable_parameters()
         pairs = lora_pairs(list(params))
         if not pairs:
             raise ValueError(f"client '{self.client_id}': a LoRA rank was set but its adapter has no LoRA factors")
-        return [(params[a], params[b]) for a, b in pairs.items()]
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
+        self.factors = [(params[a], params[b]) for a, b in pairs.items()]  # (found once: every step zeroes them)
         with torch.no_grad():
-            for a, b in self._factors(pl_module):
+            for a, b in self.factors:
                 if self.rank > a.shape[0]:
                     raise ValueError(f"client '{self.client_id}': rank {self.rank} exceeds the adapter's {a.shape[0]}")
                 a[self.rank:] = 0
                 b[:, self.rank:] = 0
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: CausalLMModule, optimizer) -> None:
-        for a, b in self._factors(pl_module):
+        for a, b in self.factors:
             if a.grad is not None:
                 a.grad[self.rank:] = 0
             if b.grad is not None:
                 b.grad[:, self.rank:] = 0
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
+        self.factors = []  # (the shared model's parameters: not held past the fit)
 
 
 def rank_limit(fit: FitContext) -> RankLimit | None:
