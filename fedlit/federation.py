@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import Logger
 from fedlit.backends import Backend, LocalBackend
 from fedlit.benchmarks.harness import HarnessConfig
 from fedlit.compression.config import CompressionConfig
+from fedlit.devices import spans_devices
 from fedlit.faults import FaultPolicy
 from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.privacy.client_dp import CLIP_TOLERANCE
@@ -93,6 +94,9 @@ class Federation:
         if self.watermark is not None and self.watermark.signature is not None and self.example_privacy is not None:
             raise ValueError("watermark.signature cannot be embedded under example_privacy (DP-SGD replaces the "
                              "gradient the sign loss adds to): use watermark.trigger only, or client-level privacy")
+        if self.example_privacy is not None and spans_devices(self.trainer):
+            raise ValueError("example_privacy (DP-SGD) runs on one device: each rank would clip and noise its own "
+                             "share of the batch; set trainer.devices: 1, or use client-level privacy")
         if (self.privacy is not None and self.privacy.noise_multiplier > 0 and self.secure_aggregation is not None
                 and self.compression is not None):
             raise ValueError("privacy.noise_multiplier > 0 with secure_aggregation and compression: each client would "

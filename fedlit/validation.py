@@ -20,14 +20,11 @@ QUIET_TRAINER: dict[str, Any] = {"logger": False, "enable_checkpointing": False,
 
 def server_trainer(trainer_kwargs: dict[str, Any], **overrides: Any) -> L.Trainer:
     """A quiet Trainer for the server's own work, on the accelerator and in the precision of the clients'
-    ``trainer_kwargs``, on one device: of a client that trains on several (``devices: 2``, a list), the first (a
-    multi-device Trainer here would launch processes of its own for a pass the server makes in this process)."""
+    ``trainer_kwargs``, on one device: of a client that trains on several (``devices: 2``, ``auto`` on a machine
+    with several GPUs, a list), the first (each pass is one pass in this process, on every held-out example)."""
     placement = {key: trainer_kwargs[key] for key in _EVAL_TRAINER_KEYS if key in trainer_kwargs}
-    devices = placement.get("devices")
-    if isinstance(devices, int) and devices > 1 or isinstance(devices, str) and devices not in ("auto", "1"):
-        placement["devices"] = 1
-    elif isinstance(devices, list | tuple) and len(devices) > 1:
-        placement["devices"] = [devices[0]]
+    devices = placement.get("devices", "auto")
+    placement["devices"] = [devices[0]] if isinstance(devices, list | tuple) else 1
     return build_trainer(**{**QUIET_TRAINER, **placement, **overrides})
 
 

@@ -61,9 +61,9 @@ def test_a_client_corrects_every_step_and_moves_its_variate_as_option_two_says(t
         w = w - LR * (A.T @ (A @ w - B) + control["w"] - own["w"])
     assert torch.allclose(module.w.detach(), w, atol=1e-6)
     new_own = own["w"] - control["w"] + (START - w) / (steps * LR)
-    assert torch.allclose(store.load(before=3)["w"], new_own, atol=1e-5)  # kept by the client, by round
     reply = FitRes(b"", 0)
-    mod.shape_reply(reply)
+    mod.shape_reply(reply)  # (where the client answers: its variate is written there, once)
+    assert torch.allclose(store.load(before=3)["w"], new_own, atol=1e-5)  # kept by the client, by round
     assert torch.allclose(from_bytes(reply.mods["scaffold"]["change"])["w"], new_own - own["w"], atol=1e-5)
 
 

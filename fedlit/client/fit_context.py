@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from lightning.pytorch.callbacks import Callback
 
@@ -47,7 +47,13 @@ class ClientState(Protocol):
 
 class ClientMod(Callback):
     """A client mod: an ordinary Lightning callback on the client's ``Trainer.fit`` that, after the fit, may change
-    the reply (:meth:`shape_reply`): its bytes, its example count, its metrics."""
+    the reply (:meth:`shape_reply`): its bytes, its example count, its metrics.
+
+    ``END_STATE`` names the attributes the fit's end sets and :meth:`shape_reply` reads: a fit that spans devices
+    ends in its ranks' processes, and these come back from rank 0 (:mod:`fedlit.multi_device`). So that a client's
+    own files are written once, by the process that answers, a mod writes them in :meth:`shape_reply`."""
+
+    END_STATE: ClassVar[tuple[str, ...]] = ()
 
     def shape_reply(self, reply: FitRes) -> None:
         """Change ``reply`` after the fit (nothing by default); mods shape it in chain order."""

@@ -20,6 +20,8 @@ class AdapterExtraction(ClientMod):
         global_payload: the server's current adapter tensors.
     """
 
+    END_STATE = ("update",)
+
     def __init__(self, client_id: str, global_payload: Payload) -> None:
         self.client_id = client_id
         self.global_payload = global_payload

@@ -33,6 +33,8 @@ class DriftCorrection(ClientMod):
         server_round: this fit's round.
     """
 
+    END_STATE = ("new", "change")
+
     def __init__(self, client_id: str, control: Payload, own: Payload | None, store: RoundStore,
                  server_round: int) -> None:
         self.client_id, self.control, self.store, self.server_round = client_id, control, store, server_round
@@ -40,6 +42,7 @@ class DriftCorrection(ClientMod):
         self.start: dict[str, torch.Tensor] = {}
         self.correction: dict[str, torch.Tensor] = {}
         self.lr_sum = 0.0
+        self.new: Payload | None = None
         self.change: Payload | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
@@ -66,12 +69,12 @@ class DriftCorrection(ClientMod):
             new = OrderedDict((n, own[n] - control[n] + (self.start[n] - end[n]) / self.lr_sum) for n in sorted(end))
         else:  # no step was taken: nothing was learnt about this client's drift
             new = OrderedDict((n, own[n]) for n in sorted(end))
-        self.change = OrderedDict((n, new[n] - own[n]) for n in new)
-        self.store.save(self.server_round, new)
+        self.new, self.change = new, OrderedDict((n, new[n] - own[n]) for n in new)
 
     def shape_reply(self, reply: FitRes) -> None:
         if self.change is None:
             raise RuntimeError(f"client '{self.client_id}': the fit ended before SCAFFOLD saw its end")
+        self.store.save(self.server_round, self.new)
         reply.mods[NAME] = {"change": to_bytes(self.change)}
 
 

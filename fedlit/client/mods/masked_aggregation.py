@@ -28,6 +28,8 @@ class MaskedAggregation(ClientMod):
         unweighted: weight 1 instead of the example count.
     """
 
+    END_STATE = ("masked",)
+
     def __init__(self, masker: SecAggClient, global_payload: Payload, unweighted: bool = False) -> None:
         self.masker = masker
         self.global_payload = global_payload

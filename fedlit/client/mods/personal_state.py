@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import lightning as L
 
+from fedlit.backends.messages import FitRes
 from fedlit.client.fit_context import ClientMod, FitContext
 from fedlit.client.round_store import RoundStore
-from fedlit.payload import canonical
+from fedlit.payload import Payload, canonical
 
 
 def restore(module: L.LightningModule, store: RoundStore, before: int | None = None) -> None:
@@ -22,16 +23,21 @@ class PersonalState(ClientMod):
     stores the state it ends the fit with as round ``server_round``'s. The module provides
     ``personal_state_dict()`` and ``load_personal_state_dict(state or None)``."""
 
+    END_STATE = ("state",)
+
     def __init__(self, store: RoundStore, server_round: int) -> None:
         self.store, self.server_round = store, server_round
+        self.state: Payload | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         restore(pl_module, self.store, before=self.server_round)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        state = pl_module.personal_state_dict()
-        if state is not None:
-            self.store.save(self.server_round, state)
+        self.state = pl_module.personal_state_dict()
+
+    def shape_reply(self, reply: FitRes) -> None:
+        if self.state is not None:
+            self.store.save(self.server_round, self.state)
 
 
 def personal_state(fit: FitContext) -> PersonalState | None:

@@ -57,11 +57,14 @@ class UpdateCompression(ClientMod):
         grid_clip: secure aggregation's per-coordinate clip: quantize onto the shared grid instead of blocks.
     """
 
+    END_STATE = ("wire", "residual")
+
     def __init__(self, client_id: str, global_payload: Payload, config: CompressionConfig, seed: int,
                  store: ResidualStore | None = None, server_round: int = 0, grid_clip: float | None = None) -> None:
         self.client_id, self.global_payload, self.config, self.seed = client_id, global_payload, config, seed
         self.store, self.server_round, self.grid_clip = store, server_round, grid_clip
         self.wire: bytes | None = None
+        self.residual: np.ndarray | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         start = flatten(self.global_payload)
@@ -75,12 +78,13 @@ class UpdateCompression(ClientMod):
         else:
             sent = quantize_to_grid(update, self.config, self.grid_clip, rng) * (self.grid_clip /
                                                                                 self.config.grid_levels)
-        if self.store is not None:
-            self.store.save(self.server_round, update - sent)
+        self.residual = update - sent
         pl_module.load_trainable_state_dict(unflatten(start + sent, self.global_payload),
                                             who=f"client '{self.client_id}' (compressed update)")
 
     def shape_reply(self, reply: FitRes) -> None:
+        if self.store is not None and self.residual is not None:
+            self.store.save(self.server_round, self.residual)
         if self.wire is not None:
             reply.wire = self.wire
 
