@@ -17,6 +17,7 @@ from fedlit.backends import Backend, LocalBackend
 from fedlit.benchmarks.harness import HarnessConfig
 from fedlit.compression.config import CompressionConfig
 from fedlit.devices import spans_devices
+from fedlit.multi_device import spanning_strategy
 from fedlit.faults import FaultPolicy
 from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.privacy.client_dp import CLIP_TOLERANCE
@@ -94,6 +95,9 @@ class Federation:
         if self.watermark is not None and self.watermark.signature is not None and self.example_privacy is not None:
             raise ValueError("watermark.signature cannot be embedded under example_privacy (DP-SGD replaces the "
                              "gradient the sign loss adds to): use watermark.trigger only, or client-level privacy")
+        strategy = self.trainer.get("strategy", "auto")
+        if isinstance(strategy, str) and strategy not in ("auto", "single_device"):
+            spanning_strategy(strategy)  # (one that cannot span a client's devices: refused before round 0)
         if self.example_privacy is not None and spans_devices(self.trainer):
             raise ValueError("example_privacy (DP-SGD) runs on one device: each rank would clip and noise its own "
                              "share of the batch; set trainer.devices: 1, or use client-level privacy")

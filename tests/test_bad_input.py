@@ -222,6 +222,8 @@ def test_7_impossible_federations_are_refused_before_round_0(config_file, tmp_pa
     assert "faults.min_clients is 4 but only 3 clients are sampled per round" in line
     line = fails(capsys, "fit", "--config", str(config_file), "--secure_aggregation", '{"bits": 8}')
     assert "secure_aggregation.bits 8 is too narrow" in line and "need at least" in line
+    line = fails(capsys, "fit", "--config", str(config_file), "--trainer.strategy", "fsdp")
+    assert "trainer.strategy 'fsdp': a client fit spans devices with DDP only" in line
     assert not (tmp_path / "run" / "checkpoints").exists()
     with pytest.raises(ValueError, match="optimizer.lr must be a finite number >= 0, got nan"):
         OptimizerConfig(lr=float("nan"))
