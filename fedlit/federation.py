@@ -17,8 +17,8 @@ from fedlit.backends import Backend, LocalBackend
 from fedlit.benchmarks.harness import HarnessConfig
 from fedlit.compression.config import CompressionConfig
 from fedlit.devices import spans_devices
-from fedlit.multi_device import spanning_strategy
 from fedlit.faults import FaultPolicy
+from fedlit.multi_device import spanning_strategy
 from fedlit.privacy import ClientDPConfig, ExampleDPConfig
 from fedlit.privacy.client_dp import CLIP_TOLERANCE
 from fedlit.secure import SecureAggregationConfig
