@@ -1,9 +1,9 @@
 """A client whose fit spans devices: two CPU ranks over gloo (DDP) train the same update as one process on the same
-global batch; only the process that answers the server writes the client's files; the ranks start as children of
-the fit (Lightning's own ``ddp`` would run the whole command again in each)."""
+global batch (the plays' lines differ in length, so the ranks' token counts do); only the process that answers the
+server writes the client's files; the ranks start as children of the fit (Lightning's own ``ddp`` would run the
+whole command again in each)."""
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import play_records, with_federation
+from conftest import with_federation
 from peft import LoraConfig
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -30,21 +30,12 @@ from fedlit.strategies import FedAvg, Scaffold
 PER_RANK_BATCH = 2
 
 
-@pytest.fixture(scope="module")
-def long_lines(tmp_path_factory) -> Path:
-    """Speaking turns long enough that every example is cut to ``max_length``: equal token counts in every batch,
-    so the mean of two ranks' mean losses is the mean over the global batch (DDP averages the ranks' gradients)."""
-    path = tmp_path_factory.mktemp("long_lines") / "plays.jsonl"
-    path.write_text("".join(json.dumps({**r, "text": " ".join([r["text"]] * 6)}) + "\n" for r in play_records(16)))
-    return path
-
-
 def run(model_dir: Path, data: Path, output_dir: Path, batch_size: int, trainer: dict, strategy=None, **federation):
     """One round of FedHomoLLM with both clients, plain SGD, no dropout."""
     return fed_homo_llm(**with_federation(dict(
         model=ModelConfig(str(model_dir)),
         data=DataConfig(source=str(data), num_clients=2, train_examples_per_client=8, val_examples_per_client=2,
-                        global_val_examples=2, batch_size=batch_size, max_length=16),
+                        global_val_examples=2, batch_size=batch_size, max_length=64),
         peft=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
         optimizer=OptimizerConfig(lr=0.5, name="sgd"), strategy=strategy or FedAvg(), rounds=1,
         output_dir=str(output_dir), loggers=[], progress=False,
@@ -73,48 +64,48 @@ def gaps(got: dict, expected: dict, start: dict) -> tuple[float, float]:
 
 
 @pytest.fixture
-def reference(tiny_model_dir, long_lines, tmp_path) -> tuple[dict, dict]:
+def reference(tiny_model_dir, plays_jsonl, tmp_path) -> tuple[dict, dict]:
     """The single-process run on the global batches of two ranks: the global adapter it starts from and ends at."""
-    loop = run(tiny_model_dir, long_lines, tmp_path / "one", 2 * PER_RANK_BATCH, {})
+    loop = run(tiny_model_dir, plays_jsonl, tmp_path / "one", 2 * PER_RANK_BATCH, {})
     in_distributed_order(loop)
     start = {n: t.clone() for n, t in loop.module_factory().trainable_state_dict().items()}
     return start, loop.fit()
 
 
 def test_a_two_rank_ddp_client_trains_the_update_of_one_process_on_the_same_global_batch(
-        tiny_model_dir, long_lines, tmp_path, reference):
+        tiny_model_dir, plays_jsonl, tmp_path, reference):
     start, expected = reference
-    got = run(tiny_model_dir, long_lines, tmp_path / "two", PER_RANK_BATCH, {"devices": 2, "strategy": "ddp"}).fit()
+    got = run(tiny_model_dir, plays_jsonl, tmp_path / "two", PER_RANK_BATCH, {"devices": 2, "strategy": "ddp"}).fit()
     assert set(got) == set(expected)
     moved, gap = gaps(got, expected, start)
     assert moved > 1e-2 and gap < 1e-6, (moved, gap)
 
 
 @pytest.mark.long
-def test_on_ray_a_worker_that_owns_two_devices_trains_the_same_update(tiny_model_dir, long_lines, tmp_path, reference):
+def test_on_ray_a_worker_that_owns_two_devices_trains_the_same_update(tiny_model_dir, plays_jsonl, tmp_path, reference):
     """A Ray actor with two CPUs runs the client's two ranks (spawned from the actor)."""
     from fedlit.backends import RayBackend
 
     start, expected = reference
-    got = run(tiny_model_dir, long_lines, tmp_path / "ray", PER_RANK_BATCH, {"devices": 2, "strategy": "ddp"},
+    got = run(tiny_model_dir, plays_jsonl, tmp_path / "ray", PER_RANK_BATCH, {"devices": 2, "strategy": "ddp"},
               backend=RayBackend(num_workers=1, cpus_per_worker=2)).fit()
     moved, gap = gaps(got, expected, start)
     assert moved > 1e-2 and gap < 1e-6, (moved, gap)
 
 
-def test_forked_ranks_reproduce_a_fit_and_the_clients_files_are_written_once(tiny_model_dir, long_lines, tmp_path):
+def test_forked_ranks_reproduce_a_fit_and_the_clients_files_are_written_once(tiny_model_dir, plays_jsonl, tmp_path):
     """Two runs with the same seed agree bit for bit; SCAFFOLD's variates (each client's own file) are written by
     the process that answers the server, one per client."""
-    results = [run(tiny_model_dir, long_lines, tmp_path / name, PER_RANK_BATCH,
+    results = [run(tiny_model_dir, plays_jsonl, tmp_path / name, PER_RANK_BATCH,
                    {"devices": 2, "strategy": "ddp_fork"}, strategy=Scaffold(FedAvg())).fit() for name in "ab"]
     assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])
     assert len(sorted((tmp_path / "a" / "client_state").rglob("scaffold_control-*.safetensors"))) == 2
 
 
-def test_a_masked_update_comes_back_from_rank_0(tiny_model_dir, long_lines, tmp_path, reference):
+def test_a_masked_update_comes_back_from_rank_0(tiny_model_dir, plays_jsonl, tmp_path, reference):
     """Secure aggregation: the masked vector is built on rank 0 and unmasked by the server as usual."""
     start, expected = reference
-    got = run(tiny_model_dir, long_lines, tmp_path / "masked", PER_RANK_BATCH, {"devices": 2, "strategy": "ddp_fork"},
+    got = run(tiny_model_dir, plays_jsonl, tmp_path / "masked", PER_RANK_BATCH, {"devices": 2, "strategy": "ddp_fork"},
               secure_aggregation=SecureAggregationConfig(allow_fewer_than_three=True)).fit()
     moved, gap = gaps(got, expected, start)
     assert gap < 1e-4 * moved, (moved, gap)  # (fixed point: the sum's resolution)
@@ -134,12 +125,12 @@ def test_an_exception_in_a_rank_is_raised_in_the_fit_as_itself(make_loop):
 
 
 @pytest.mark.long
-def test_the_command_with_two_devices_runs_the_federation_once(tiny_model_dir, long_lines, tmp_path):
+def test_the_command_with_two_devices_runs_the_federation_once(tiny_model_dir, plays_jsonl, tmp_path):
     """``python -m fedlit fit --trainer.devices 2``: the ranks are the fit's (Lightning's own ``ddp`` would run the
     command again in each); one round of both clients, each on its 8 examples."""
     out = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "fedlit", "fit", "--model.name_or_path", str(tiny_model_dir),
-                    "--data.source", str(long_lines), "--data.num_clients", "2", "--data.train_examples_per_client",
+                    "--data.source", str(plays_jsonl), "--data.num_clients", "2", "--data.train_examples_per_client",
                     "8", "--data.val_examples_per_client", "2", "--data.global_val_examples", "2",
                     "--data.max_length", "16", "--data.batch_size", str(PER_RANK_BATCH), "--rounds", "1",
                     "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
@@ -164,7 +155,7 @@ def test_the_trainer_options_that_span_devices_start_ranks_that_return_here():
         SpanningDDP(start_method="popen")
 
 
-def test_dp_sgd_on_several_devices_is_refused_before_the_run(tiny_model_dir, long_lines, tmp_path):
+def test_dp_sgd_on_several_devices_is_refused_before_the_run(tiny_model_dir, plays_jsonl, tmp_path):
     with pytest.raises(ValueError, match="example_privacy .DP-SGD. runs on one device"):
-        run(tiny_model_dir, long_lines, tmp_path / "dp", PER_RANK_BATCH, {"devices": 2},
+        run(tiny_model_dir, plays_jsonl, tmp_path / "dp", PER_RANK_BATCH, {"devices": 2},
             example_privacy=ExampleDPConfig(noise_multiplier=1.0, max_grad_norm=1.0))

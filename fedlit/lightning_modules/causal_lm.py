@@ -116,9 +116,19 @@ class CausalLMModule(L.LightningModule):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = shifted_token_loss(self(batch), batch["labels"])
+        loss, count = shifted_token_loss(self(batch), batch["labels"])
         self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
-        return loss
+        return loss * self.token_share(count)
+
+    def token_share(self, count: torch.Tensor) -> torch.Tensor | float:
+        """1 on one device; on several, the ranks times this rank's share of the global batch's labelled tokens.
+        DDP averages the ranks' gradients: scaled so, the ranks' token-mean losses average to the token mean over
+        the global batch, the loss one process takes on it, however the tokens fall between the ranks."""
+        ranks = self.trainer.world_size
+        if ranks == 1:
+            return 1.0
+        total = self.trainer.strategy.reduce(count.float(), reduce_op="sum")
+        return count * ranks / total.clamp(min=1)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch)
