@@ -72,10 +72,13 @@ def reference(tiny_model_dir, plays_jsonl, tmp_path) -> tuple[dict, dict]:
     return start, loop.fit()
 
 
+# spawned ranks (`ddp`, the default) in `make test-long`, forked ones (a second each) in `make test` (15 minutes)
+@pytest.mark.parametrize("strategy", [pytest.param("ddp", marks=pytest.mark.long), "ddp_fork"])
 def test_a_two_rank_ddp_client_trains_the_update_of_one_process_on_the_same_global_batch(
-        tiny_model_dir, plays_jsonl, tmp_path, reference):
+        tiny_model_dir, plays_jsonl, tmp_path, reference, strategy):
     start, expected = reference
-    got = run(tiny_model_dir, plays_jsonl, tmp_path / "two", PER_RANK_BATCH, {"devices": 2, "strategy": "ddp"}).fit()
+    got = run(tiny_model_dir, plays_jsonl, tmp_path / "two", PER_RANK_BATCH, {"devices": 2, "strategy": strategy}
+              ).fit()
     assert set(got) == set(expected)
     moved, gap = gaps(got, expected, start)
     assert moved > 1e-2 and gap < 1e-6, (moved, gap)
