@@ -57,26 +57,29 @@ def _single_device(accelerator: str, devices: Any) -> torch.device | None:
     return probe.strategy.root_device if type(probe.strategy) is SingleDeviceStrategy else None
 
 
+def _resolved_device(trainer_kwargs: dict[str, Any]) -> torch.device | None:
+    """The one device Lightning puts a Trainer with these ``accelerator``/``devices`` on (``None``: several)."""
+    devices = trainer_kwargs.get("devices", "auto")
+    return _single_device(trainer_kwargs.get("accelerator", "auto"),
+                          tuple(devices) if isinstance(devices, list) else devices)
+
+
 def spans_devices(trainer_kwargs: dict[str, Any]) -> bool:
     """Whether a Trainer with these options trains on several devices, or with a multi-device strategy."""
     strategy = trainer_kwargs.get("strategy", "auto")
     if strategy == "auto":
-        devices = trainer_kwargs.get("devices", "auto")
-        return _single_device(trainer_kwargs.get("accelerator", "auto"),
-                              tuple(devices) if isinstance(devices, list) else devices) is None
+        return _resolved_device(trainer_kwargs) is None
     return not (strategy == "single_device" or isinstance(strategy, SingleDeviceStrategy))
 
 
 def build_trainer(**kwargs: Any) -> L.Trainer:
     """``lightning.Trainer(**kwargs)``; on a single device (as Lightning resolves ``accelerator``/``devices``) with
     the strategy left to Lightning, one that keeps the model on that device after it finishes; on several, or with
-    a multi-device strategy by name (``ddp``, ``fsdp``, ...), ranks that return to this process
+    a multi-device strategy by name (``ddp``, ``ddp_fork``, ...), ranks that return to this process
     (:func:`~fedlit.multi_device.spanning_strategy`): Lightning's own would run the whole command again in each."""
     strategy = kwargs.get("strategy", "auto")
     if strategy == "auto":
-        devices = kwargs.get("devices", "auto")
-        device = _single_device(kwargs.get("accelerator", "auto"), tuple(devices) if isinstance(devices, list)
-                                else devices)
+        device = _resolved_device(kwargs)
         strategy = ResidentSingleDevice(device=device) if device is not None else "ddp"
     if isinstance(strategy, str) and strategy != "single_device":
         strategy = spanning_strategy(strategy)
