@@ -28,6 +28,7 @@ def test_each_config_holds_the_leaderboard_protocol(challenge):
     assert (strategy.lr_max, strategy.lr_min, strategy.rounds, config.rounds) == (5e-5, 1e-6, 200, 200)
     assert (config.data.num_clients, strategy.inner.clients_per_round) == CLIENTS[challenge]
     assert config.model.name_or_path == "mistralai/Mistral-7B-v0.3" and config.model.quantization.bits == 4
+    assert config.model.gradient_checkpointing  # (as FlowerTune's template trains)
     peft = init.peft
     assert (peft.r, peft.lora_alpha) == (32, 64)
     assert (config.data.batch_size, config.data.max_length, config.trainer.max_steps) == (16, 512, 10)
