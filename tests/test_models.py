@@ -41,7 +41,8 @@ def test_gradient_checkpointing_recomputes_each_block_and_gives_the_same_adapter
         model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                 lora_dropout=0.0))
         counted, mlp = [], base.model.layers[0].mlp  # (inside the block; a recompute fires no module hooks)
-        mlp.forward = lambda *args, forward=mlp.forward, **kwargs: counted.append(1) or forward(*args, **kwargs)
+        mlp.forward = lambda *args, forward=mlp.forward, counted=counted, **kwargs: (counted.append(1)
+                                                                                   or forward(*args, **kwargs))
         model.train()
         model(input_ids=batch, labels=batch).loss.backward()
         model.eval()
