@@ -7,7 +7,10 @@ one (``END_STATE``: a client mod's update, its masked vector, its compressed byt
 
 from __future__ import annotations
 
+import logging
 import pickle
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -28,6 +31,26 @@ def end_state_holders(trainer: L.Trainer) -> list[Any]:
     return [callback for callback in trainer.callbacks if getattr(callback, "END_STATE", ())]
 
 
+@dataclass
+class QuietSettings:
+    """The fit's process's logger levels and warning filters, for its ranks: spawned ones start from a fresh
+    interpreter and would print every banner and warning the process silenced, once per rank per fit."""
+
+    levels: dict[str, int]
+    filters: list[Any]
+
+    @classmethod
+    def capture(cls) -> QuietSettings:
+        loggers = logging.root.manager.loggerDict.items()
+        return cls({name: found.level for name, found in loggers if isinstance(found, logging.Logger) and found.level},
+                   list(warnings.filters))
+
+    def restore(self) -> None:
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+        warnings.filters[:] = self.filters
+
+
 class RankZeroReturns(_MultiProcessingLauncher):
     """Lightning's launcher for spawned or forked ranks, returning what a federated fit needs and nothing more: rank
     0's trainable tensors (Lightning's would write the whole module, frozen base included, to a file each fit) and
@@ -36,6 +59,7 @@ class RankZeroReturns(_MultiProcessingLauncher):
 
     def launch(self, function: Any, *args: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> Any:
         self._failures = mp.get_context(self._start_method).SimpleQueue()
+        self._quiet = QuietSettings.capture()
         try:
             return super().launch(function, *args, trainer=trainer, **kwargs)
         except mp.ProcessRaisedException:
@@ -44,6 +68,7 @@ class RankZeroReturns(_MultiProcessingLauncher):
             raise
 
     def _wrapping_function(self, process_idx: int, *args: Any, **kwargs: Any) -> None:
+        self._quiet.restore()
         try:
             super()._wrapping_function(process_idx, *args, **kwargs)
         except Exception as error:

@@ -25,7 +25,8 @@ from fedlit.server.run_records import default_loggers
 
 def quiet_libraries() -> None:
     """Per-client Trainers would otherwise print hardware banners and tips once per client per round."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.fabric.utilities.distributed"):  # (a multi-device fit's ranks: "Initializing ...")
         logging.getLogger(name).setLevel(logging.WARNING)
     from datasets.utils.logging import disable_progress_bar as datasets_quiet
     from transformers.utils.logging import disable_progress_bar as transformers_quiet

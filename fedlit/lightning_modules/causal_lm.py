@@ -117,7 +117,8 @@ class CausalLMModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, count = shifted_token_loss(self(batch), batch["labels"])
-        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=batch["input_ids"].shape[0],
+                 sync_dist=True)  # (on several ranks: their mean)
         return loss * self.token_share(count)
 
     def token_share(self, count: torch.Tensor) -> torch.Tensor | float:
