@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import pickle
+import signal
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -60,12 +63,20 @@ class RankZeroReturns(_MultiProcessingLauncher):
     def launch(self, function: Any, *args: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> Any:
         self._failures = mp.get_context(self._start_method).SimpleQueue()
         self._quiet = QuietSettings.capture()
-        try:
-            return super().launch(function, *args, trainer=trainer, **kwargs)
-        except mp.ProcessRaisedException:
-            if not self._failures.empty():
-                raise self._failures.get() from None
-            raise
+        # Rank 0's results go through a file in a directory only this process's user can enter: Lightning reads its
+        # queue only once every rank has exited, and a rank blocks on a put larger than the pipe's buffer.
+        with tempfile.TemporaryDirectory(prefix="fedlit-ranks-") as handover:
+            self._results_file = Path(handover) / "rank_zero.pickle"
+            try:
+                return super().launch(function, *args, trainer=trainer, **kwargs)
+            except mp.ProcessRaisedException:
+                if not self._failures.empty():
+                    raise self._failures.get() from None
+                raise
+            finally:  # (a deadline or an interrupt in this process: its ranks end with the fit)
+                self.kill(signal.SIGKILL)
+                for process in self.procs:
+                    process.join()
 
     def _wrapping_function(self, process_idx: int, *args: Any, **kwargs: Any) -> None:
         self._quiet.restore()
@@ -84,17 +95,16 @@ class RankZeroReturns(_MultiProcessingLauncher):
         trainable = trainer.lightning_module.trainable_state_dict() if fitting else None  # (DDP: replicas)
         if self._strategy.local_rank != 0:
             return None
-        extra = self.get_extra_results(trainer)
-        extra["rank_zero"] = pickle.dumps({
+        self._results_file.write_bytes(pickle.dumps({
             "trainable": trainable,
             "end_states": [{name: getattr(holder, name) for name in holder.END_STATE}
                            for holder in end_state_holders(trainer)],
-        })
-        return _WorkerOutput(None, None, trainer.state, results, extra)
+        }))
+        return _WorkerOutput(None, None, trainer.state, results, self.get_extra_results(trainer))
 
     def update_main_process_results(self, trainer: L.Trainer, extra: dict[str, Any]) -> None:
         super().update_main_process_results(trainer, extra)
-        found = pickle.loads(extra["rank_zero"])  # (from this process's own child, through Lightning's queue)
+        found = pickle.loads(self._results_file.read_bytes())  # (its own child's, in its own directory)
         if found["trainable"] is not None:
             trainer.lightning_module.load_trainable_state_dict(found["trainable"], who="rank 0 of the fit")
         for holder, state in zip(end_state_holders(trainer), found["end_states"], strict=True):

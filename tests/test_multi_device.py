@@ -3,10 +3,8 @@ global batch (the plays' lines differ in length, so the ranks' token counts do);
 server writes the client's files; the ranks start as children of the fit (Lightning's own ``ddp`` would run the
 whole command again in each)."""
 
-import csv
 import os
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from fedlit.algorithms import fed_homo_llm
 from fedlit.data import DataConfig
 from fedlit.devices import build_trainer, spans_devices
-from fedlit.faults import UnusableUpdate
+from fedlit.faults import ClientTimeout, UnusableUpdate, deadline
 from fedlit.lightning_modules import OptimizerConfig
 from fedlit.models import ModelConfig
 from fedlit.multi_device import SpanningDDP, spanning_strategy
@@ -30,13 +28,14 @@ from fedlit.strategies import FedAvg, Scaffold
 PER_RANK_BATCH = 2
 
 
-def run(model_dir: Path, data: Path, output_dir: Path, batch_size: int, trainer: dict, strategy=None, **federation):
-    """One round of FedHomoLLM with both clients, plain SGD, no dropout."""
+def run(model_dir: Path, data: Path, output_dir: Path, batch_size: int, trainer: dict, strategy=None,
+        rank: int = 4, **federation):
+    """One round of FedHomoLLM with both clients, plain SGD, no dropout, LoRA of ``rank`` on q and v."""
     return fed_homo_llm(**with_federation(dict(
         model=ModelConfig(str(model_dir)),
         data=DataConfig(source=str(data), num_clients=2, train_examples_per_client=8, val_examples_per_client=2,
                         global_val_examples=2, batch_size=batch_size, max_length=64),
-        peft=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+        peft=LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
         optimizer=OptimizerConfig(lr=0.5, name="sgd"), strategy=strategy or FedAvg(), rounds=1,
         output_dir=str(output_dir), loggers=[], progress=False,
         trainer_kwargs={"max_steps": 3, "accelerator": "cpu", **trainer}, **federation)))
@@ -105,6 +104,40 @@ def test_forked_ranks_reproduce_a_fit_and_the_clients_files_are_written_once(tin
     assert len(sorted((tmp_path / "a" / "client_state").rglob("scaffold_control-*.safetensors"))) == 2
 
 
+def spanning_fit(make_loop, callbacks=(), rank: int = 4):
+    """A client's module and data from the tiny run (LoRA of ``rank``) and a two-rank forked Trainer of one step."""
+    loop = make_loop(peft=LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+                                     lora_dropout=0.0))
+    module, data = loop.module_factory(), next(iter(loop.clients.values())).datamodule
+    trainer = build_trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=1, callbacks=list(callbacks),
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return module, data, trainer
+
+
+def test_an_update_larger_than_a_pipe_holds_comes_back(make_loop):
+    """Rank 0's results do not go through Lightning's queue, which is read only once every rank has exited (a put
+    larger than the pipe's 64 KiB would wait for ever)."""
+    module, data, trainer = spanning_fit(make_loop, rank=256)
+    start = {n: t.clone() for n, t in module.trainable_state_dict().items()}
+    with deadline(120, "rank 0"):
+        trainer.fit(module, datamodule=data)
+    trained = module.trainable_state_dict()
+    assert sum(t.numel() * t.element_size() for t in trained.values()) > 2 * 2**16
+    assert any(not torch.equal(trained[n], start[n]) for n in start)
+
+
+def test_a_deadline_in_the_fit_ends_its_ranks(make_loop):
+    class Stuck(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            time.sleep(60)
+
+    module, data, trainer = spanning_fit(make_loop, [Stuck()])
+    with pytest.raises(ClientTimeout), deadline(3, "alpha"):
+        trainer.fit(module, datamodule=data)
+    assert len(trainer.strategy.launcher.procs) == 2
+    assert not any(process.is_alive() for process in trainer.strategy.launcher.procs)
+
+
 def test_a_masked_update_comes_back_from_rank_0(tiny_model_dir, plays_jsonl, tmp_path, reference):
     """Secure aggregation: the masked vector is built on rank 0 and unmasked by the server as usual."""
     start, expected = reference
@@ -119,31 +152,9 @@ def test_an_exception_in_a_rank_is_raised_in_the_fit_as_itself(make_loop):
         def on_train_start(self, trainer, pl_module):
             raise UnusableUpdate(f"rank {trainer.global_rank} failed")
 
-    loop = make_loop()
-    module, data = loop.module_factory(), next(iter(loop.clients.values())).datamodule
-    trainer = build_trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=1, callbacks=[Failing()],
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module, data, trainer = spanning_fit(make_loop, [Failing()])
     with pytest.raises(UnusableUpdate, match="rank 0 failed"):
         trainer.fit(module, datamodule=data)
-
-
-@pytest.mark.long
-def test_the_command_with_two_devices_runs_the_federation_once(tiny_model_dir, plays_jsonl, tmp_path):
-    """``python -m fedlit fit --trainer.devices 2``: the ranks are the fit's (Lightning's own ``ddp`` would run the
-    command again in each); one round of both clients, each on its 8 examples."""
-    out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "fedlit", "fit", "--model.name_or_path", str(tiny_model_dir),
-                    "--data.source", str(plays_jsonl), "--data.num_clients", "2", "--data.train_examples_per_client",
-                    "8", "--data.val_examples_per_client", "2", "--data.global_val_examples", "2",
-                    "--data.max_length", "16", "--data.batch_size", str(PER_RANK_BATCH), "--rounds", "1",
-                    "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-                    "--trainer.strategy", "ddp", "--progress", "false", "--loggers", "[]", "--output_dir", str(out)],
-                   check=True, capture_output=True, timeout=300)
-    with (out / "metrics.csv").open() as file:
-        rows = list(csv.DictReader(file))
-    fits = [row for row in rows if row["split"] == "train"]
-    assert sorted(row["client"] for row in fits) == ["alpha", "beta"]
-    assert all(row["round"] == "1" and row["num_examples"] == "8" for row in fits)
 
 
 def test_the_trainer_options_that_span_devices_start_ranks_that_return_here():
