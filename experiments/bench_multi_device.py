@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def main() -> None:
     results = {name: measure(name, args.config, args.output_dir, options, batch) for name in SETTINGS}
     single = results["1 device"]["fit_s"]
     table = Table(title=f"A client fit on one device and on two ranks (global batch {batch}, "
-                        f"{results['1 device']['steps']} steps; 2 CPU cores)")
+                        f"{results['1 device']['steps']} steps; {os.cpu_count()} CPU cores)")
     for column in ("setting", "fits", "s per fit", "beyond one device"):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for name, found in results.items():
