@@ -3,7 +3,10 @@ global batch (the plays' lines differ in length, so the ranks' token counts do);
 server writes the client's files; the ranks start as children of the fit (Lightning's own ``ddp`` would run the
 whole command again in each)."""
 
+import csv
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -155,6 +158,25 @@ def test_an_exception_in_a_rank_is_raised_in_the_fit_as_itself(make_loop):
     module, data, trainer = spanning_fit(make_loop, [Failing()])
     with pytest.raises(UnusableUpdate, match="rank 0 failed"):
         trainer.fit(module, datamodule=data)
+
+
+@pytest.mark.long
+def test_the_command_with_two_devices_runs_the_federation_once(tiny_model_dir, plays_jsonl, tmp_path):
+    """``python -m fedlit fit --trainer.devices 2``: the ranks are the fit's (Lightning's own ``ddp`` would run the
+    command again in each); one round of both clients, each on its 8 examples."""
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "fedlit", "fit", "--model.name_or_path", str(tiny_model_dir),
+                    "--data.source", str(plays_jsonl), "--data.num_clients", "2", "--data.train_examples_per_client",
+                    "8", "--data.val_examples_per_client", "2", "--data.global_val_examples", "2",
+                    "--data.max_length", "16", "--data.batch_size", str(PER_RANK_BATCH), "--rounds", "1",
+                    "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                    "--trainer.strategy", "ddp", "--progress", "false", "--loggers", "[]", "--output_dir", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    with (out / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    fits = [row for row in rows if row["split"] == "train"]
+    assert sorted(row["client"] for row in fits) == ["alpha", "beta"]
+    assert all(row["round"] == "1" and row["num_examples"] == "8" for row in fits)
 
 
 def test_the_trainer_options_that_span_devices_start_ranks_that_return_here():
