@@ -53,9 +53,10 @@ def test_bench_overhead_floor_smoke(tmp_path):
 
 @pytest.mark.long  # (spawned ranks import everything again: ~15 s; the forked ones run in test_multi_device.py)
 def test_bench_multi_device_smoke(tmp_path):
-    results = smoke("bench_multi_device.py", tmp_path, "--output-dir", str(tmp_path / "out"), cwd=REPO)
+    results = smoke("bench_multi_device.py", tmp_path, "--output-dir", str(tmp_path / "out"),
+                    "--strategy.init_args.clients_per_round", "1", cwd=REPO)  # (one spawned fit: ~17 s here)
     assert list(results) == ["1 device", "2 ranks, forked", "2 ranks, spawned"]
-    assert all(found["fits"] == 2 and found["fit_s"] > 0 for found in results.values())
+    assert all(found["fits"] == 1 and found["fit_s"] > 0 for found in results.values())
 
 
 @pytest.mark.deployment_long  # (a SuperLink, three SuperNodes and a Ray instance: minutes, as the other deployments)
