@@ -61,17 +61,17 @@ class RankZeroReturns(_MultiProcessingLauncher):
     stays that client's failure)."""
 
     def launch(self, function: Any, *args: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> Any:
-        self._failures = mp.get_context(self._start_method).SimpleQueue()
         self._quiet = QuietSettings.capture()
-        # Rank 0's results go through a file in a directory only this process's user can enter: Lightning reads its
-        # queue only once every rank has exited, and a rank blocks on a put larger than the pipe's buffer.
+        # Rank 0's results (or its exception) go through files in a directory only this process's user can enter:
+        # Lightning reads its queue only once every rank has exited, and a rank blocks on a put beyond a pipe's buffer.
         with tempfile.TemporaryDirectory(prefix="fedlit-ranks-") as handover:
             self._results_file = Path(handover) / "rank_zero.pickle"
+            self._failure_file = Path(handover) / "rank_zero_failure.pickle"
             try:
                 return super().launch(function, *args, trainer=trainer, **kwargs)
             except mp.ProcessRaisedException:
-                if not self._failures.empty():
-                    raise self._failures.get() from None
+                if self._failure_file.is_file():
+                    raise pickle.loads(self._failure_file.read_bytes()) from None
                 raise
             finally:  # (a deadline or an interrupt in this process: its ranks end with the fit)
                 self.kill(signal.SIGKILL)
@@ -85,7 +85,7 @@ class RankZeroReturns(_MultiProcessingLauncher):
         except Exception as error:
             if process_idx == 0:
                 try:
-                    self._failures.put(error)
+                    self._failure_file.write_bytes(pickle.dumps(error))
                 except Exception:  # (an exception that does not pickle is raised as the launch's own)
                     pass
             raise
