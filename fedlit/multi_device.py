@@ -11,16 +11,17 @@ import logging
 import pickle
 import signal
 import tempfile
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.multiprocessing as mp
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher, _WorkerOutput
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.multiprocessing.spawn import ProcessException
 
 # Strategies a fit can span devices with, by Lightning's names: how their ranks start here.
 START_METHODS = {"ddp": "spawn", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
@@ -62,33 +63,47 @@ class RankZeroReturns(_MultiProcessingLauncher):
 
     def launch(self, function: Any, *args: Any, trainer: L.Trainer | None = None, **kwargs: Any) -> Any:
         self._quiet = QuietSettings.capture()
-        # Rank 0's results (or its exception) go through files in a directory only this process's user can enter:
-        # Lightning reads its queue only once every rank has exited, and a rank blocks on a put beyond a pipe's buffer.
+        # Rank 0's results and each rank's exception go through files in a directory only this process's user can
+        # enter: Lightning reads its queue only once every rank has exited, and a rank blocks on a put beyond a
+        # pipe's buffer; torch's own traceback files would stay behind in the shared temp directory.
         with tempfile.TemporaryDirectory(prefix="fedlit-ranks-") as handover:
-            self._results_file = Path(handover) / "rank_zero.pickle"
-            self._failure_file = Path(handover) / "rank_zero_failure.pickle"
+            self._handover = Path(handover)
+            self._results_file = self._handover / "rank_zero.pickle"
             try:
                 return super().launch(function, *args, trainer=trainer, **kwargs)
-            except mp.ProcessRaisedException:
-                if self._failure_file.is_file():
-                    raise pickle.loads(self._failure_file.read_bytes()) from None
-                raise
+            except ProcessException as ended:
+                raise self._rank_failure(ended) from None
             finally:  # (a deadline or an interrupt in this process: its ranks end with the fit)
                 self.kill(signal.SIGKILL)
                 for process in self.procs:
                     process.join()
+
+    def _rank_failure(self, ended: ProcessException) -> BaseException:
+        """The exception of the rank that raised first (the others may only have lost their peer), as itself
+        where it pickles both ways, else as its traceback; ranks that ended without raising (killed) as torch
+        reports them."""
+        raised = sorted(self._handover.glob("rank_*_failure.pickle"), key=lambda found: found.stat().st_mtime_ns)
+        if not raised:
+            return ended
+        failure = pickle.loads(raised[0].read_bytes())  # (its own child's, in its own directory)
+        try:
+            return pickle.loads(failure["error"])
+        except Exception:
+            return RuntimeError(f"{raised[0].stem.removesuffix('_failure').replace('_', ' ')} of the fit failed:\n"
+                                f"{failure['trace']}")
 
     def _wrapping_function(self, process_idx: int, *args: Any, **kwargs: Any) -> None:
         self._quiet.restore()
         try:
             super()._wrapping_function(process_idx, *args, **kwargs)
         except Exception as error:
-            if process_idx == 0:
-                try:
-                    self._failure_file.write_bytes(pickle.dumps(error))
-                except Exception:  # (an exception that does not pickle is raised as the launch's own)
-                    pass
-            raise
+            try:
+                pickled = pickle.dumps(error)
+            except Exception:
+                pickled = b""
+            failure = {"error": pickled, "trace": traceback.format_exc()}
+            (self._handover / f"rank_{process_idx}_failure.pickle").write_bytes(pickle.dumps(failure))
+            raise SystemExit(1) from None  # (torch writes a traceback file of its own only for an exception)
 
     def _collect_rank_zero_results(self, trainer: L.Trainer, results: Any) -> _WorkerOutput | None:
         fitting = trainer.state.fn == TrainerFn.FITTING

@@ -7,6 +7,7 @@ import csv
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,14 +151,33 @@ def test_a_masked_update_comes_back_from_rank_0(tiny_model_dir, plays_jsonl, tmp
     assert gap < 1e-4 * moved, (moved, gap)  # (fixed point: the sum's resolution)
 
 
-def test_an_exception_in_a_rank_is_raised_in_the_fit_as_itself(make_loop):
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("not this one")
+
+
+@pytest.mark.parametrize(("failing", "raised", "match"), [
+    ((0, 1), UnusableUpdate, "rank [01] failed"),
+    ((1,), UnusableUpdate, "rank 1 failed"),  # (rank 0 meanwhile waits for its peer in the first all-reduce)
+    ((0,), RuntimeError, "rank 0 of the fit failed:(.|\n)*Unpicklable: rank 0 failed"),
+])
+def test_an_exception_in_a_rank_is_raised_in_the_fit_as_itself(make_loop, tmp_path, monkeypatch, failing, raised,
+                                                                 match):
+    """The first rank's exception, as itself (an unusable update stays the client's fault), or its traceback where
+    it does not pickle; no traceback file is left in the temp directory."""
     class Failing(L.Callback):
         def on_train_start(self, trainer, pl_module):
-            raise UnusableUpdate(f"rank {trainer.global_rank} failed")
+            if trainer.global_rank in failing:
+                error = UnusableUpdate if raised is UnusableUpdate else Unpicklable
+                raise error(f"rank {trainer.global_rank} failed")
 
+    scratch = tmp_path / "temp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     module, data, trainer = spanning_fit(make_loop, [Failing()])
-    with pytest.raises(UnusableUpdate, match="rank 0 failed"):
+    with pytest.raises(raised, match=match), deadline(120, "rank 0"):
         trainer.fit(module, datamodule=data)
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.long
