@@ -3,8 +3,8 @@ HetLoRA's zero-padding) against every client at rank 8, on held-out loss and byt
 
 configs/fedhomo_hetero_rank.yaml (four Shakespeare plays as four clients, the same data, rounds, local steps and
 learning rate for every setting; every adapter scaled by lora_alpha / r = 2); scored on the server's held-out split
-after the last round. Bytes: the adapter a client holds and trains at its own rank (its factors' first r
-components), and what moved per fit here (fedlit sends the zero-padded factors: the global rank's size).
+after the last round. Bytes: the adapter at a client's own rank (its factors' first r components: its share), and
+what moved per fit here (each client's share, both ways).
 
     python experiments/hetero_rank_table.py [--json out.json] [any fedlit fit option]
 """
@@ -25,20 +25,14 @@ from smoke import parse_experiment_args
 from fedlit.cli import quiet_libraries
 from fedlit.payload import Payload
 from fedlit.strategies import FedAvg, HeteroRank
-from fedlit.strategies.lora_factors import lora_pairs
+from fedlit.strategies.lora_factors import share_of_rank
 
 INNER = "--strategy.init_args.strategy.init_args.clients_per_round"
 
 
 def bytes_at_rank(payload: Payload, rank: int) -> int:
     """What an adapter of ``rank`` holds: each LoRA pair's first ``rank`` components (the rest of the payload as is)."""
-    pairs = lora_pairs(list(payload))
-    factors = set(pairs) | set(pairs.values())
-    total = sum(t.numel() * t.element_size() for n, t in payload.items() if n not in factors)
-    for a_name, b_name in pairs.items():
-        a, b = payload[a_name], payload[b_name]
-        total += rank * (a.shape[1] * a.element_size() + b.shape[0] * b.element_size())
-    return total
+    return sum(t.numel() * t.element_size() for t in share_of_rank(payload, rank).values())
 
 
 def main() -> None:

@@ -13,14 +13,16 @@ from conftest import with_federation
 from peft import LoraConfig
 
 from fedlit.algorithms import fed_homo_llm
+from fedlit.backends.messages import FitRes
 from fedlit.client.mods.rank_limit import RankLimit
+from fedlit.compression import CompressionConfig
 from fedlit.data import DataConfig
 from fedlit.lightning_modules import OptimizerConfig
 from fedlit.models import ModelConfig
-from fedlit.payload import Update
+from fedlit.payload import Update, changes_from_bytes, to_bytes
 from fedlit.secure import SecureAggregationConfig
 from fedlit.strategies import FedAvg, HeteroRank, weighted_average
-from fedlit.strategies.lora_factors import truncated
+from fedlit.strategies.lora_factors import padded_to, share_of_rank
 
 A_NAME, B_NAME = "m.q_proj.lora_A.default.weight", "m.q_proj.lora_B.default.weight"
 
@@ -33,9 +35,8 @@ def best_rank(matrix: torch.Tensor, rank: int) -> torch.Tensor:
 def client_factors(rank: int, largest: int, seed: int) -> OrderedDict:
     """A rank-``rank`` client's factors, zero-padded to ``largest`` (as its update arrives)."""
     generator = torch.Generator().manual_seed(seed)
-    a, b = torch.randn(largest, 10, generator=generator), torch.randn(12, largest, generator=generator)
-    a, b = truncated(a, b, rank)
-    return OrderedDict([(A_NAME, a), (B_NAME, b), ("m.bias", torch.randn(3, generator=generator))])
+    a, b = torch.randn(rank, 10, generator=generator), torch.randn(12, rank, generator=generator)
+    return padded_to(OrderedDict([(A_NAME, a), (B_NAME, b), ("m.bias", torch.randn(3, generator=generator))]), largest)
 
 
 def aggregate(strategy: HeteroRank, payloads: list[OrderedDict], weights: list[int]) -> OrderedDict:
@@ -55,8 +56,9 @@ def test_svd_redistribution_is_the_best_approximation_of_the_mean_product():
     product = merged[B_NAME].double() @ merged[A_NAME].double()
     assert torch.allclose(product, best_rank(mean, 8), atol=1e-5)
     for rank in (1, 3, 5):  # what a rank-r client receives: the best rank-r approximation of the global product
-        a, b = truncated(merged[A_NAME], merged[B_NAME], rank)
-        assert torch.allclose(b.double() @ a.double(), best_rank(product, rank), atol=1e-5)
+        share = share_of_rank(merged, rank)
+        assert share[A_NAME].shape == (rank, 10) and share[B_NAME].shape == (12, rank)
+        assert torch.allclose(share[B_NAME].double() @ share[A_NAME].double(), best_rank(product, rank), atol=1e-5)
     assert torch.allclose(merged["m.bias"], weighted_average([p for p in payloads], weights)["m.bias"])
 
 
@@ -91,13 +93,15 @@ def run(model_dir, plays_jsonl, output_dir, strategy, **overrides):
     return fed_homo_llm(**with_federation(kwargs))
 
 
-def test_a_client_trains_only_the_components_of_its_rank(tiny_model_dir, plays_jsonl, tmp_path):
+def test_a_client_trains_only_the_components_of_its_rank_and_sends_only_those(tiny_model_dir, plays_jsonl, tmp_path):
     loop = run(tiny_model_dir, plays_jsonl, tmp_path / "run", FedAvg())
     module = loop.module_factory()
     with torch.no_grad():
         for name, parameter in module.trainable_parameters().items():
             parameter.copy_(torch.full_like(parameter, 0.1 if "lora_B" in name else 0.2))
-    L.Trainer(max_steps=3, callbacks=[RankLimit("alpha", 2)], logger=False, enable_checkpointing=False,
+    share = share_of_rank(module.trainable_state_dict(), 2)  # (what the server sends a rank-2 client)
+    limit = RankLimit("alpha", 2, share)
+    L.Trainer(max_steps=3, callbacks=[limit], logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(
         module, datamodule=loop.clients["alpha"].datamodule)
     params = module.trainable_parameters()
@@ -106,6 +110,11 @@ def test_a_client_trains_only_the_components_of_its_rank(tiny_model_dir, plays_j
             assert parameter[2:].abs().max() == 0 and (parameter[:2] - 0.2).abs().max() > 1e-4, name
         else:
             assert parameter[:, 2:].abs().max() == 0 and (parameter[:, :2] - 0.1).abs().max() > 1e-4, name
+    reply = FitRes(b"", 0, {})
+    limit.shape_reply(reply)
+    sent = changes_from_bytes(reply.wire, share)
+    assert {n: t.shape for n, t in sent.items()} == {n: t.shape for n, t in share.items()}
+    assert all(torch.equal(sent[n], share_of_rank(module.trainable_state_dict(), 2)[n]) for n in sent)
 
 
 @pytest.mark.parametrize("aggregation", ["svd", "padding"])
@@ -120,11 +129,19 @@ def test_a_run_of_ranks_1_2_4_trains_and_resumes_bit_identical(aggregation, tiny
     run(tiny_model_dir, plays_jsonl, tmp_path / "split", strategy(), rounds=1).fit()
     resumed = run(tiny_model_dir, plays_jsonl, tmp_path / "split", strategy()).fit(resume=True)
     assert all(torch.equal(whole[n], resumed[n]) for n in whole)
+    # each client's share travels at its own rank, both ways: the factors of rank 1, 2 and 4, never zero padding
+    ranks = {"alpha": 1, "beta": 2, "gamma": 4}
+    for row in (r for r in loop.history if r["split"] == "train"):
+        share = len(to_bytes(share_of_rank(whole, ranks[row["client"]])))
+        assert row["bytes_received"] == share and 0 < row["bytes_sent"] <= share, row
+    assert len(to_bytes(share_of_rank(whole, 1))) < len(to_bytes(share_of_rank(whole, 2))) < len(to_bytes(whole))
 
 
 @pytest.mark.parametrize(("strategy", "setting", "message"), [
     (HeteroRank(default_rank=4), {"secure_aggregation": SecureAggregationConfig()},
      "strategy HeteroRank cannot run with secure_aggregation"),
+    (HeteroRank(default_rank=4), {"compression": CompressionConfig()},
+     "strategy HeteroRank cannot run with compression: a client's share travels at its own rank"),
     (HeteroRank(default_rank=8), {}, r"ranks \{'\(default\)': 8\} are outside 1..4"),
     (HeteroRank({"hamlet": 2}, default_rank=4), {}, r"ranks name client\(s\) \['hamlet'\]"),
     (HeteroRank({"alpha": 2}), {}, "client 'beta' has no rank"),

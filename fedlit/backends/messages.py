@@ -13,7 +13,7 @@ class FitIns:
     settings.
 
     Args:
-        global_wire: the global adapter.
+        global_wire: the global adapter, or this client's share of it (``Strategy.fit_payload``).
         seed: seeds the client's fit (from seed, round and client id, so any backend computes the same); the server
             chose it, so nothing that protects the client is drawn from it (that comes from the client's own secret).
         server_round: the round this fit belongs to.

@@ -64,7 +64,8 @@ class FitContext:
     """One fit of one client, as its mods see it: the server's instructions (``ins``, whose ``mods`` mapping holds
     each mod's settings under its name), the module about to train, the global adapter it starts from, the
     client's data, its app (its own state: secret, residuals, secure-aggregation state, keys) and the mods built
-    before this one (by name)."""
+    before this one (by name). A mod built first may widen ``global_payload`` to the module's shapes (the LoRA
+    rank's share, zero-padded) before the others see it."""
 
     ins: FitIns
     module: CausalLMModule

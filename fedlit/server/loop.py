@@ -161,10 +161,9 @@ class FederatedLoop:
         seed = self.federation.seed
         sampled = self.strategy.configure_round(server_round, list(self.clients), seed)
         bar.start_round(server_round, len(sampled))
-        global_wire = self.workflow.global_wire(self.global_payload)
         mods = {**self.federation.client_mod_settings(), **self.strategy.fit_plan(self.workflow.masked)}
-        requests = {cid: FitIns(global_wire, client_seed(seed, server_round, cid), server_round, self.run_id, mods)
-                    for cid in sampled}
+        requests = {cid: FitIns(wire, client_seed(seed, server_round, cid), server_round, self.run_id, mods)
+                    for cid, wire in self._fit_wires(sampled).items()}
         self.global_payload, rows = self.workflow.train(self.backend, self.strategy, server_round, requests,
                                                         self.global_payload, self.faults, bar.client_done)
         payload, server_rows = self.strategy.after_round(self.global_payload, server_round,
@@ -179,6 +178,16 @@ class FederatedLoop:
             summary = f"mean train loss {np.mean(losses) if losses else float('nan'):.4f}"
         self._end_round(server_round)
         bar.round_done(summary)
+
+    def _fit_wires(self, sampled: list[str]) -> dict[str, bytes]:
+        """Each sampled client's start of its fit as it travels, encoded once per distinct payload (the global
+        adapter for every client, unless the strategy sends each its share)."""
+        payloads = {cid: self.strategy.fit_payload(self.global_payload, cid) for cid in sampled}
+        encoded: dict[int, bytes] = {}
+        for payload in payloads.values():
+            if id(payload) not in encoded:
+                encoded[id(payload)] = self.workflow.global_wire(payload)
+        return {cid: encoded[id(payload)] for cid, payload in payloads.items()}
 
     def _evaluate(self, module: L.LightningModule, server_round: int) -> dict[str, float]:
         """Validate the global adapter where the held-out splits are, and the strategy's server models; record the

@@ -52,17 +52,19 @@ class Workflow(ABC):
         sampled client's ``train`` row (``excluded`` saying why its update was not used), plus a ``server``/``round``
         row when the round is skipped."""
         rows: list[dict[str, Any]] = []
-        first = next(iter(requests.values()), None)
-        bytes_received = len(first.global_wire) + tensor_bytes(first.mods) if first is not None else 0
         try:
             replies = self.fit(backend, server_round, requests, global_payload, on_reply)
             updates = []
             for client_id, reply in replies.items():
-                update, row = self.receive(client_id, reply, global_payload, faults, bytes_received)
+                ins = requests[client_id]
+                update, row = self.receive(client_id, reply, strategy.fit_payload(global_payload, client_id), faults,
+                                           len(ins.global_wire) + tensor_bytes(ins.mods))
                 rows.append({"client": client_id, "split": "train", **row})
-                updates += [update] if update is not None else []
                 if update is None:
                     log.warning("round %d: client '%s' excluded: %s", server_round, client_id, row["excluded"])
+                    continue
+                update.payload = strategy.received_update(update.payload, client_id, global_payload)
+                updates.append(update)
             if len(updates) < faults.min_clients:
                 raise RoundSkipped(f"{len(updates)} of {len(replies)} sampled clients sent a usable update "
                                    f"(min_clients {faults.min_clients})")
@@ -75,7 +77,7 @@ class Workflow(ABC):
                 bytes_received: int) -> tuple[Update | None, dict[str, Any]]:
         """One client's reply under the fault policy: its update (``None`` when excluded) and its train row's values
         (a metric the reply carries under a metrics.csv column, such as DP-SGD's ``epsilon``, counts even when the
-        update is refused: it was spent)."""
+        update is refused: it was spent). ``global_payload``: what the client was sent to start from."""
         values: dict[str, Any] = {"bytes_received": bytes_received, "bytes_sent": 0, "seconds": reply.seconds}
         update, problem = None, getattr(reply, "reason", None)
         if isinstance(reply, FitRes):

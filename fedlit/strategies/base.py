@@ -93,6 +93,16 @@ class Strategy:
         updates and the sum of their weights."""
         return self.step(global_payload, shifted(global_payload, summed / total))
 
+    def fit_payload(self, global_payload: Payload, client_id: str) -> Payload:
+        """What ``client_id`` is sent to train from, and what its reply is read against: the global payload, or
+        that client's share of it (:class:`~fedlit.strategies.HeteroRank`: the components of its rank)."""
+        return global_payload
+
+    def received_update(self, payload: Payload, client_id: str, global_payload: Payload) -> Payload:
+        """A client's trained payload, read in the shapes :meth:`fit_payload` sent it, in the global payload's
+        shapes for the aggregation."""
+        return payload
+
     def fit_plan(self, masked: bool) -> dict[str, dict[str, Any]]:
         """Client mod settings for every client's fit this round, by mod name (:class:`~fedlit.backends.FitIns`'s
         ``mods``); a wrapper such as client-level DP asks for clipping. ``masked``: updates travel masked."""

@@ -1,5 +1,6 @@
-"""Clients of different LoRA ranks (a strategy wrapper): each client trains the global adapter truncated to its own
-rank (the client mod :mod:`fedlit.client.mods.rank_limit`), and the server combines the zero-padded factors
+"""Clients of different LoRA ranks (a strategy wrapper): each client is sent the global adapter's first r_i
+components, trains them (the client mod :mod:`fedlit.client.mods.rank_limit`) and sends them back, and the server
+combines the factors zero-padded to the global rank
 either HetLoRA-style (Cho et al. 2024: each rank component averaged over the clients that have it) or
 FlexLoRA-style (Bai et al. 2024: the mean of the products ``B_i A_i`` factored back by SVD, components in order of
 singular value, so that a client's truncation is the best approximation at its rank)."""
@@ -13,7 +14,14 @@ from typing import Any, Literal
 from fedlit.payload import Payload, Update
 from fedlit.strategies.base import Strategy, weighted_average
 from fedlit.strategies.fedavg import FedAvg
-from fedlit.strategies.lora_factors import lora_pairs, max_rank, padded_average, svd_redistributed
+from fedlit.strategies.lora_factors import (
+    lora_pairs,
+    max_rank,
+    padded_average,
+    padded_to,
+    share_of_rank,
+    svd_redistributed,
+)
 from fedlit.strategies.wrapper import StrategyWrapper
 
 NAME = "lora_rank"
@@ -21,6 +29,7 @@ REFUSED = {
     "secure_aggregation": "the aggregation needs each client's factors (per-rank weights, or the products B_i A_i)",
     "privacy": "client-level DP clips and noises the whole update, including the components beyond a client's rank",
     "example_privacy": "DP-SGD noises every component, including those beyond a client's rank",
+    "compression": "a client's share travels at its own rank, in float (the codes are laid out at the global rank)",
 }
 
 
@@ -76,6 +85,17 @@ class HeteroRank(StrategyWrapper):
         for client_id in client_ids:
             self.rank_of(client_id)
         return self.inner.configure_round(server_round, client_ids, seed)
+
+    def fit_payload(self, global_payload: Payload, client_id: str) -> Payload:
+        """The client's share: the first ``rank`` components of every LoRA pair (``A[:r]``, ``B[:, :r]``), so that
+        what travels, both ways, grows with the client's rank, not the global one."""
+        payload = self.inner.fit_payload(global_payload, client_id)
+        return share_of_rank(payload, self.rank_of(client_id))
+
+    def received_update(self, payload: Payload, client_id: str, global_payload: Payload) -> Payload:
+        """The client's factors zero-padded to the global rank (the components it does not have count for nothing
+        in either aggregation)."""
+        return self.inner.received_update(padded_to(payload, max_rank(global_payload)), client_id, global_payload)
 
     def fit_plan(self, masked: bool) -> dict[str, dict[str, Any]]:
         return {**self.inner.fit_plan(masked), NAME: {"ranks": dict(self.ranks), "default": self.default_rank}}

@@ -1,9 +1,11 @@
-"""LoRA factor pairs in a payload, and the rank arithmetic of heterogeneous-rank aggregation: truncation to the
-first r components, HetLoRA-style zero-padded averaging with per-component weights, and FlexLoRA-style SVD of the
-averaged product, computed from the factors without forming the full ``out x in`` matrix."""
+"""LoRA factor pairs in a payload, and the rank arithmetic of heterogeneous-rank aggregation: a client's share (the
+first r components) and its zero padding back to the global rank, HetLoRA-style zero-padded averaging with
+per-component weights, and FlexLoRA-style SVD of the averaged product, computed from the factors without forming the
+full ``out x in`` matrix."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -20,12 +22,32 @@ def lora_pairs(names: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
-def truncated(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``A`` [r, in] and ``B`` [out, r] with every component from ``rank`` on set to zero (same shapes)."""
-    a, b = a.clone(), b.clone()
-    a[rank:] = 0
-    b[:, rank:] = 0
-    return a, b
+def component_dims(names: Sequence[str]) -> dict[str, int]:
+    """Each LoRA factor's name -> the dimension that indexes its rank components (``A``: 0, ``B``: 1)."""
+    return {name: dim for a, b in lora_pairs(names).items() for name, dim in ((a, 0), (b, 1))}
+
+
+def share_of_rank(payload: Mapping[str, torch.Tensor], rank: int) -> OrderedDict[str, torch.Tensor]:
+    """``payload`` with each LoRA pair cut to its first ``rank`` components (``A[:rank]``, ``B[:, :rank]``); every
+    other tensor as it is."""
+    dims = component_dims(list(payload))
+    return OrderedDict((name, tensor.narrow(dims[name], 0, rank).contiguous() if name in dims else tensor)
+                       for name, tensor in payload.items())
+
+
+def padded_to(payload: Mapping[str, torch.Tensor], rank: int) -> OrderedDict[str, torch.Tensor]:
+    """``payload``'s LoRA factors zero-padded to ``rank`` components (those a share does not have are zero);
+    every other tensor as it is."""
+    dims, padded = component_dims(list(payload)), OrderedDict()
+    for name, tensor in payload.items():
+        if name not in dims or tensor.shape[dims[name]] == rank:
+            padded[name] = tensor
+            continue
+        shape = list(tensor.shape)
+        shape[dims[name]] = rank
+        padded[name] = torch.zeros(shape, dtype=tensor.dtype)
+        padded[name].narrow(dims[name], 0, tensor.shape[dims[name]]).copy_(tensor)
+    return padded
 
 
 def padded_average(factors: Sequence[torch.Tensor], ranks: Sequence[int], weights: Sequence[float],

@@ -32,6 +32,12 @@ class StrategyWrapper(Strategy):
     def aggregate_masked(self, global_payload: Payload, summed: np.ndarray, total: float) -> Payload:
         return self.inner.aggregate_masked(global_payload, summed, total)
 
+    def fit_payload(self, global_payload: Payload, client_id: str) -> Payload:
+        return self.inner.fit_payload(global_payload, client_id)
+
+    def received_update(self, payload: Payload, client_id: str, global_payload: Payload) -> Payload:
+        return self.inner.received_update(payload, client_id, global_payload)
+
     def fit_plan(self, masked: bool) -> dict[str, dict[str, Any]]:
         return self.inner.fit_plan(masked)
 

@@ -4,11 +4,12 @@ instructions' ``mods`` mapping (set by the server side: a strategy wrapper or th
 state, and returns ``None`` when the mod does not apply. Registering a mod is one line here.
 
 The order is the order they act when a fit ends (each reads what the one before it left) and shape the reply: the
-client's LoRA rank (the global adapter truncated to it before anything else reads it), the round's learning rate,
-the client's own state (kept between its fits, never sent), the watermark (acts while training only), SCAFFOLD's
-drift correction (corrects every step; at the end, its variate change from the trained weights), DP-SGD, error
-feedback (the last rounding error added back), update clipping and noise (client-level DP), compression (quantized
-on the wire), adapter extraction, masking (secure aggregation).
+client's LoRA rank (its share of the global adapter widened to the module before anything else reads it; at the end,
+the trained share as the reply), the round's learning rate, the client's own state (kept between its fits, never
+sent), the watermark (acts while training only), SCAFFOLD's drift correction (corrects every step; at the end, its
+variate change from the trained weights), DP-SGD, error feedback (the last rounding error added back), update
+clipping and noise (client-level DP), compression (quantized on the wire), adapter extraction, masking (secure
+aggregation).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A client of a lower LoRA rank than the global adapter's (the client side of
-:class:`~fedlit.strategies.HeteroRank`): it receives the global factors truncated to its rank (its first r
-components: for FlexLoRA's SVD-ordered factors the best rank-r approximation), trains only those, and its update
-goes back zero-padded to the global rank. Every client keeps the global scaling ``lora_alpha / r_max``, so the same
+:class:`~fedlit.strategies.HeteroRank`): it receives the global factors' first r components (for FlexLoRA's
+SVD-ordered factors the best rank-r approximation), trains only those in its module of the global rank (the others
+held at zero), and sends back only those. Every client keeps the global scaling ``lora_alpha / r_max``, so the same
 factors mean the same weight change at every rank."""
 
 from __future__ import annotations
@@ -9,20 +9,27 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from fedlit.backends.messages import FitRes
 from fedlit.client.fit_context import ClientMod, FitContext
 from fedlit.lightning_modules.causal_lm import CausalLMModule
-from fedlit.strategies.lora_factors import lora_pairs
+from fedlit.payload import Payload, changes_to_bytes
+from fedlit.strategies.lora_factors import lora_pairs, max_rank, padded_to, share_of_rank
 
 NAME = "lora_rank"
 
 
 class RankLimit(ClientMod):
     """Zeroes the components from ``rank`` on when training starts, and their gradients before every step (so
-    they stay zero, under AdamW's decay too)."""
+    they stay zero, under AdamW's decay too). Given the ``share`` the server sent, the reply is the trained
+    components of the client's rank as changes from it (first in the chain, it reads the trained weights before
+    any other mod acts on them)."""
 
-    def __init__(self, client_id: str, rank: int) -> None:
-        self.client_id, self.rank = client_id, rank
+    END_STATE = ("trained",)
+
+    def __init__(self, client_id: str, rank: int, share: Payload | None = None) -> None:
+        self.client_id, self.rank, self.share = client_id, rank, share
         self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.trained: Payload | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         params = pl_module.trainable_parameters()
@@ -47,6 +54,14 @@ class RankLimit(ClientMod):
     def on_train_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
         self.factors = []  # (the shared model's parameters: not held past the fit)
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
+        if self.share is not None:
+            self.trained = share_of_rank(pl_module.trainable_state_dict(), self.rank)
+
+    def shape_reply(self, reply: FitRes) -> None:
+        if self.trained is not None:
+            reply.wire = changes_to_bytes(self.trained, self.share)
+
 
 def rank_limit(fit: FitContext) -> RankLimit | None:
     """When the server side sent the clients' ranks (``mods.lora_rank``)."""
@@ -56,4 +71,9 @@ def rank_limit(fit: FitContext) -> RankLimit | None:
     rank = settings["ranks"].get(fit.client_id, settings["default"])
     if rank is None:
         raise ValueError(f"client '{fit.client_id}': the server sent no LoRA rank for it")
-    return RankLimit(fit.client_id, int(rank))
+    share = fit.global_payload
+    if max_rank(share) != int(rank):
+        raise ValueError(f"client '{fit.client_id}': rank {rank}, but the server sent factors of rank "
+                         f"{max_rank(share)}")
+    fit.global_payload = padded_to(share, max_rank(fit.module.trainable_state_dict()))  # (what the module loads)
+    return RankLimit(fit.client_id, int(rank), share)
