@@ -20,13 +20,13 @@ NAME = "lora_rank"
 
 class RankLimit(ClientMod):
     """Zeroes the components from ``rank`` on when training starts, and their gradients before every step (so
-    they stay zero, under AdamW's decay too). Given the ``share`` the server sent, the reply is the trained
-    components of the client's rank as changes from it (first in the chain, it reads the trained weights before
+    they stay zero, under AdamW's decay too). The reply is the trained components of the client's rank as changes
+    from the ``share`` the server sent (first in the chain, it reads the trained weights before
     any other mod acts on them)."""
 
     END_STATE = ("trained",)
 
-    def __init__(self, client_id: str, rank: int, share: Payload | None = None) -> None:
+    def __init__(self, client_id: str, rank: int, share: Payload) -> None:
         self.client_id, self.rank, self.share = client_id, rank, share
         self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.trained: Payload | None = None
@@ -55,11 +55,10 @@ class RankLimit(ClientMod):
         self.factors = []  # (the shared model's parameters: not held past the fit)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: CausalLMModule) -> None:
-        if self.share is not None:
-            self.trained = share_of_rank(pl_module.trainable_state_dict(), self.rank)
+        self.trained = share_of_rank(pl_module.trainable_state_dict(), self.rank)
 
     def shape_reply(self, reply: FitRes) -> None:
-        if self.trained is not None:
+        if self.trained is not None:  # (a fit that never ended: the adapter extraction names it)
             reply.wire = changes_to_bytes(self.trained, self.share)
 
 
@@ -75,5 +74,5 @@ def rank_limit(fit: FitContext) -> RankLimit | None:
     if max_rank(share) != int(rank):
         raise ValueError(f"client '{fit.client_id}': rank {rank}, but the server sent factors of rank "
                          f"{max_rank(share)}")
-    fit.global_payload = padded_to(share, max_rank(fit.module.trainable_state_dict()))  # (what the module loads)
+    fit.global_payload = padded_to(share, max_rank(fit.module.trainable_parameters()))  # (what the module loads)
     return RankLimit(fit.client_id, int(rank), share)
