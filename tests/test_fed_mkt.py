@@ -242,6 +242,10 @@ def test_llm_to_slm_leaves_the_llm_and_homogeneous_fedavg_shares_the_adapter(tin
     after = one_way.strategy.llm.trainable_state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert not [r for r in one_way.history if r["client"] == "server"]
+    # the server learns nothing from the clients: their knowledge does not travel back (only its unchanged form:
+    # an empty change per tensor), and the fit does not compute it
+    fits = [r for r in one_way.history if r["split"] == "train"]
+    assert fits and all(r["bytes_sent"] < 1024 < r["bytes_received"] for r in fits), fits
     shared = build(tiny_model_dir, other_tokenizer_model_dir, plays_jsonl, tmp_path / "shared", rounds=1,
                    mode="homogeneous", fedavg=True, slms={})
     final = shared.fit()

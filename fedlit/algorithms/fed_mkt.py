@@ -59,7 +59,8 @@ Mode = Literal["heterogeneous", "homogeneous", "llm_to_slm"]
 class MutualTransferServer(ServerLLM):
     """FedMKT's server side, around :class:`~fedlit.strategies.KnowledgeGathering`: the LLM's knowledge goes out in
     round 1 (:meth:`initial`); after each round it distils from the clients' knowledge (``transfer.server_steps``;
-    none in ``llm_to_slm`` mode) and sends its new knowledge, with the FedAvg'd SLM adapter when there is one."""
+    none in ``llm_to_slm`` mode: ``learns`` false) and sends its new knowledge, with the FedAvg'd SLM adapter when
+    there is one."""
 
     def __init__(self, inner: Strategy, llm: Callable[[], PeftModule], public: PublicTexts,
                  bridges: Mapping[str, KnowledgeBridge], config: KnowledgeTransferConfig,
@@ -80,7 +81,7 @@ class MutualTransferServer(ServerLLM):
     def after_round(self, payload: Payload, server_round: int, seed: int) -> tuple[Payload, list[dict[str, Any]]]:
         payload, rows = self.inner.after_round(payload, server_round, seed)
         clients, rest = per_client(payload)  # each client's knowledge; the rest: the averaged adapter, if any
-        if self.learns and self.config.server_steps > 0 and clients:
+        if self.learns and clients:
             carried = [self.bridges[c].carry(Knowledge.from_payload(clients[c])) for c in sorted(clients)]
             best, taught = dual_min_selection(self.knowledge.ce, torch.stack([k.ce for k in carried]))
             loss = self._distil(PublicTeacher(self.public, chosen(carried, best), taught), seed)
@@ -250,6 +251,7 @@ def fed_mkt(
     llm_public = PublicTexts.encode(texts, llm_tokenizer, transfer.max_length, response_starts)
     llm_base = functools.cache(functools.partial(load_base_model, llm))  # the server's: never a party's
     slm_of = {cid: slms.get(cid, slm) for cid in federated.clients}
+    learns = mode != "llm_to_slm" and transfer.server_steps > 0  # (the server distils from the clients' knowledge)
     small, bridges = {}, {}
     for config in [*slm_of.values(), *([slm] if fedavg else [])]:  # the SLMs of the clients at hand
         name = repr(config)
@@ -262,7 +264,8 @@ def fed_mkt(
         to_slm = KnowledgeBridge(llm_public, public, llm_tokenizer, tokenizer)
         bridges[name] = KnowledgeBridge(public, llm_public, tokenizer, llm_tokenizer)
         small[name] = SmallModel(functools.partial(KnowledgeTransferModule, model, public, to_slm, transfer, loss,
-                                                   fedavg, initial, optimizer, evaluation, tokenizer), initial)
+                                                   fedavg, initial, optimizer, evaluation, tokenizer,
+                                                   sends_knowledge=learns), initial)
 
     def llm_module() -> PeftModule:
         return PeftModule(build_peft_model(llm_base(), copy.deepcopy(llm_peft or peft), seed=seed), optimizer,
@@ -273,7 +276,7 @@ def fed_mkt(
         start.update(small[repr(slm)].initial)
     transfer_server = MutualTransferServer(
         federation.strategy, llm_module, llm_public, {cid: bridges[repr(c)] for cid, c in slm_of.items()},
-        transfer, loss, learns=mode != "llm_to_slm", held_out={GLOBAL: held_out} if held_out is not None else {},
+        transfer, loss, learns=learns, held_out={GLOBAL: held_out} if held_out is not None else {},
         trainer_kwargs=federation.trainer)
     return federated_loop(
         federated, functools.partial(KnowledgeRecord, canonical(start)), federation.replace(strategy=transfer_server),

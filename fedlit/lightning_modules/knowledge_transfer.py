@@ -77,16 +77,19 @@ class KnowledgeTransferModule(PeftModule):
     distillation from the LLM's knowledge on a batch of the public texts where the LLM's cross-entropy is lower
     than the SLM's own at the start of the fit. What travels (:meth:`trainable_state_dict`) is its own knowledge
     after the fit, plus its adapter when ``share_adapter`` (homogeneous FedAvg); otherwise the adapter is the
-    client's own (:meth:`personal_state_dict`), kept where it runs.
+    client's own (:meth:`personal_state_dict`), kept where it runs. Where the server does not learn from the clients
+    (``sends_knowledge`` false: ``llm_to_slm``), the knowledge it received goes back unchanged: no pass over the
+    public texts after the fit, and nothing of it on the wire (only changes travel).
     """
 
     def __init__(self, model: PeftModel, public: PublicTexts, bridge: KnowledgeBridge,
                  config: KnowledgeTransferConfig, loss: DistillationLossConfig, share_adapter: bool,
                  initial_adapter: Payload, optimizer: OptimizerConfig | None = None,
-                 evaluation: EvaluationConfig | None = None, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+                 evaluation: EvaluationConfig | None = None, tokenizer: PreTrainedTokenizerBase | None = None,
+                 sends_knowledge: bool = True) -> None:
         super().__init__(model, optimizer, evaluation, tokenizer)
         self.public, self.bridge, self.config, self.loss_config = public, bridge, config, loss
-        self.share_adapter, self.initial_adapter = share_adapter, initial_adapter
+        self.share_adapter, self.initial_adapter, self.sends_knowledge = share_adapter, initial_adapter, sends_knowledge
         self.received: Knowledge | None = None
         self.teacher: PublicTeacher | None = None
 
@@ -101,7 +104,8 @@ class KnowledgeTransferModule(PeftModule):
                                               who="the client's own adapter")
 
     def trainable_state_dict(self) -> Payload:
-        knowledge = checked_knowledge(self, self.public, self.config, "the client's public knowledge")
+        knowledge = (self.received if not self.sends_knowledge and self.received is not None
+                     else checked_knowledge(self, self.public, self.config, "the client's public knowledge"))
         adapter = super().trainable_state_dict() if self.share_adapter else {}
         return canonical({**knowledge.payload(), **adapter})
 
