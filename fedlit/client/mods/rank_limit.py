@@ -71,8 +71,8 @@ def rank_limit(fit: FitContext) -> RankLimit | None:
     if rank is None:
         raise ValueError(f"client '{fit.client_id}': the server sent no LoRA rank for it")
     share = fit.global_payload
-    if max_rank(share) != int(rank):
-        raise ValueError(f"client '{fit.client_id}': rank {rank}, but the server sent factors of rank "
-                         f"{max_rank(share)}")
+    sent = max_rank(share)
+    if sent != int(rank):
+        raise ValueError(f"client '{fit.client_id}': rank {rank}, but the server sent factors of rank {sent}")
     fit.global_payload = padded_to(share, max_rank(fit.module.trainable_parameters()))  # (what the module loads)
     return RankLimit(fit.client_id, int(rank), share)
